@@ -1,0 +1,14 @@
+"""The torch bridge: the only part of deep_ei_jax that imports torch."""
+from .api import (MI, degeneracy_of_layer, ei, ei_of_layer, ei_of_layer_matrix, ei_parts,
+                  ei_parts_matrix, eis_between_groups, sensitivity, sensitivity_matrix,
+                  sensitivity_of_layer, sensitivity_of_layer_matrix, vector_and_pairwise_ei,
+                  vector_ei_of_layer)
+from .convert import Span, layer_chain
+from .topology import topology_of
+
+__all__ = [
+    "MI", "Span", "degeneracy_of_layer", "ei", "ei_of_layer", "ei_of_layer_matrix", "ei_parts",
+    "ei_parts_matrix", "eis_between_groups", "layer_chain", "sensitivity", "sensitivity_matrix",
+    "sensitivity_of_layer", "sensitivity_of_layer_matrix", "topology_of",
+    "vector_and_pairwise_ei", "vector_ei_of_layer",
+]

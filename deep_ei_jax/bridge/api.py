@@ -1,0 +1,249 @@
+"""The deep-ei 0.6.4 API on torch models, over the pure-JAX measures.
+
+Same names, signatures and defaults as deep-ei 0.6.4 (and the 0.7.0 names as aliases), so a
+deep-ei user changes one import. Differences, all deliberate (README, "Migrating from deep-ei"):
+`batch_size` is accepted and ignored (chunks are sized for speed); samples with an out-of-range
+output are dropped consistently (deep-ei kept some in vector EI); Conv2d spans work; extra keyword
+arguments `seed=`, `policy=` and `return_info=` are ours.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import jax
+import numpy as np
+import torch
+
+from .. import measures
+from .._checks import check_bins, check_range
+from ..binning import bin_indices
+from ..information import mutual_information
+from .convert import layer_chain
+from .topology import ACTIVATION_RANGES, ACTIVATIONS, topology_of  # noqa: F401 (re-export)
+
+_PARTS_ZERO_BELOW = 0.01  # deep-ei's ei_of_layer reports EI_parts below this as 0.0
+
+
+def _key(seed):
+    """The PRNG key: from `seed`, or drawn from torch's generator (so torch.manual_seed works)."""
+    if seed is None:
+        seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
+    elif isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.integer)):
+        raise TypeError(f"seed must be an int or None; got {seed!r}")
+    return jax.random.key(int(seed))
+
+
+def _device(device):
+    """A context that runs JAX on `device` ('cpu', 'cuda', 'gpu', a torch.device or a jax Device)."""
+    if isinstance(device, jax.Device):
+        return jax.default_device(device)
+    name = device.type if isinstance(device, torch.device) else device
+    if not isinstance(name, str):
+        raise TypeError(f"device must be 'cpu', 'cuda', 'gpu', a torch.device or a jax Device; "
+                        f"got {device!r}")
+    name = name.split(":")[0]
+    platform = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "tpu": "tpu"}.get(name)
+    if platform is None:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'gpu' or 'tpu'; got {device!r}")
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError:
+        devices = []
+    if not devices:
+        raise ValueError(f"device {device!r} was asked for but JAX sees no {platform} device "
+                         f"(available: {[d.platform for d in jax.devices()]})")
+    index = device.index if isinstance(device, torch.device) and device.index is not None else 0
+    if isinstance(device, str) and ":" in device:
+        index = int(device.split(":")[1])
+    if index >= len(devices):
+        raise ValueError(f"device {device!r} does not exist: JAX sees {len(devices)} "
+                         f"{platform} device(s)")
+    return jax.default_device(devices[index])
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (numbers.Integral, np.integer)) \
+            or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+
+
+def _resolve(layer, topology, in_layer, in_range, out_range, activation, batch_size):
+    """The span and binning ranges with deep-ei's defaults from the topology."""
+    _check_batch_size(batch_size)
+    if isinstance(in_range, str) and in_range == "dynamic":
+        raise ValueError("in_range cannot be 'dynamic' (only out_range can be); pass (low, high) "
+                         "or None for the range of the activation before in_layer")
+    span = layer_chain(layer, topology, in_layer=in_layer, activation=activation)
+    if in_range is None:
+        in_range = ACTIVATION_RANGES[ACTIVATIONS.get(type(span.in_activation))]
+    if out_range is None:
+        out_range = ACTIVATION_RANGES[ACTIVATIONS.get(type(span.out_activation))]
+    return span, in_range, out_range
+
+
+def _run(measure, layer, topology, *, in_layer, in_range, out_range, activation, batch_size,
+         device, seed, **kwargs):
+    span, in_range, out_range = _resolve(layer, topology, in_layer, in_range, out_range,
+                                         activation, batch_size)
+    with _device(device):
+        return measure(_key(seed), span.chain, span.params, in_range=in_range,
+                       out_range=out_range, **kwargs)
+
+
+def _result(value, info, return_info):
+    return (value, info) if return_info else value
+
+
+def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False, batch_size=20,
+                in_layer=None, in_range=None, in_bins=64, out_range=None, out_bins=64,
+                activation=None, device="cpu", *, seed=None, policy="drop", return_info=False):
+    """EI_parts of a layer: the sum over (input A, output B) pairs of I(x_A; y_B) under uniform noise
+    on every input (deep-ei 0.6.4 `ei_of_layer`, 0.7.0 `ei_parts`).
+
+    Args:
+      layer: the module (a node of `topology`) that ends the layer.
+      topology: from `topology_of(model, input)`.
+      threshold: adaptive stopping threshold, used when `samples` is None.
+      samples: a fixed number of samples.
+      extrapolate: fit a/n^e + C to estimates at 100k..2M samples and return C.
+      batch_size: accepted for compatibility; chunk sizes are chosen for speed.
+      in_layer: the module that begins the layer (default `layer`).
+      in_range, out_range: (low, high); None infers them from the activations around the layer;
+        out_range may be 'dynamic'.
+      in_bins, out_bins: bin counts; out_bins may be 'dynamic'.
+      activation: the activation after `layer` (torch module or callable); None: the network's.
+      device: 'cpu', 'cuda'/'gpu', or a torch.device: where JAX computes.
+      seed: an explicit seed; None draws one from torch's generator.
+      policy: 'drop' (default) or 'clip' for output values outside out_range.
+      return_info: also return the `Info` record.
+
+    Returns:
+      float bits (0.0 when below 0.01, as deep-ei).
+    """
+    value, info = _run(measures.ei_parts, layer, topology, in_layer=in_layer, in_range=in_range,
+                       out_range=out_range, activation=activation, batch_size=batch_size,
+                       device=device, seed=seed, in_bins=in_bins, out_bins=out_bins,
+                       samples=samples, threshold=threshold, extrapolate=extrapolate,
+                       policy=policy)
+    value = 0.0 if value < _PARTS_ZERO_BELOW else float(value)
+    return _result(value, info, return_info)
+
+
+def ei_of_layer_matrix(layer, topology, samples=None, batch_size=20, in_layer=None, in_range=None,
+                       in_bins=64, out_range=None, out_bins=64, activation=None, device="cpu", *,
+                       threshold=0.05, seed=None, policy="drop", return_info=False):
+    """The EI_parts matrix [n_in, n_out] (rows: inputs) as a numpy array (0.7.0 `ei_parts_matrix`).
+    `samples=None` is adaptive with `threshold`. Other arguments as `ei_of_layer`."""
+    value, info = _run(measures.ei_parts_matrix, layer, topology, in_layer=in_layer,
+                       in_range=in_range, out_range=out_range, activation=activation,
+                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
+                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy)
+    return _result(value, info, return_info)
+
+
+def sensitivity_of_layer(layer, topology, samples=500, batch_size=20, in_layer=None,
+                         in_range=None, in_bins=64, out_range=None, out_bins=64, activation=None,
+                         device="cpu", *, seed=None, policy="drop", return_info=False):
+    """Sensitivity: the sum over pairs of I(x_A; y_B) when only A is noised (uniform on in_range)
+    and every other input is 0 (0.7.0 `sensitivity`). Other arguments as `ei_of_layer`."""
+    value, info = _run(measures.sensitivity, layer, topology, in_layer=in_layer,
+                       in_range=in_range, out_range=out_range, activation=activation,
+                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
+                       out_bins=out_bins, samples=samples, policy=policy)
+    return _result(value, info, return_info)
+
+
+def sensitivity_of_layer_matrix(layer, topology, samples=500, batch_size=20, in_layer=None,
+                                in_range=None, in_bins=64, out_range=None, out_bins=64,
+                                activation=None, device="cpu", *, seed=None, policy="drop",
+                                return_info=False):
+    """The sensitivity matrix [n_in, n_out] as a numpy array (0.7.0 `sensitivity_matrix`)."""
+    value, info = _run(measures.sensitivity_matrix, layer, topology, in_layer=in_layer,
+                       in_range=in_range, out_range=out_range, activation=activation,
+                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
+                       out_bins=out_bins, samples=samples, policy=policy)
+    return _result(value, info, return_info)
+
+
+def vector_ei_of_layer(layer, topology, threshold=0.05, samples=None, batch_size=20,
+                       in_layer=None, in_range=None, in_bins=64, out_range=None, out_bins=64,
+                       activation=None, device="cpu", *, seed=None, policy="drop",
+                       return_info=False):
+    """Vector EI: I(X; Y) between the whole binned input and output vectors (0.7.0 `ei`).
+    `samples=None` doubles until an estimate moves by less than `threshold` bits (deep-ei's rule)."""
+    value, info = _run(measures.ei, layer, topology, in_layer=in_layer, in_range=in_range,
+                       out_range=out_range, activation=activation, batch_size=batch_size,
+                       device=device, seed=seed, in_bins=in_bins, out_bins=out_bins,
+                       samples=samples, threshold=threshold, policy=policy)
+    return _result(value, info, return_info)
+
+
+def eis_between_groups(layer, topology, groups, samples=None, batch_size=20, in_layer=None,
+                       in_range=None, in_bins=64, out_range=None, out_bins=64, activation=None,
+                       device="cpu", *, threshold=0.05, seed=None, policy="drop",
+                       return_info=False):
+    """I(X_G; Y_H) for each (G, H) in `groups`, a list of (input indices, output indices) over the
+    flattened inputs and outputs. Returns a list of floats. `samples=None` is adaptive."""
+    value, info = _run(measures.eis_between_groups, layer, topology, in_layer=in_layer,
+                       in_range=in_range, out_range=out_range, activation=activation,
+                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
+                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
+                       groups=groups)
+    return _result(list(value), info, return_info)
+
+
+def vector_and_pairwise_ei(layer, topology, samples=None, batch_size=20, in_layer=None,
+                           in_range=None, in_bins=64, out_range=None, out_bins=64,
+                           activation=None, device="cpu", *, threshold=0.05, seed=None,
+                           policy="drop", return_info=False):
+    """(vector EI, EI_parts) computed from the same samples. `samples=None` is adaptive on the
+    vector EI."""
+    value, info = _run(measures.ei_and_ei_parts, layer, topology, in_layer=in_layer,
+                       in_range=in_range, out_range=out_range, activation=activation,
+                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
+                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy)
+    return _result(tuple(float(v) for v in value), info, return_info)
+
+
+def degeneracy_of_layer(layer, topology, threshold=0.05, samples=None, sensitivity_samples=500,
+                        batch_size=20, in_layer=None, in_range=None, in_bins=64, out_range=None,
+                        out_bins=64, activation=None, device="cpu", *, ei_kind="vector",
+                        seed=None, policy="drop", return_info=False):
+    """Degeneracy = sensitivity - EI (`ei_kind='vector'`, default) or sensitivity - EI_parts
+    (`ei_kind='parts'`, as the paper also plots). EI uses `samples`/`threshold`, sensitivity
+    `sensitivity_samples`; both the same binning."""
+    value, info = _run(measures.degeneracy, layer, topology, in_layer=in_layer,
+                       in_range=in_range, out_range=out_range, activation=activation,
+                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
+                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
+                       ei_kind=ei_kind, sensitivity_samples=sensitivity_samples)
+    return _result(float(value), info, return_info)
+
+
+def MI(x, y, bins=32, range=((0, 1), (0, 1))):  # noqa: A002 (deep-ei's argument name)
+    """Plug-in mutual information in bits between two equal-length series (torch tensors or
+    arrays), binned with `bins` (int or (x_bins, y_bins)) equal-width bins over `range`.
+    Pairs with a value outside its range are left out, as in every measure here."""
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, np.float32).ravel()
+    y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y, np.float32).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length; got {x.size} and {y.size}")
+    x_bins, y_bins = (bins, bins) if not isinstance(bins, (tuple, list)) else bins
+    x_bins, y_bins = check_bins("bins", x_bins), check_bins("bins", y_bins)
+    x_range = check_range("range[0]", range[0])
+    y_range = check_range("range[1]", range[1])
+    xi, x_in = bin_indices(x, *x_range, x_bins)
+    yi, y_in = bin_indices(y, *y_range, y_bins)
+    keep = np.asarray(x_in & y_in)
+    joint = np.asarray(xi)[keep].astype(np.int64) * y_bins + np.asarray(yi)[keep]
+    counts = np.bincount(joint, minlength=x_bins * y_bins).reshape(x_bins, y_bins)
+    return float(mutual_information(counts))
+
+
+# deep-ei 0.7.0 names
+ei = vector_ei_of_layer
+ei_parts = ei_of_layer
+ei_parts_matrix = ei_of_layer_matrix
+sensitivity = sensitivity_of_layer
+sensitivity_matrix = sensitivity_of_layer_matrix

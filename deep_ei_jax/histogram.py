@@ -1,0 +1,150 @@
+"""Exact integer counting: all pairwise joint tables at once, and joint-state counts of vectors.
+
+Two device kernels and one host accumulator:
+
+* `pairwise_counts`: the [n_in, n_out, in_bins, out_bins] tables of every (input, output) pair of
+  one chunk, by scatter-add of a joint index (fast on CPU) or by one-hot matmul (tensor cores on a
+  GPU). Both give identical int32 counts.
+* `pack_states`: each sample's tuple of bin indices packed into uint32 words, losslessly.
+* `StateCounts`: a host-side exact counter of distinct packed states, merged across chunks in int64
+  (dense `bincount` when the state space is small, sort-based `unique` otherwise; no hashing).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METHODS = ("auto", "scatter", "onehot")
+
+
+def default_method() -> str:
+    """The counting method for the default backend: one-hot matmul on accelerators, else scatter."""
+    return "scatter" if jax.default_backend() == "cpu" else "onehot"
+
+
+def pairwise_counts(x_bins: jax.Array, y_bins: jax.Array, y_valid: jax.Array, in_bins: int,
+                    out_bins: int, method: str = "scatter") -> jax.Array:
+    """Joint counts of every (input, output) pair over one chunk of samples.
+
+    Args:
+      x_bins: input bin indices, int32 [S, n_in], all valid.
+      y_bins: output bin indices, int32 [S, n_out].
+      y_valid: bool [S, n_out]; False entries are left out of that pair's table only.
+      in_bins, out_bins: table sizes (static).
+      method: "scatter" or "onehot" (static).
+
+    Returns:
+      int32 [n_in, n_out, in_bins, out_bins]; entry [a, b, i, j] counts the samples with
+      x_bins[:, a] == i and y_bins[:, b] == j among those where y_valid[:, b].
+    """
+    num_in, num_out = x_bins.shape[1], y_bins.shape[1]
+    if method == "scatter":
+        cells = num_in * num_out * in_bins * out_bins
+        pair = (jnp.arange(num_in)[:, None] * num_out + jnp.arange(num_out)[None, :])
+        joint = ((pair[None] * in_bins + x_bins[:, :, None]) * out_bins + y_bins[:, None, :])
+        joint = jnp.where(y_valid[:, None, :], joint, cells)  # invalid -> one spare cell
+        counts = jnp.bincount(joint.reshape(-1), length=cells + 1)[:cells]
+        return counts.astype(jnp.int32).reshape(num_in, num_out, in_bins, out_bins)
+    if method == "onehot":
+        # 0/1 values are exact in bfloat16; float32 accumulation is exact below 2^24 per cell,
+        # which callers guarantee by keeping chunks under 2^24 samples.
+        dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+        x_hot = jax.nn.one_hot(x_bins, in_bins, dtype=dtype)
+        y_hot = jax.nn.one_hot(y_bins, out_bins, dtype=dtype) * y_valid[..., None].astype(dtype)
+        counts = jnp.einsum("sai,sbj->abij", x_hot, y_hot, preferred_element_type=jnp.float32)
+        return jnp.round(counts).astype(jnp.int32)
+    raise ValueError(f"method must be one of {METHODS[1:]}; got {method!r}")
+
+
+def bits_per_value(bins: int) -> int:
+    """Bits that hold a bin index in [0, bins)."""
+    return max(1, math.ceil(math.log2(bins)))
+
+
+def pack_states(bin_indices: jax.Array, bins: int) -> jax.Array:
+    """Packs each row of bin indices into uint32 words, losslessly.
+
+    Args:
+      bin_indices: int32 [S, n], each in [0, bins).
+      bins: the largest number of bins of any column (static).
+
+    Returns:
+      uint32 [S, W] with W = ceil(n / (32 // bits)); equal rows give equal words and vice versa.
+    """
+    bits = bits_per_value(bins)
+    per_word = 32 // bits
+    num = bin_indices.shape[1]
+    words = -(-num // per_word)
+    padded = jnp.pad(bin_indices.astype(jnp.uint32), ((0, 0), (0, words * per_word - num)))
+    shifts = (jnp.arange(per_word, dtype=jnp.uint32) * bits)[None, None, :]
+    grouped = padded.reshape(padded.shape[0], words, per_word) << shifts
+    return jax.lax.reduce(grouped, jnp.uint32(0), jax.lax.bitwise_or, (2,))
+
+
+def state_bits(num_values: int, bins: int) -> int:
+    """Bits of the packed state of `num_values` indices (the words' used bits)."""
+    bits = bits_per_value(bins)
+    per_word = 32 // bits
+    full, rest = divmod(num_values, per_word)
+    return 32 * full + rest * bits if full else rest * bits
+
+
+class StateCounts:
+    """Exact counts of distinct states (packed uint32 rows), accumulated on the host in int64.
+
+    Args:
+      num_bits: how many bits a state uses; with `num_bits <= dense_bits` counting is a dense
+        `bincount` over 2**num_bits cells, otherwise a sort-based merge of distinct rows.
+      dense_bits: the largest state space counted densely.
+    """
+
+    def __init__(self, num_bits: int, dense_bits: int = 24):
+        self.num_bits = num_bits
+        self.dense = num_bits <= dense_bits
+        self.total = 0
+        self._dense_counts = np.zeros(2 ** num_bits if self.dense else 0, np.int64)
+        self._keys: np.ndarray | None = None  # sorted distinct keys (sparse mode)
+        self._counts = np.zeros(0, np.int64)
+
+    @staticmethod
+    def _as_keys(words: np.ndarray) -> np.ndarray:
+        """One sortable, comparable key per row: an integer for up to 64 bits, else raw bytes."""
+        if words.shape[1] == 1:
+            return words[:, 0].astype(np.uint64)
+        if words.shape[1] == 2:
+            return (words[:, 0].astype(np.uint64) << np.uint64(32)) | words[:, 1].astype(np.uint64)
+        rows = np.ascontiguousarray(words)
+        return rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+
+    def add(self, words: np.ndarray, valid: np.ndarray) -> None:
+        """Counts the rows of `words` (uint32 [S, W]) where `valid` ([S] bool) is True."""
+        words = np.asarray(words)[np.asarray(valid)]
+        self.total += words.shape[0]
+        if self.dense:
+            self._dense_counts += np.bincount(words[:, 0], minlength=self._dense_counts.size)
+            return
+        keys = self._as_keys(words)
+        if self._keys is not None:
+            keys = np.concatenate([self._keys, keys])
+            weights = np.concatenate([self._counts, np.ones(words.shape[0], np.int64)])
+        else:
+            weights = None
+        unique, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inverse.ravel(), weights=weights, minlength=unique.size)
+        self._keys, self._counts = unique, np.rint(counts).astype(np.int64)
+
+    def counts(self) -> np.ndarray:
+        """The nonzero counts, int64."""
+        if self.dense:
+            return self._dense_counts[self._dense_counts > 0]
+        return self._counts
+
+
+def join_states(x_words: jax.Array, x_bits: int, y_words: jax.Array, y_bits: int) -> jax.Array:
+    """The packed state of the pair (x, y): one word when both fit in 32 bits, else x's words then y's."""
+    if x_words.shape[1] == 1 and y_words.shape[1] == 1 and x_bits + y_bits <= 32:
+        return (x_words << jnp.uint32(y_bits)) | y_words
+    return jnp.concatenate([x_words, y_words], axis=1)

@@ -1,0 +1,180 @@
+"""Layer descriptions and the forward pass of a chain of layers, in pure JAX.
+
+A *chain* is a static description (a tuple of layer specs, each a hashable NamedTuple, plus the
+per-sample input shape); its *params* are a matching tuple of dicts of arrays. Keeping the two apart
+lets a chain be a static argument of `jax.jit` while the weights stay traced, so one compiled
+program serves every set of weights of the same architecture.
+
+Shapes are per sample and channel-first for images, as in torch: a Conv2d sees `[C, H, W]`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Activation = Union[str, Callable[[jax.Array], jax.Array]]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "identity": lambda x: x,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+}
+
+# The output range deep-ei assumes for each activation, used when a range is not given.
+DEFAULT_RANGES: dict[str, tuple[float, float]] = {
+    "identity": (-10.0, 10.0),
+    "sigmoid": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+    "relu": (0.0, 10.0),
+}
+
+
+class Dense(NamedTuple):
+    """y = x @ w + b over the last axis. Params: `w` [n_in, n_out], optional `b` [n_out]."""
+
+    activation: Activation = "identity"
+
+
+class Conv2d(NamedTuple):
+    """Cross-correlation as torch.nn.Conv2d. Params: `w` [C_out, C_in/groups, kH, kW], optional `b`."""
+
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    activation: Activation = "identity"
+
+
+class AvgPool2d(NamedTuple):
+    """Average pooling as torch.nn.AvgPool2d (zero padding counted in the mean). No params."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    activation: Activation = "identity"
+
+
+class MaxPool2d(NamedTuple):
+    """Max pooling as torch.nn.MaxPool2d. No params."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    activation: Activation = "identity"
+
+
+class Flatten(NamedTuple):
+    """Flattens every per-sample axis from `start_dim` on (torch counts the batch as dim 0)."""
+
+    start_dim: int = 1
+    activation: Activation = "identity"
+
+
+LayerSpec = Union[Dense, Conv2d, AvgPool2d, MaxPool2d, Flatten]
+LAYER_TYPES = (Dense, Conv2d, AvgPool2d, MaxPool2d, Flatten)
+
+
+class Chain(NamedTuple):
+    """A static description of consecutive layers, each followed by its activation.
+
+    Attributes:
+      layers: layer specs, applied in order.
+      in_shape: the per-sample input shape, e.g. `(20,)` or `(3, 5, 5)`.
+    """
+
+    layers: tuple
+    in_shape: tuple
+
+
+def activation_fn(activation: Activation) -> Callable[[jax.Array], jax.Array]:
+    """Returns the function for an activation name or callable."""
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)} or a callable; got {activation!r}")
+        return ACTIVATIONS[activation]
+    if callable(activation):
+        return activation
+    raise TypeError(f"activation must be a name or a callable; got {type(activation).__name__}")
+
+
+def _apply_one(spec: LayerSpec, params: dict, x: jax.Array) -> jax.Array:
+    """Applies one layer (without its activation) to a batch `x` of shape [N, *in_shape]."""
+    if isinstance(spec, Dense):
+        y = x @ params["w"]
+        return y + params["b"] if params.get("b") is not None else y
+    if isinstance(spec, Conv2d):
+        y = jax.lax.conv_general_dilated(
+            x, params["w"], window_strides=spec.stride,
+            padding=[(p, p) for p in spec.padding], rhs_dilation=spec.dilation,
+            feature_group_count=spec.groups, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            precision=jax.lax.Precision.HIGHEST)
+        if params.get("b") is not None:
+            y = y + params["b"][None, :, None, None]
+        return y
+    if isinstance(spec, (AvgPool2d, MaxPool2d)):
+        window = (1, 1) + tuple(spec.kernel_size)
+        strides = (1, 1) + tuple(spec.stride)
+        padding = ((0, 0), (0, 0)) + tuple((p, p) for p in spec.padding)
+        if isinstance(spec, AvgPool2d):
+            total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
+            return total / float(np.prod(spec.kernel_size))
+        dilation = (1, 1) + tuple(spec.dilation)
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, padding,
+                                     window_dilation=dilation)
+    if isinstance(spec, Flatten):
+        keep = spec.start_dim  # dims before start_dim, counting the batch as 0
+        return x.reshape(x.shape[:keep] + (-1,))
+    raise TypeError(f"layer spec must be one of {[t.__name__ for t in LAYER_TYPES]}; "
+                    f"got {type(spec).__name__}")
+
+
+def apply(chain: Chain, params: tuple, x: jax.Array, *, final_activation: Any = None) -> jax.Array:
+    """Runs a batch through the chain.
+
+    Args:
+      chain: the static chain description.
+      params: one dict of arrays per layer (empty for pooling and Flatten).
+      x: inputs, shape [N, *chain.in_shape].
+      final_activation: if given, replaces the last layer's activation.
+
+    Returns:
+      Outputs, shape [N, *out_shape].
+    """
+    last = len(chain.layers) - 1
+    for i, (spec, p) in enumerate(zip(chain.layers, params)):
+        act = spec.activation if (i < last or final_activation is None) else final_activation
+        x = activation_fn(act)(_apply_one(spec, p, x))
+    return x
+
+
+def out_shape(chain: Chain, params: tuple) -> tuple:
+    """The per-sample output shape of the chain (computed abstractly, no FLOPs)."""
+    spec = jax.ShapeDtypeStruct((1,) + tuple(chain.in_shape), jnp.float32)
+    return tuple(jax.eval_shape(lambda p, x: apply(chain, p, x), params, spec).shape[1:])
+
+
+def receptive_field(chain: Chain, params: tuple) -> tuple[int, int]:
+    """(height, width) of the input patch that one output position of a Conv2d/pooling chain sees.
+
+    Walks back from one output position: a layer with kernel k, stride s and dilation d turns a
+    patch of r positions at its output into (r - 1) * s + d * (k - 1) + 1 at its input.
+    """
+    size = [1, 1]
+    for spec, p in zip(reversed(chain.layers), reversed(params)):
+        if isinstance(spec, Conv2d):
+            kernel = p["w"].shape[2:]
+        elif isinstance(spec, (AvgPool2d, MaxPool2d)):
+            kernel = spec.kernel_size
+        else:
+            raise ValueError("receptive_field needs a chain of Conv2d and pooling layers only; "
+                             f"got {type(spec).__name__}")
+        dilation = getattr(spec, "dilation", (1, 1))
+        size = [(r - 1) * s + d * (k - 1) + 1
+                for r, s, d, k in zip(size, spec.stride, dilation, kernel)]
+    return tuple(size)

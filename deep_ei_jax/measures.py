@@ -1,0 +1,654 @@
+"""The measures, each one pipeline: sample -> apply -> bin -> count -> information.
+
+Every public function takes a PRNG key first, a static `Chain` and its params, and returns
+`(value, Info)`. The counting runs in jit-compiled chunks (sampling, the layer, binning and counting
+fused); the Python around them only schedules chunks, output blocks and adaptive steps, and syncs
+with the host once per chunk at most.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _checks, adaptive
+from .binning import POLICIES, bin_indices
+from .histogram import (METHODS, StateCounts, default_method, join_states, pack_states,
+                        pairwise_counts, state_bits)
+from .information import mutual_information, mutual_information_from_states
+from .layers import Chain, apply
+from .sampling import SAMPLE_BLOCK, sample_mask, single_input_noise, uniform_inputs
+
+DEFAULT_MEMORY_BUDGET = 512 * 2 ** 20  # bytes of count tables held at once
+_SCATTER_ENTRIES = 2 ** 23             # joint indices per chunk for the scatter kernel
+_DYNAMIC_PROBE = adaptive.FIRST_STEP   # samples that fix a dynamic out_range
+_MAX_BLOCKS_PER_CHUNK = 64
+
+
+class Info(NamedTuple):
+    """Facts about a measurement.
+
+    Attributes:
+      samples: samples drawn per intervention (per input for sensitivity).
+      dropped: values left out of the counts: (sample, output) entries for pairwise measures,
+        whole samples for vector EI and groups. 0 under policy "clip".
+      out_of_range: output values that fell outside out_range (dropped or clipped), counted as
+        `dropped` is.
+      total: what `dropped` is out of.
+      converged: whether the adaptive rule was met (None for a fixed sample count).
+      estimates: ((samples, value), ...) at each adaptive or extrapolation step.
+      out_low, out_high, out_bins: the output binning used, per output neuron.
+    """
+
+    samples: int
+    dropped: int
+    out_of_range: int
+    total: int
+    converged: bool | None
+    estimates: tuple
+    out_low: np.ndarray
+    out_high: np.ndarray
+    out_bins: np.ndarray
+
+    @property
+    def dropped_fraction(self) -> float:
+        return self.dropped / self.total if self.total else 0.0
+
+
+class _Static(NamedTuple):
+    """Everything that fixes the compiled program (hashable)."""
+
+    chain: Chain
+    final_activation: Any
+    num_inputs: int
+    num_outputs: int
+    padded_outputs: int
+    in_bins: int
+    out_bins: int          # the table size: the largest bin count of any output
+    policy: str
+    method: str
+    num_blocks: int        # sample blocks per chunk
+    single_input: bool     # sensitivity intervention (one input noised) or all inputs
+    inputs_per_chunk: int  # single_input: inputs handled per chunk
+    block_size: int        # outputs (or, single_input, inputs) per count table block
+    pairs: bool            # count pairwise tables
+    groups: tuple          # ((input indices), (output indices)) whose joint states are packed
+
+
+class _Ranges(NamedTuple):
+    """The binning, traced: changing a range does not recompile."""
+
+    in_low: jax.Array
+    in_high: jax.Array
+    out_low: jax.Array   # [padded_outputs]
+    out_high: jax.Array
+    out_bins: jax.Array  # int32 [padded_outputs]
+
+
+# ---------------------------------------------------------------- the fused chunk kernels
+
+def _outputs(static: _Static, key, params, in_low, in_high, first_block, input_index=None):
+    """Samples one chunk of inputs and runs the chain: (x [S, n_in], y [S, padded_outputs])."""
+    chain = static.chain
+    if static.single_input:
+        x = single_input_noise(key, first_block, static.num_blocks, static.num_inputs,
+                               input_index, in_low, in_high)
+        y = apply(chain, params, x.reshape((-1,) + tuple(chain.in_shape)),
+                  final_activation=static.final_activation)
+    else:
+        x = uniform_inputs(key, first_block, static.num_blocks, chain.in_shape, in_low, in_high)
+        y = apply(chain, params, x, final_activation=static.final_activation)
+    x = x.reshape(x.shape[0], -1)
+    y = y.reshape(y.shape[0], -1).astype(jnp.float32)
+    pad = static.padded_outputs - static.num_outputs
+    y = jnp.pad(y, ((0, 0), (0, pad)), constant_values=jnp.nan)  # padding is never in range
+    return x, y
+
+
+def _bin_outputs(static: _Static, ranges: _Ranges, y, offset, size):
+    """Bins outputs offset..offset+size of y: (bins, in_range, countable)."""
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, offset, size, axis=a.ndim - 1)
+    y_bins, y_in = bin_indices(take(y), take(ranges.out_low), take(ranges.out_high),
+                               take(ranges.out_bins), static.policy)
+    countable = y_in if static.policy == "drop" else jnp.ones_like(y_in)
+    real = (offset + jnp.arange(size)) < static.num_outputs
+    return y_bins, y_in & real, countable & real
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _step(static: _Static, carry, key, params, ranges: _Ranges, first_block, start, stop, offset):
+    """One chunk of the all-inputs intervention.
+
+    Adds the pairwise counts of outputs offset..offset+block_size to `carry = (counts, out_of_range)`
+    (when static.pairs) and returns the packed joint states of static.groups for the host.
+    """
+    x, y = _outputs(static, key, params, ranges.in_low, ranges.in_high, first_block)
+    in_chunk = sample_mask(first_block, static.num_blocks, start, stop)
+    x_bins, _ = bin_indices(x, ranges.in_low, ranges.in_high, static.in_bins)
+    counts, out_of_range = carry
+    if static.pairs:
+        y_bins, y_in, countable = _bin_outputs(static, ranges, y, offset, static.block_size)
+        counts = counts + pairwise_counts(x_bins, y_bins, countable & in_chunk[:, None],
+                                          static.in_bins, static.out_bins, static.method)
+        out_of_range = out_of_range + jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32)
+    states = ()
+    if static.groups:
+        y_bins, y_in, _ = _bin_outputs(static, ranges, y, 0, static.padded_outputs)
+        real = jnp.arange(static.padded_outputs) < static.num_outputs
+        sample_in = jnp.all(y_in | ~real, axis=1)
+        keep = in_chunk & (sample_in if static.policy == "drop" else True)
+        x_state_bits = y_state_bits = None
+        for inputs, outputs in static.groups:
+            wx = pack_states(x_bins[:, list(inputs)], static.in_bins)
+            wy = pack_states(y_bins[:, list(outputs)], static.out_bins)
+            x_state_bits = state_bits(len(inputs), static.in_bins)
+            y_state_bits = state_bits(len(outputs), static.out_bins)
+            states += ((wx, wy, join_states(wx, x_state_bits, wy, y_state_bits)),)
+        states = (keep, in_chunk & ~sample_in, states)
+    return (counts, out_of_range), states
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _single_input_step(static: _Static, carry, key, params, ranges: _Ranges, first_block, start,
+                       stop, offset):
+    """One chunk of the one-input intervention for inputs offset..offset+inputs_per_chunk.
+
+    Adds their [inputs, outputs, in_bins, out_bins] counts to `carry`.
+    """
+    in_chunk = sample_mask(first_block, static.num_blocks, start, stop)
+
+    def one_input(a):
+        real = in_chunk & (a < static.num_inputs)  # inputs past the last are padding
+        a = jnp.minimum(a, static.num_inputs - 1)
+        x, y = _outputs(static, key, params, ranges.in_low, ranges.in_high, first_block, a)
+        x_bins, _ = bin_indices(x[:, a][:, None], ranges.in_low, ranges.in_high, static.in_bins)
+        y_bins, y_in, countable = _bin_outputs(static, ranges, y, 0, static.padded_outputs)
+        counts = pairwise_counts(x_bins, y_bins, countable & real[:, None], static.in_bins,
+                                 static.out_bins, static.method)[0]
+        return counts, jnp.sum(~y_in & real[:, None], axis=0, dtype=jnp.int32)
+
+    counts, out_of_range = jax.vmap(one_input)(offset + jnp.arange(static.inputs_per_chunk))
+    return carry[0] + counts, carry[1] + out_of_range.sum(0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _extrema_step(static: _Static, key, params, in_low, in_high, first_block, stop, offset):
+    """Per-output min and max over the samples below `stop` of one chunk (NaN ignored)."""
+    in_chunk = sample_mask(first_block, static.num_blocks, 0, stop)
+
+    def extrema(input_index):
+        _, y = _outputs(static, key, params, in_low, in_high, first_block, input_index)
+        y = y[:, :static.num_outputs]
+        keep = in_chunk[:, None] & ~jnp.isnan(y)
+        return (jnp.min(jnp.where(keep, y, jnp.inf), axis=0),
+                jnp.max(jnp.where(keep, y, -jnp.inf), axis=0))
+
+    if not static.single_input:
+        return extrema(None)
+    inputs = jnp.minimum(offset + jnp.arange(static.inputs_per_chunk), static.num_inputs - 1)
+    lows, highs = jax.vmap(extrema)(inputs)
+    return lows.min(0), highs.max(0)
+
+
+# ---------------------------------------------------------------- host-side drivers
+
+def _first_blocks(start: int, stop: int, num_blocks: int):
+    """First sample-block index of each chunk covering samples [start, stop)."""
+    return range(start // SAMPLE_BLOCK, -(-stop // SAMPLE_BLOCK), num_blocks)
+
+
+def _blocks_per_chunk(samples: int, rows_per_sample: int, cap: int) -> int:
+    """A power of two of sample blocks per chunk: enough for `samples`, within `cap` work rows."""
+    need = -(-samples // SAMPLE_BLOCK)
+    fit = max(1, cap // max(1, rows_per_sample * SAMPLE_BLOCK))
+    blocks = min(need, fit, _MAX_BLOCKS_PER_CHUNK)
+    return 1 << (blocks.bit_length() - 1) if blocks & (blocks - 1) else blocks
+
+
+class _Setup(NamedTuple):
+    key: jax.Array
+    params: Any
+    static: _Static
+    ranges: _Ranges
+    out_low: np.ndarray
+    out_high: np.ndarray
+    out_bins: np.ndarray
+
+
+def _num_flat(shape) -> int:
+    return int(np.prod(shape)) if len(shape) else 1
+
+
+def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bins, policy, method,
+             activation, samples_hint: int, single_input: bool, pairs: bool, groups: tuple,
+             memory_budget: int) -> _Setup:
+    """Checks arguments, fixes the output binning (probing outputs if dynamic) and chunk shapes."""
+    if not isinstance(chain, Chain):
+        raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
+    if not isinstance(key, jax.Array) or not (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                              or key.shape == (2,)):
+        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)); got {key!r}")
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    in_low, in_high = _checks.check_range("in_range", in_range)
+    out_range = _checks.check_range("out_range", out_range, allow_dynamic=True)
+    in_bins = _checks.check_bins("in_bins", in_bins)
+    out_bins = _checks.check_bins("out_bins", out_bins, allow_dynamic=True)
+    _checks.check_choice("policy", policy, POLICIES)
+    _checks.check_choice("method", method, METHODS)
+    method = default_method() if method == "auto" else method
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
+    if len(params) != len(chain.layers):
+        raise ValueError(f"params must have one entry per layer of the chain "
+                         f"({len(chain.layers)}); got {len(params)}")
+    from .layers import out_shape
+    num_inputs = _num_flat(chain.in_shape)
+    num_outputs = _num_flat(out_shape(chain, params))
+    if groups:
+        groups = _checks.check_groups(groups, num_inputs, num_outputs)
+
+    in_width = (in_high - in_low) / in_bins
+    base = _Static(chain=chain, final_activation=activation, num_inputs=num_inputs,
+                   num_outputs=num_outputs, padded_outputs=num_outputs, in_bins=in_bins,
+                   out_bins=2, policy=policy, method=method, num_blocks=1,
+                   single_input=single_input, inputs_per_chunk=1, block_size=1, pairs=pairs,
+                   groups=groups)
+    if out_range == "dynamic":
+        low, high = _probe_extrema(key, params, base, in_low, in_high,
+                                   min(samples_hint, _DYNAMIC_PROBE))
+        high = np.where(high > low, high, low + in_width)  # a constant output gets one bin's width
+    else:
+        low = np.full(num_outputs, out_range[0])
+        high = np.full(num_outputs, out_range[1])
+    if out_bins == "dynamic":
+        bins = np.floor((high - low) / in_width).astype(np.int64) + 1
+        high = low + bins * in_width
+    else:
+        bins = np.full(num_outputs, out_bins, np.int64)
+    table_bins = int(bins.max())
+
+    cell_bytes = 4 * in_bins * table_bins
+    if single_input:
+        per_unit = num_outputs * cell_bytes  # one input's tables
+        units = num_inputs
+    else:
+        per_unit = num_inputs * cell_bytes if pairs else 0  # one output's tables
+        units = num_outputs
+    if per_unit > memory_budget:
+        what = "input's" if single_input else "output's"
+        raise ValueError(
+            f"one {what} count tables need {per_unit / 2**20:.1f} MiB "
+            f"({num_inputs} inputs x {num_outputs} outputs, {in_bins} x {table_bins} bins), more "
+            f"than memory_budget={memory_budget / 2**20:.1f} MiB; use fewer bins or raise "
+            f"memory_budget")
+    block = units if per_unit == 0 else max(1, min(units, memory_budget // per_unit))
+    if single_input:
+        rows = (num_inputs + num_outputs) * block
+        blocks = _blocks_per_chunk(samples_hint, rows, 2 ** 24)
+        static = base._replace(inputs_per_chunk=block, block_size=block, num_blocks=blocks)
+    else:
+        block = min(block, max(1, _SCATTER_ENTRIES // (num_inputs * SAMPLE_BLOCK))) if pairs else 1
+        rows = num_inputs * block if pairs else num_inputs + num_outputs
+        blocks = _blocks_per_chunk(samples_hint, max(rows, num_inputs + num_outputs),
+                                   _SCATTER_ENTRIES)
+        static = base._replace(block_size=block, num_blocks=blocks)
+    padded = -(-num_outputs // static.block_size) * static.block_size if not single_input \
+        else num_outputs
+    static = static._replace(padded_outputs=padded, out_bins=table_bins)
+    pad = padded - num_outputs
+    ranges = _Ranges(in_low=jnp.float32(in_low), in_high=jnp.float32(in_high),
+                     out_low=jnp.asarray(np.pad(low, (0, pad)), jnp.float32),
+                     out_high=jnp.asarray(np.pad(high, (0, pad), constant_values=1.0), jnp.float32),
+                     out_bins=jnp.asarray(np.pad(bins, (0, pad), constant_values=2), jnp.int32))
+    return _Setup(key, params, static, ranges, low, high, bins)
+
+
+def _probe_extrema(key, params, base: _Static, in_low, in_high, samples):
+    """Per-output min and max over the first `samples` samples (all interventions of single_input)."""
+    per_chunk = 64 if base.single_input else 1
+    static = base._replace(num_blocks=_blocks_per_chunk(samples, base.num_inputs * per_chunk,
+                                                        2 ** 24),
+                           inputs_per_chunk=per_chunk)
+    lows, highs = [], []
+    offsets = range(0, base.num_inputs, per_chunk) if base.single_input else [0]
+    for offset in offsets:
+        for first in _first_blocks(0, samples, static.num_blocks):
+            low, high = _extrema_step(static, key, params, jnp.float32(in_low),
+                                      jnp.float32(in_high), first, samples, offset)
+            lows.append(low)
+            highs.append(high)
+    low = np.min(np.stack(jax.device_get(lows)), 0).astype(np.float64)
+    high = np.max(np.stack(jax.device_get(highs)), 0).astype(np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        raise ValueError("out_range='dynamic' found outputs that are NaN or infinite for every "
+                         "probe sample; check the layer's weights")
+    return low, high
+
+
+def _pair_block_counts(setup: _Setup, offset: int, start: int, stop: int, carry=None):
+    """Adds samples [start, stop) to the counts of output block `offset` (all-inputs intervention)."""
+    static = setup.static
+    if carry is None:
+        carry = (jnp.zeros((static.num_inputs, static.block_size, static.in_bins,
+                            static.out_bins), jnp.int32),
+                 jnp.zeros(static.block_size, jnp.int32))
+    for first in _first_blocks(start, stop, static.num_blocks):
+        carry, _ = _step(static, carry, setup.key, setup.params, setup.ranges, first, start, stop,
+                         offset)
+    return carry
+
+
+class _PairwiseCounts:
+    """EI_parts tables over the output blocks of a layer, grown sample range by sample range.
+
+    Tables are kept between calls when they all fit `memory_budget`; otherwise each call recounts
+    its blocks from sample 0 (the same samples, so the same answer).
+    """
+
+    def __init__(self, setup: _Setup, memory_budget: int):
+        self.setup = setup
+        static = setup.static
+        table_bytes = 4 * static.num_inputs * static.padded_outputs * static.in_bins * static.out_bins
+        self.keep = table_bytes <= memory_budget
+        self.carries: dict[int, Any] = {}
+        self.counted = 0
+
+    def matrix(self, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(EI_parts matrix [n_in, n_out], out-of-range counts per output) over samples [0, stop)."""
+        static = self.setup.static
+        mis, out_of_range = [], []
+        for offset in range(0, static.padded_outputs, static.block_size):
+            if self.keep:
+                carry = _pair_block_counts(self.setup, offset, self.counted, stop,
+                                           self.carries.get(offset))
+                self.carries[offset] = carry
+            else:
+                carry = _pair_block_counts(self.setup, offset, 0, stop)
+            mis.append(mutual_information(carry[0]))
+            out_of_range.append(carry[1])
+        self.counted = stop
+        mi = np.concatenate(jax.device_get(mis), axis=1)[:, :static.num_outputs]
+        oor = np.concatenate(jax.device_get(out_of_range))[:static.num_outputs]
+        return mi.astype(np.float64), oor.astype(np.int64)
+
+
+def _state_mis(setup: _Setup, start: int, stop: int, counters):
+    """Adds samples [start, stop) to the group state counters; returns (dropped, out_of_range)."""
+    static = setup.static
+    dropped = 0
+    carry = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    for first in _first_blocks(start, stop, static.num_blocks):
+        carry, (keep, out, states) = _step(static, carry, setup.key, setup.params, setup.ranges,
+                                           first, start, stop, 0)
+        keep, out, states = jax.device_get((keep, out, states))
+        dropped += int(out.sum())
+        for counter_triplet, words_triplet in zip(counters, states):
+            for counter, words in zip(counter_triplet, words_triplet):
+                counter.add(words, keep)
+    return dropped
+
+
+def _state_counters(static: _Static):
+    counters = []
+    for inputs, outputs in static.groups:
+        bx = state_bits(len(inputs), static.in_bins)
+        by = state_bits(len(outputs), static.out_bins)
+        joint = bx + by if (bx <= 32 and by <= 32 and bx + by <= 32) else max(bx + by, 33)
+        counters.append((StateCounts(bx), StateCounts(by), StateCounts(joint)))
+    return counters
+
+
+def _warn_dropped(info: Info, what: str):
+    if info.dropped_fraction > 0.01:
+        warnings.warn(
+            f"{info.dropped} of {info.total} {what} ({100 * info.dropped_fraction:.1f}%) had an "
+            f"output outside out_range and were dropped; widen out_range, use "
+            f"out_range='dynamic', or policy='clip'", RuntimeWarning, stacklevel=3)
+
+
+def _info(setup, samples, dropped, out_of_range, total, converged, estimates):
+    return Info(samples=samples, dropped=dropped, out_of_range=out_of_range, total=total,
+                converged=converged, estimates=tuple(estimates), out_low=setup.out_low,
+                out_high=setup.out_high, out_bins=setup.out_bins)
+
+
+# ---------------------------------------------------------------- public measures
+
+def _common_kwargs(in_range, out_range, in_bins, out_bins, policy, method, activation,
+                   memory_budget):
+    return dict(in_range=in_range, out_range=out_range, in_bins=in_bins, out_bins=out_bins,
+                policy=policy, method=method, activation=activation, memory_budget=memory_budget)
+
+
+def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range=(0.0, 1.0),
+                    in_bins: int = 64, out_bins=64, samples: int | None = None,
+                    threshold: float = 0.05, extrapolate: bool = False, policy: str = "drop",
+                    method: str = "auto", activation=None, max_samples: int = 2 ** 27,
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    """The EI_parts matrix: I(x_A; y_B) for every input A and output B under uniform noise.
+
+    Args:
+      key: PRNG key (`jax.random.key(seed)`).
+      chain, params: the layer(s) to measure (`deep_ei_jax.Chain` and one dict per layer).
+      in_range: (low, high) of the uniform input noise and of the input bins.
+      out_range: (low, high) of the output bins, or 'dynamic' (per output, from the first 10k
+        samples' min and max).
+      in_bins: input bins; out_bins: output bins or 'dynamic' (the input bins' width).
+      samples: a fixed number of samples; None means adaptive (`threshold`, deep-ei's doubling rule).
+      threshold: adaptive stopping threshold in (0, 1).
+      extrapolate: estimate at 100k..2M samples and return the fitted asymptote a/n^e + C.
+      policy: "drop" out-of-range outputs (per pair) or "clip" them into the end bins.
+      method: counting kernel, "auto" | "scatter" | "onehot".
+      activation: replaces the chain's last activation (a name or a JAX callable).
+      max_samples: the adaptive mode stops here, with `info.converged` False.
+      memory_budget: bytes of count tables held at once; larger layers are streamed in blocks.
+
+    Returns:
+      (matrix float64 [n_in, n_out] in bits, Info).
+    """
+    mode = _sample_mode(samples, threshold, extrapolate, max_samples)
+    hint = samples if mode == "fixed" else adaptive.FIRST_STEP
+    setup = _prepare(key, chain, params, samples_hint=hint, single_input=False, pairs=True,
+                     groups=(), **_common_kwargs(in_range, out_range, in_bins, out_bins, policy,
+                                                 method, activation, memory_budget))
+    counts = _PairwiseCounts(setup, memory_budget)
+    estimates = []
+    if mode == "fixed":
+        totals, converged = [samples], None
+    elif mode == "extrapolate":
+        totals, converged = adaptive.extrapolation_totals(), None
+    else:
+        totals, converged = adaptive.doubling_totals(limit=max_samples), False
+    for total in totals:
+        matrix, oor = counts.matrix(total)
+        estimates.append((total, float(matrix.sum())))
+        if mode == "adaptive" and adaptive.parts_converged(estimates, threshold):
+            converged = True
+            break
+    if mode == "adaptive" and not converged:
+        warnings.warn(f"EI_parts did not converge to threshold={threshold} within max_samples="
+                      f"{max_samples}", RuntimeWarning, stacklevel=2)
+    n = estimates[-1][0]
+    dropped = int(oor.sum()) if policy == "drop" else 0
+    info = _info(setup, n, dropped, int(oor.sum()), n * setup.static.num_outputs, converged,
+                 estimates)
+    _warn_dropped(info, "(sample, output) values")
+    return matrix, info
+
+
+def ei_parts(key, chain: Chain, params, **kwargs):
+    """EI_parts: the sum over all (input, output) pairs of I(x_A; y_B). Same arguments as
+    `ei_parts_matrix`; with `extrapolate=True` the value is the fitted asymptote."""
+    matrix, info = ei_parts_matrix(key, chain, params, **kwargs)
+    if kwargs.get("extrapolate"):
+        n, e = zip(*info.estimates)
+        first = adaptive.EXTRAPOLATION_FIRST_FIT_POINT
+        return adaptive.fit_asymptote(n[first:], e[first:]), info
+    return float(matrix.sum()), info
+
+
+def _sample_mode(samples, threshold, extrapolate, max_samples):
+    if extrapolate:
+        return "extrapolate"
+    if samples is not None:
+        _checks.check_samples("samples", samples)
+        return "fixed"
+    _checks.check_threshold(threshold)
+    _checks.check_samples("max_samples", max_samples)
+    return "adaptive"
+
+
+def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0),
+                       out_range=(0.0, 1.0), in_bins: int = 64, out_bins=64,
+                       samples: int | None = None, threshold: float = 0.05,
+                       policy: str = "drop", method: str = "auto", activation=None,
+                       max_samples: int = 2 ** 27, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                       pairs: bool = False):
+    """I(X_G; Y_H) for each (G, H) in `groups` (indices into the flattened inputs and outputs).
+
+    A sample with any output outside out_range is dropped whole (policy "drop"). `samples=None`
+    is adaptive with deep-ei's vector rule: stop when doubling moves every group's estimate by
+    less than `threshold` bits. With `pairs=True` the EI_parts matrix of the same samples is
+    returned too: ((values, matrix), Info).
+
+    Returns:
+      (list of floats in bits, Info).
+    """
+    mode = _sample_mode(samples, threshold, False, max_samples)
+    hint = samples if mode == "fixed" else adaptive.FIRST_STEP
+    setup = _prepare(key, chain, params, samples_hint=hint, single_input=False, pairs=False,
+                     groups=groups, **_common_kwargs(in_range, out_range, in_bins, out_bins,
+                                                     policy, method, activation, memory_budget))
+    counters = _state_counters(setup.static)
+    pair_counts = None
+    if pairs:
+        pair_setup = setup._replace(static=_prepare(
+            key, chain, params, samples_hint=hint, single_input=False, pairs=True, groups=(),
+            **_common_kwargs(in_range, out_range, in_bins, out_bins, policy, method, activation,
+                             memory_budget)).static)
+        pair_setup = pair_setup._replace(ranges=_repad(setup, pair_setup.static))
+        pair_counts = _PairwiseCounts(pair_setup, memory_budget)
+    totals = [samples] if mode == "fixed" else adaptive.doubling_totals(limit=max_samples)
+    converged = None if mode == "fixed" else False
+    estimates, history, dropped, counted = [], [], 0, 0
+    for total in totals:
+        dropped += _state_mis(setup, counted, total, counters)
+        counted = total
+        values = [mutual_information_from_states(cx.counts(), cy.counts(), cxy.counts())
+                  for cx, cy, cxy in counters]
+        history.append(values)
+        estimates.append((total, values[0] if len(values) == 1 else tuple(values)))
+        if mode == "adaptive" and len(history) >= 2 and all(
+                adaptive.vector_converged([(0, a), (0, b)], threshold)
+                for a, b in zip(history[-2], history[-1])):
+            converged = True
+            break
+    if mode == "adaptive" and not converged:
+        warnings.warn(f"vector EI did not converge to threshold={threshold} within max_samples="
+                      f"{max_samples}", RuntimeWarning, stacklevel=2)
+    n = counted
+    info = _info(setup, n, dropped if policy == "drop" else 0, dropped, n, converged, estimates)
+    _warn_dropped(info, "samples")
+    if pairs:
+        matrix, _ = pair_counts.matrix(n)
+        return (values, matrix), info
+    return values, info
+
+
+def _repad(setup: _Setup, static: _Static) -> _Ranges:
+    """The ranges of `setup` padded to another static layout (same binning, same probe)."""
+    pad = static.padded_outputs - static.num_outputs
+    return _Ranges(in_low=setup.ranges.in_low, in_high=setup.ranges.in_high,
+                   out_low=jnp.asarray(np.pad(setup.out_low, (0, pad)), jnp.float32),
+                   out_high=jnp.asarray(np.pad(setup.out_high, (0, pad), constant_values=1.0),
+                                        jnp.float32),
+                   out_bins=jnp.asarray(np.pad(setup.out_bins, (0, pad), constant_values=2),
+                                        jnp.int32))
+
+
+def _whole_layer(chain: Chain, params):
+    from .layers import out_shape
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return ((tuple(range(_num_flat(chain.in_shape))),
+             tuple(range(_num_flat(out_shape(chain, params))))),)
+
+
+def ei(key, chain: Chain, params, **kwargs):
+    """Vector EI: I(X; Y) between the whole binned input and output vectors. Same arguments as
+    `eis_between_groups` without `groups`. Returns (float bits, Info)."""
+    values, info = eis_between_groups(key, chain, params, _whole_layer(chain, params), **kwargs)
+    return values[0], info
+
+
+def ei_and_ei_parts(key, chain: Chain, params, **kwargs):
+    """(vector EI, EI_parts) from the same samples. Returns ((float, float), Info)."""
+    (values, matrix), info = eis_between_groups(key, chain, params, _whole_layer(chain, params),
+                                                pairs=True, **kwargs)
+    return (values[0], float(matrix.sum())), info
+
+
+def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_range=(0.0, 1.0),
+                       out_range=(0.0, 1.0), in_bins: int = 64, out_bins=64,
+                       policy: str = "drop", method: str = "auto", activation=None,
+                       memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    """The sensitivity matrix: I(x_A; y_B) when only input A is noised (uniform on in_range) and
+    every other input is 0, for every pair.
+
+    Returns:
+      (matrix float64 [n_in, n_out] in bits, Info); `Info.samples` is per input.
+    """
+    _checks.check_samples("samples", samples)
+    setup = _prepare(key, chain, params, samples_hint=samples, single_input=True, pairs=True,
+                     groups=(), **_common_kwargs(in_range, out_range, in_bins, out_bins, policy,
+                                                 method, activation, memory_budget))
+    static = setup.static
+    mis, out_of_range = [], []
+    for offset in range(0, static.num_inputs, static.inputs_per_chunk):
+        carry = (jnp.zeros((static.inputs_per_chunk, static.padded_outputs, static.in_bins,
+                            static.out_bins), jnp.int32),
+                 jnp.zeros(static.padded_outputs, jnp.int32))
+        for first in _first_blocks(0, samples, static.num_blocks):
+            carry = _single_input_step(static, carry, setup.key, setup.params, setup.ranges,
+                                       first, 0, samples, offset)
+        mis.append(mutual_information(carry[0]))
+        out_of_range.append(carry[1])
+    matrix = np.concatenate(jax.device_get(mis), axis=0)[:static.num_inputs]
+    oor = int(np.sum(jax.device_get(out_of_range)))
+    total = samples * static.num_inputs * static.num_outputs
+    info = _info(setup, samples, oor if policy == "drop" else 0, oor, total, None, ())
+    _warn_dropped(info, "(sample, output) values")
+    return matrix.astype(np.float64), info
+
+
+def sensitivity(key, chain: Chain, params, **kwargs):
+    """Sensitivity: the sum of the sensitivity matrix. Same arguments as `sensitivity_matrix`.
+    Returns (float bits, Info)."""
+    matrix, info = sensitivity_matrix(key, chain, params, **kwargs)
+    return float(matrix.sum()), info
+
+
+def degeneracy(key, chain: Chain, params, *, ei_kind: str = "vector", sensitivity_samples: int = 500,
+               **kwargs):
+    """Degeneracy = sensitivity - EI (`ei_kind="vector"`) or sensitivity - EI_parts
+    (`ei_kind="parts"`). Keyword arguments are those of `ei` / `ei_parts`; sensitivity uses
+    `sensitivity_samples` and the same binning. Returns (float bits, (ei Info, sensitivity Info))."""
+    _checks.check_choice("ei_kind", ei_kind, ("vector", "parts"))
+    ei_key, sensitivity_key = jax.random.split(_as_key(key))
+    measure = ei if ei_kind == "vector" else ei_parts
+    ei_value, ei_info = measure(ei_key, chain, params, **kwargs)
+    binning = {k: kwargs[k] for k in ("in_range", "out_range", "in_bins", "out_bins", "policy",
+                                      "method", "activation", "memory_budget") if k in kwargs}
+    sens, sens_info = sensitivity(sensitivity_key, chain, params, samples=sensitivity_samples,
+                                  **binning)
+    return sens - ei_value, (ei_info, sens_info)
+
+
+def _as_key(key):
+    if isinstance(key, jax.Array) and key.shape == (2,) and key.dtype == jnp.uint32:
+        return jax.random.wrap_key_data(key)
+    return key
