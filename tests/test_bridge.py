@@ -1,0 +1,164 @@
+"""The torch bridge: topology_of, conversion of spans (matches torch's forward pass), defaults."""
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deep_ei_jax as dei
+from deep_ei_jax import pure
+from deep_ei_jax.bridge import layer_chain
+
+
+def forward_matches(span_chain, params, torch_fn, inputs):
+    ours = np.asarray(pure.apply(span_chain, params, jnp.asarray(inputs)))
+    with torch.no_grad():
+        theirs = torch_fn(torch.from_numpy(inputs)).numpy()
+    np.testing.assert_allclose(ours, theirs.reshape(ours.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, deep_ei_jax; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_topology_matches_deep_ei_attributes():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 10), nn.Sigmoid(), nn.Linear(10, 5), nn.Tanh(),
+                        nn.Linear(5, 2))
+    top = dei.topology_of(net, torch.zeros((1, 20)))
+    assert list(top.nodes) == [net[0], net[2], net[4]]
+    assert list(top.edges) == [(net[0], net[2]), (net[2], net[4])]
+    first, second, last = (top.nodes[m] for m in (net[0], net[2], net[4]))
+    assert first["input"] == {"activation": None, "shape": (1, 20)}
+    assert first["output"] == {"activation": net[1], "shape": (1, 10)}
+    assert second["input"]["activation"] is net[1] and second["output"]["activation"] is net[3]
+    assert last["output"]["activation"] is None and last["input"]["activation"] is net[3]
+
+
+def test_linear_span_matches_torch_forward():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 4, bias=False), nn.ReLU(),
+                        nn.Linear(4, 3), nn.Tanh())
+    top = dei.topology_of(net, torch.zeros((1, 6)))
+    span = layer_chain(net[4], top, in_layer=net[0])
+    assert span.chain.in_shape == (6,)
+    x = np.random.default_rng(0).uniform(-1, 1, (50, 6)).astype(np.float32)
+    forward_matches(span.chain, span.params, net, x)
+
+
+def test_conv_pool_flatten_linear_full_span_matches_torch():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, stride=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(3, 4, 2, dilation=1), nn.Tanh(), nn.AvgPool2d(2, stride=1),
+                        nn.Flatten(), nn.Linear(4 * 2 * 2, 3), nn.Sigmoid())
+    x = torch.zeros((1, 2, 8, 8))
+    top = dei.topology_of(net, x)
+    span = layer_chain(net[7], top, in_layer=net[0])
+    assert not span.receptive_field and span.chain.in_shape == (2, 8, 8)
+    inputs = np.random.default_rng(1).uniform(0, 1, (7, 2, 8, 8)).astype(np.float32)
+    forward_matches(span.chain, span.params, net, inputs)
+
+
+def test_conv_receptive_field_and_conv_pool_span():
+    torch.manual_seed(3)
+    conv, pool = nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.MaxPool2d(2)
+    net = nn.Sequential(conv, nn.Sigmoid(), pool, nn.Flatten())
+    top = dei.topology_of(net, torch.zeros((1, 2, 16, 16)))
+    assert top.nodes[conv]["input"]["shape"] == (1, 2, 16, 16)
+    alone = layer_chain(conv, top)
+    assert alone.receptive_field and alone.chain.in_shape == (2, 3, 3)
+    spanned = layer_chain(pool, top, in_layer=conv)
+    # SPEC: kH + (p - 1) * stride_conv = 3 + (2 - 1) * 2 = 5
+    assert spanned.chain.in_shape == (2, 5, 5)
+    patch = np.random.default_rng(2).uniform(0, 1, (9, 2, 5, 5)).astype(np.float32)
+    no_pad = nn.Conv2d(2, 3, 3, stride=2)
+    no_pad.load_state_dict(conv.state_dict())
+    forward_matches(spanned.chain, spanned.params, nn.Sequential(no_pad, nn.Sigmoid(), pool),
+                    patch)
+    matrix = dei.ei_of_layer_matrix(pool, top, in_layer=conv, samples=5000, in_bins=8,
+                                    out_bins=8, seed=0)
+    assert matrix.shape == (2 * 5 * 5, 3)
+
+
+def test_defaults_from_topology_and_activation_override():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2), nn.ReLU())
+    top = dei.topology_of(net, torch.zeros((1, 3)))
+    _, info = dei.ei_of_layer(net[2], top, samples=2000, seed=0, return_info=True)
+    # in_range from the Tanh before (-1, 1), out_range from the ReLU after (0, 10)
+    assert float(info.out_low[0]) == 0 and float(info.out_high[0]) == 10
+    a = dei.ei_of_layer_matrix(net[2], top, samples=3000, seed=0, activation=nn.Sigmoid(),
+                               out_range=(0, 1), in_bins=8, out_bins=8)
+    b = dei.ei_of_layer_matrix(net[2], top, samples=3000, seed=0, activation=torch.sigmoid,
+                               out_range=(0, 1), in_bins=8, out_bins=8)
+    c = dei.ei_of_layer_matrix(net[2], top, samples=3000, seed=0, activation=jax.nn.sigmoid,
+                               out_range=(0, 1), in_bins=8, out_bins=8)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    # a lambda only torch can run goes through a host callback; same sigmoid, same numbers
+    d = dei.ei_of_layer_matrix(net[2], top, samples=3000, seed=0,
+                               activation=lambda t: 1 / (1 + torch.exp(-t)),
+                               out_range=(0, 1), in_bins=8, out_bins=8)
+    np.testing.assert_allclose(a, d, atol=1e-4)
+
+
+def test_manual_seed_repeats_and_seed_argument():
+    net = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid())
+    top = dei.topology_of(net, torch.zeros((1, 4)))
+    kwargs = dict(samples=5000, in_range=(0, 1), in_bins=16, out_bins=16)
+    torch.manual_seed(7)
+    first = dei.ei_of_layer(net[0], top, **kwargs)
+    torch.manual_seed(7)
+    assert dei.ei_of_layer(net[0], top, **kwargs) == first
+    assert dei.ei_of_layer(net[0], top, seed=3, **kwargs) == \
+        dei.ei_of_layer(net[0], top, seed=3, **kwargs)
+
+
+def test_aliases_and_return_types():
+    net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.Sigmoid())
+    top = dei.topology_of(net, torch.zeros((1, 3)))
+    kwargs = dict(samples=4000, in_range=(0, 1), in_bins=8, out_bins=8, seed=1)
+    assert dei.ei_parts is dei.ei_of_layer and dei.ei is dei.vector_ei_of_layer
+    assert dei.sensitivity is dei.sensitivity_of_layer
+    assert dei.ei_parts_matrix is dei.ei_of_layer_matrix
+    assert dei.sensitivity_matrix is dei.sensitivity_of_layer_matrix
+    assert isinstance(dei.ei_of_layer(net[0], top, **kwargs), float)
+    assert isinstance(dei.vector_ei_of_layer(net[0], top, **kwargs), float)
+    assert isinstance(dei.ei_of_layer_matrix(net[0], top, **kwargs), np.ndarray)
+    assert isinstance(dei.sensitivity_of_layer_matrix(net[0], top, **kwargs), np.ndarray)
+    groups = dei.eis_between_groups(net[0], top, [((0,), (1,))], **kwargs)
+    assert isinstance(groups, list) and len(groups) == 1
+    both = dei.vector_and_pairwise_ei(net[0], top, **kwargs)
+    assert isinstance(both, tuple) and both[0] == dei.vector_ei_of_layer(net[0], top, **kwargs)
+    degeneracy = dei.degeneracy_of_layer(net[0], top, sensitivity_samples=1000, **kwargs)
+    assert isinstance(degeneracy, float)
+
+
+def test_mi_and_nats_to_bits():
+    x = torch.rand(20000)
+    assert dei.MI(x, x, bins=16, range=((0, 1), (0, 1))) == pytest.approx(4.0, abs=0.01)
+    assert dei.MI(x, torch.rand(20000), bins=8) < 0.01
+    assert dei.nats_to_bits(np.log(2)) == pytest.approx(1.0)
+
+
+def test_ei_of_layer_reports_tiny_values_as_zero():
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Sigmoid())
+    with torch.no_grad():
+        net[0].weight.zero_()
+    top = dei.topology_of(net, torch.zeros((1, 2)))
+    assert dei.ei_of_layer(net[0], top, samples=5000, in_range=(0, 1), in_bins=8,
+                           out_bins=8) == 0.0
+
+
+def test_device_argument():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid())
+    top = dei.topology_of(net, torch.zeros((1, 2)))
+    kwargs = dict(samples=2000, in_range=(0, 1), in_bins=8, out_bins=8, seed=0)
+    value = dei.ei_of_layer(net[0], top, device="cpu", **kwargs)
+    assert dei.ei_of_layer(net[0], top, device=torch.device("cpu"), **kwargs) == value
