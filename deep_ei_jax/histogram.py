@@ -17,12 +17,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-METHODS = ("auto", "scatter", "onehot")
+try:  # optional: a compiled host loop, the fastest counter on a CPU
+    import numba
+except ImportError:  # pragma: no cover - depends on the install
+    numba = None
+
+METHODS = ("auto", "scatter", "onehot", "numba")
 
 
 def default_method() -> str:
-    """The counting method for the default backend: one-hot matmul on accelerators, else scatter."""
-    return "scatter" if jax.default_backend() == "cpu" else "onehot"
+    """The counting method for the default backend: one-hot matmul on accelerators; on a CPU the
+    numba loop when numba is installed, else XLA's scatter-add."""
+    if jax.default_backend() != "cpu":
+        return "onehot"
+    return "numba" if numba is not None else "scatter"
 
 
 def pairwise_counts(x_bins: jax.Array, y_bins: jax.Array, y_valid: jax.Array, in_bins: int,
@@ -44,8 +52,10 @@ def pairwise_counts(x_bins: jax.Array, y_bins: jax.Array, y_valid: jax.Array, in
     if method == "scatter":
         cells = num_in * num_out * in_bins * out_bins
         pair = (jnp.arange(num_in)[:, None] * num_out + jnp.arange(num_out)[None, :])
-        joint = ((pair[None] * in_bins + x_bins[:, :, None]) * out_bins + y_bins[:, None, :])
-        joint = jnp.where(y_valid[:, None, :], joint, cells)  # invalid -> one spare cell
+        # pair-major order: consecutive updates hit one pair's small table (cache friendly)
+        joint = ((pair[:, :, None] * in_bins + x_bins.T[:, None, :]) * out_bins
+                 + y_bins.T[None, :, :])
+        joint = jnp.where(y_valid.T[None, :, :], joint, cells)  # invalid -> one spare cell
         counts = jnp.bincount(joint.reshape(-1), length=cells + 1)[:cells]
         return counts.astype(jnp.int32).reshape(num_in, num_out, in_bins, out_bins)
     if method == "onehot":
@@ -57,6 +67,48 @@ def pairwise_counts(x_bins: jax.Array, y_bins: jax.Array, y_valid: jax.Array, in
         counts = jnp.einsum("sai,sbj->abij", x_hot, y_hot, preferred_element_type=jnp.float32)
         return jnp.round(counts).astype(jnp.int32)
     raise ValueError(f"method must be one of {METHODS[1:]}; got {method!r}")
+
+
+def host_bins_dtype(in_bins: int, out_bins: int):
+    """The narrowest unsigned dtype for bins handed to the host counter (out_bins + 1 sentinel)."""
+    return np.uint8 if max(in_bins, out_bins + 1) <= 256 else np.uint16 \
+        if max(in_bins, out_bins + 1) <= 65536 else np.uint32
+
+
+def _host_pairwise_kernel():
+    @numba.njit(parallel=True, nogil=True, cache=True)
+    def add_counts(x_bins, y_bins, row_bins, tables):
+        num_in, num_samples = x_bins.shape
+        num_out = y_bins.shape[0]
+        for pair in numba.prange(num_in * num_out):
+            a, b = pair // num_out, pair % num_out
+            table, xa, yb = tables[a, b], x_bins[a], y_bins[b]
+            for s in range(num_samples):
+                table[xa[s] * row_bins + yb[s]] += 1
+    return add_counts
+
+
+_host_kernel = None
+
+
+def add_pairwise_counts_host(x_bins_t: np.ndarray, y_bins_t: np.ndarray, out_bins: int,
+                             tables: np.ndarray) -> None:
+    """The numba counterpart of `pairwise_counts`, on the host, adding into `tables` in place.
+
+    Args:
+      x_bins_t: input bins, [n_in, S] (sample-minor, so each pair streams two rows).
+      y_bins_t: output bins, [n_out, S]; the value `out_bins` marks an entry left out.
+      out_bins: the table's output bins (its rows hold out_bins + 1 cells, the last one spare).
+      tables: int32 [n_in, n_out, in_bins * (out_bins + 1)], updated in place (exact: callers keep
+        a run below 2**31 samples).
+    """
+    global _host_kernel
+    if numba is None:
+        raise ValueError("method='numba' needs numba: pip install numba (or the [fast] extra)")
+    if _host_kernel is None:
+        _host_kernel = _host_pairwise_kernel()
+    _host_kernel(np.ascontiguousarray(x_bins_t), np.ascontiguousarray(y_bins_t), out_bins + 1,
+                 tables)
 
 
 def bits_per_value(bins: int) -> int:

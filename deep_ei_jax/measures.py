@@ -18,8 +18,8 @@ import numpy as np
 
 from . import _checks, adaptive
 from .binning import POLICIES, bin_indices
-from .histogram import (METHODS, StateCounts, default_method, join_states, pack_states,
-                        pairwise_counts, state_bits)
+from .histogram import (METHODS, StateCounts, add_pairwise_counts_host, default_method,
+                        host_bins_dtype, join_states, pack_states, pairwise_counts, state_bits)
 from .information import mutual_information, mutual_information_from_states
 from .layers import Chain, apply
 from .sampling import SAMPLE_BLOCK, sample_mask, single_input_noise, uniform_inputs
@@ -125,16 +125,25 @@ def _step(static: _Static, carry, key, params, ranges: _Ranges, first_block, sta
     """One chunk of the all-inputs intervention.
 
     Adds the pairwise counts of outputs offset..offset+block_size to `carry = (counts, out_of_range)`
-    (when static.pairs) and returns the packed joint states of static.groups for the host.
+    (when static.pairs) and returns the packed joint states of static.groups for the host. With
+    the host ("numba") counter, returns the bins for it instead: ([n_in, S], [block, S]) with the
+    sentinel `out_bins` where an entry is left out.
     """
     x, y = _outputs(static, key, params, ranges.in_low, ranges.in_high, first_block)
     in_chunk = sample_mask(first_block, static.num_blocks, start, stop)
     x_bins, _ = bin_indices(x, ranges.in_low, ranges.in_high, static.in_bins)
     counts, out_of_range = carry
+    host_bins = ()
     if static.pairs:
         y_bins, y_in, countable = _bin_outputs(static, ranges, y, offset, static.block_size)
-        counts = counts + pairwise_counts(x_bins, y_bins, countable & in_chunk[:, None],
-                                          static.in_bins, static.out_bins, static.method)
+        valid = countable & in_chunk[:, None]
+        if static.method == "numba":
+            dtype = host_bins_dtype(static.in_bins, static.out_bins)
+            host_bins = (x_bins.T.astype(dtype),
+                         jnp.where(valid, y_bins, static.out_bins).T.astype(dtype))
+        else:
+            counts = counts + pairwise_counts(x_bins, y_bins, valid, static.in_bins,
+                                              static.out_bins, static.method)
         out_of_range = out_of_range + jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32)
     states = ()
     if static.groups:
@@ -150,7 +159,7 @@ def _step(static: _Static, carry, key, params, ranges: _Ranges, first_block, sta
             y_state_bits = state_bits(len(outputs), static.out_bins)
             states += ((wx, wy, join_states(wx, x_state_bits, wy, y_state_bits)),)
         states = (keep, in_chunk & ~sample_in, states)
-    return (counts, out_of_range), states
+    return (counts, out_of_range), states, host_bins
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
@@ -242,6 +251,8 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
     _checks.check_choice("policy", policy, POLICIES)
     _checks.check_choice("method", method, METHODS)
     method = default_method() if method == "auto" else method
+    if single_input and method == "numba":
+        method = "scatter"  # sensitivity counts few samples per input: XLA's kernel serves
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
     if len(params) != len(chain.layers):
         raise ValueError(f"params must have one entry per layer of the chain "
@@ -331,16 +342,44 @@ def _probe_extrema(key, params, base: _Static, in_low, in_high, samples):
 
 
 def _pair_block_counts(setup: _Setup, offset: int, start: int, stop: int, carry=None):
-    """Adds samples [start, stop) to the counts of output block `offset` (all-inputs intervention)."""
+    """Adds samples [start, stop) to the counts of output block `offset` (all-inputs intervention).
+
+    Returns the carry (counts, out-of-range per output [block]): int32 counts on the device, or
+    with the "numba" counter int32 host tables with a spare column (`_tables` views either as
+    [n_in, block, in_bins, out_bins]).
+    """
     static = setup.static
+    shape = (static.num_inputs, static.block_size, static.in_bins, static.out_bins)
+    host = static.method == "numba"
     if carry is None:
-        carry = (jnp.zeros((static.num_inputs, static.block_size, static.in_bins,
-                            static.out_bins), jnp.int32),
-                 jnp.zeros(static.block_size, jnp.int32))
+        counts = (np.zeros(shape[:2] + (static.in_bins * (static.out_bins + 1),), np.int32)
+                  if host else jnp.zeros(shape, jnp.int32))
+        carry = (counts, jnp.zeros(static.block_size, jnp.int32))
+    counts, out_of_range = carry
+    if host:
+        device_carry = (jnp.zeros((), jnp.int32), out_of_range)
+        pending = None
+        for first in _first_blocks(start, stop, static.num_blocks):
+            device_carry, _, bins = _step(static, device_carry, setup.key, setup.params,
+                                          setup.ranges, first, start, stop, offset)
+            if pending is not None:  # count the previous chunk while this one computes
+                add_pairwise_counts_host(*jax.device_get(pending), static.out_bins, counts)
+            pending = bins
+        if pending is not None:
+            add_pairwise_counts_host(*jax.device_get(pending), static.out_bins, counts)
+        return counts, device_carry[1]
     for first in _first_blocks(start, stop, static.num_blocks):
-        carry, _ = _step(static, carry, setup.key, setup.params, setup.ranges, first, start, stop,
-                         offset)
+        carry, _, _ = _step(static, carry, setup.key, setup.params, setup.ranges, first, start,
+                            stop, offset)
     return carry
+
+
+def _tables(static: _Static, counts):
+    """Counts as [n_in, block, in_bins, out_bins], whichever counter made them."""
+    if static.method != "numba":
+        return counts
+    shape = (static.num_inputs, static.block_size, static.in_bins, static.out_bins + 1)
+    return counts.reshape(shape)[..., :static.out_bins]
 
 
 class _PairwiseCounts:
@@ -369,7 +408,7 @@ class _PairwiseCounts:
                 self.carries[offset] = carry
             else:
                 carry = _pair_block_counts(self.setup, offset, 0, stop)
-            mis.append(mutual_information(carry[0]))
+            mis.append(mutual_information(_tables(static, carry[0])))
             out_of_range.append(carry[1])
         self.counted = stop
         mi = np.concatenate(jax.device_get(mis), axis=1)[:, :static.num_outputs]
@@ -383,8 +422,8 @@ def _state_mis(setup: _Setup, start: int, stop: int, counters):
     dropped = 0
     carry = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
     for first in _first_blocks(start, stop, static.num_blocks):
-        carry, (keep, out, states) = _step(static, carry, setup.key, setup.params, setup.ranges,
-                                           first, start, stop, 0)
+        carry, (keep, out, states), _ = _step(static, carry, setup.key, setup.params,
+                                              setup.ranges, first, start, stop, 0)
         keep, out, states = jax.device_get((keep, out, states))
         dropped += int(out.sum())
         for counter_triplet, words_triplet in zip(counters, states):

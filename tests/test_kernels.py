@@ -158,3 +158,26 @@ def test_pairwise_counts_do_not_retrace():
     for _ in range(3):
         x, y, valid = random_bins(rng, 100, 2, 2, 4, 4)
         count(x, y, valid)
+
+
+def test_default_method_without_numba(monkeypatch):
+    from deep_ei_jax import histogram
+    assert histogram.default_method() == "numba"  # the test install has numba
+    monkeypatch.setattr(histogram, "numba", None)
+    assert histogram.default_method() == "scatter"
+    with pytest.raises(ValueError, match="method='numba' needs numba"):
+        histogram._host_kernel = None
+        histogram.add_pairwise_counts_host(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8),
+                                           2, np.zeros((1, 1, 6), np.int32))
+
+
+def test_host_counter_matches_scatter():
+    from deep_ei_jax.histogram import add_pairwise_counts_host
+    rng = np.random.default_rng(9)
+    x, y, valid = random_bins(rng, 4000, 4, 3, 8, 6)
+    tables = np.zeros((4, 3, 8 * 7), np.int32)
+    y_marked = np.where(valid, y, 6)  # the sentinel bin leaves an entry out
+    add_pairwise_counts_host(x.T.astype(np.uint8), y_marked.T.astype(np.uint8), 6, tables)
+    expected = pairwise_counts(x, y, valid, 8, 6, "scatter")
+    np.testing.assert_array_equal(tables.reshape(4, 3, 8, 7)[..., :6], expected)
+    assert tables.reshape(4, 3, 8, 7)[..., 6].sum() == 4 * (~valid).sum()

@@ -134,6 +134,13 @@ def test_chunking_and_steps_do_not_change_results(key):
     split = measures._pair_block_counts(setup, 0, 0, 7_000)
     split = measures._pair_block_counts(setup, 0, 7_000, 20_000, split)[0]
     np.testing.assert_array_equal(whole, split)  # sample i is the same whatever the steps
+    # every counting method gives the same integer counts
+    for method in ("onehot", "numba"):
+        other = measures._prepare(key, chain, params, samples_hint=20_000, single_input=False,
+                                  pairs=True, groups=(), policy="drop", method=method,
+                                  activation=None, memory_budget=2**30, **kwargs)
+        counts = measures._pair_block_counts(other, 0, 0, 20_000)[0]
+        np.testing.assert_array_equal(measures._tables(other.static, counts), whole)
     onehot, _ = pure.ei_parts_matrix(key, chain, params, samples=20_000, method="onehot",
                                      **kwargs)
     np.testing.assert_allclose(onehot, fixed, atol=1e-6)

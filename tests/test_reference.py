@@ -40,7 +40,8 @@ def pairwise_standard_errors(layer, top, samples, bins, seed=0):
                               memory_budget=measures.DEFAULT_MEMORY_BUDGET)
     errors = []
     for offset in range(0, setup.static.padded_outputs, setup.static.block_size):
-        counts = measures._pair_block_counts(setup, offset, 0, samples)[0]
+        counts = measures._tables(setup.static,
+                                  measures._pair_block_counts(setup, offset, 0, samples)[0])
         errors.append(np.asarray(mutual_information_standard_error(np.asarray(counts))))
     return np.concatenate(errors, axis=1)[:, :setup.static.num_outputs]
 
