@@ -76,11 +76,13 @@ def host_bins_dtype(in_bins: int, out_bins: int):
 
 
 def _host_pairwise_kernel():
-    @numba.njit(parallel=True, nogil=True, cache=True)
+    # One thread: it runs beside XLA's threads, which compute the next chunk meanwhile; a
+    # parallel loop measured ~10x slower on small chunks here, its threads contending with XLA's.
+    @numba.njit(nogil=True, cache=True)
     def add_counts(x_bins, y_bins, row_bins, tables):
         num_in, num_samples = x_bins.shape
         num_out = y_bins.shape[0]
-        for pair in numba.prange(num_in * num_out):
+        for pair in range(num_in * num_out):
             a, b = pair // num_out, pair % num_out
             table, xa, yb = tables[a, b], x_bins[a], y_bins[b]
             for s in range(num_samples):
@@ -147,16 +149,19 @@ def state_bits(num_values: int, bins: int) -> int:
 class StateCounts:
     """Exact counts of distinct states (packed uint32 rows), accumulated on the host in int64.
 
-    Args:
-      num_bits: how many bits a state uses; with `num_bits <= dense_bits` counting is a dense
-        `bincount` over 2**num_bits cells, otherwise a sort-based merge of distinct rows.
-      dense_bits: the largest state space counted densely.
+    Rows are buffered and merged when counts are asked for (or the buffer is large): a dense
+    `bincount` over 2**num_bits cells when `num_bits <= dense_bits`, otherwise a sort of the
+    buffered keys merged with the distinct keys so far. Keys up to 64 bits sort as integers, wider
+    ones as raw bytes; no hashing, so no collisions.
     """
 
-    def __init__(self, num_bits: int, dense_bits: int = 24):
+    def __init__(self, num_bits: int, dense_bits: int = 24, buffer_rows: int = 2 ** 25):
         self.num_bits = num_bits
         self.dense = num_bits <= dense_bits
+        self.buffer_rows = buffer_rows
         self.total = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
         self._dense_counts = np.zeros(2 ** num_bits if self.dense else 0, np.int64)
         self._keys: np.ndarray | None = None  # sorted distinct keys (sparse mode)
         self._counts = np.zeros(0, np.int64)
@@ -165,7 +170,7 @@ class StateCounts:
     def _as_keys(words: np.ndarray) -> np.ndarray:
         """One sortable, comparable key per row: an integer for up to 64 bits, else raw bytes."""
         if words.shape[1] == 1:
-            return words[:, 0].astype(np.uint64)
+            return words[:, 0]
         if words.shape[1] == 2:
             return (words[:, 0].astype(np.uint64) << np.uint64(32)) | words[:, 1].astype(np.uint64)
         rows = np.ascontiguousarray(words)
@@ -173,23 +178,32 @@ class StateCounts:
 
     def add(self, words: np.ndarray, valid: np.ndarray) -> None:
         """Counts the rows of `words` (uint32 [S, W]) where `valid` ([S] bool) is True."""
-        words = np.asarray(words)[np.asarray(valid)]
-        self.total += words.shape[0]
-        if self.dense:
-            self._dense_counts += np.bincount(words[:, 0], minlength=self._dense_counts.size)
+        keys = self._as_keys(np.asarray(words)[np.asarray(valid)])
+        self.total += keys.shape[0]
+        self._pending.append(keys)
+        self._pending_rows += keys.shape[0]
+        if self._pending_rows >= self.buffer_rows:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending:
             return
-        keys = self._as_keys(words)
+        keys = np.concatenate(self._pending)
+        self._pending, self._pending_rows = [], 0
+        if self.dense:
+            self._dense_counts += np.bincount(keys, minlength=self._dense_counts.size)
+            return
+        unique, counts = np.unique(keys, return_counts=True)
         if self._keys is not None:
-            keys = np.concatenate([self._keys, keys])
-            weights = np.concatenate([self._counts, np.ones(words.shape[0], np.int64)])
-        else:
-            weights = None
-        unique, inverse = np.unique(keys, return_inverse=True)
-        counts = np.bincount(inverse.ravel(), weights=weights, minlength=unique.size)
+            merged = np.concatenate([self._keys, unique])
+            weights = np.concatenate([self._counts, counts])
+            unique, inverse = np.unique(merged, return_inverse=True)
+            counts = np.bincount(inverse.ravel(), weights=weights, minlength=unique.size)
         self._keys, self._counts = unique, np.rint(counts).astype(np.int64)
 
     def counts(self) -> np.ndarray:
         """The nonzero counts, int64."""
+        self._merge()
         if self.dense:
             return self._dense_counts[self._dense_counts > 0]
         return self._counts

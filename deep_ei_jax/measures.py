@@ -341,37 +341,72 @@ def _probe_extrema(key, params, base: _Static, in_low, in_high, samples):
     return low, high
 
 
-def _pair_block_counts(setup: _Setup, offset: int, start: int, stop: int, carry=None):
-    """Adds samples [start, stop) to the counts of output block `offset` (all-inputs intervention).
+def _new_pair_carry(static: _Static):
+    """Empty counts of one output block: int32 on the device, or with the "numba" counter int32
+    host tables with a spare column per row (`_tables` views either as [n_in, block, Bx, By])."""
+    if static.method == "numba":
+        counts = np.zeros((static.num_inputs, static.block_size,
+                           static.in_bins * (static.out_bins + 1)), np.int32)
+    else:
+        counts = jnp.zeros((static.num_inputs, static.block_size, static.in_bins,
+                            static.out_bins), jnp.int32)
+    return counts, jnp.zeros(static.block_size, jnp.int32)
 
-    Returns the carry (counts, out-of-range per output [block]): int32 counts on the device, or
-    with the "numba" counter int32 host tables with a spare column (`_tables` views either as
-    [n_in, block, in_bins, out_bins]).
+
+def _run_chunks(setup: _Setup, start: int, stop: int, *, offset: int = 0, pair_carry=None,
+                counters=None):
+    """Runs the chunks covering samples [start, stop) once, feeding every counter they serve.
+
+    Args:
+      pair_carry: when static.pairs, the counts of output block `offset` (from `_new_pair_carry`),
+        added to.
+      counters: when static.groups, one (x, y, joint) triplet of `StateCounts` per group.
+
+    Returns:
+      (pair_carry, samples dropped by the whole-sample rule, samples with an out-of-range output).
+      Host work for a chunk (numba counting, state merging) overlaps the next chunk's device work.
     """
     static = setup.static
-    shape = (static.num_inputs, static.block_size, static.in_bins, static.out_bins)
-    host = static.method == "numba"
-    if carry is None:
-        counts = (np.zeros(shape[:2] + (static.in_bins * (static.out_bins + 1),), np.int32)
-                  if host else jnp.zeros(shape, jnp.int32))
-        carry = (counts, jnp.zeros(static.block_size, jnp.int32))
-    counts, out_of_range = carry
-    if host:
-        device_carry = (jnp.zeros((), jnp.int32), out_of_range)
-        pending = None
-        for first in _first_blocks(start, stop, static.num_blocks):
-            device_carry, _, bins = _step(static, device_carry, setup.key, setup.params,
-                                          setup.ranges, first, start, stop, offset)
-            if pending is not None:  # count the previous chunk while this one computes
-                add_pairwise_counts_host(*jax.device_get(pending), static.out_bins, counts)
-            pending = bins
-        if pending is not None:
-            add_pairwise_counts_host(*jax.device_get(pending), static.out_bins, counts)
-        return counts, device_carry[1]
+    host_pairs = static.pairs and static.method == "numba"
+    if pair_carry is None:
+        pair_carry = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    host_counts = pair_carry[0] if host_pairs else None
+    device_carry = (jnp.zeros((), jnp.int32), pair_carry[1]) if host_pairs else pair_carry
+    out_of_range = 0
+
+    def consume(outputs):
+        nonlocal out_of_range
+        states, bins = outputs
+        if bins:
+            add_pairwise_counts_host(*jax.device_get(bins), static.out_bins, host_counts)
+        if states:
+            keep, out, groups = jax.device_get(states)
+            out_of_range += int(out.sum())
+            for triplet, words in zip(counters, groups):
+                for counter, group_words in zip(triplet, words):
+                    counter.add(group_words, keep)
+
+    pending = None
     for first in _first_blocks(start, stop, static.num_blocks):
-        carry, _, _ = _step(static, carry, setup.key, setup.params, setup.ranges, first, start,
-                            stop, offset)
-    return carry
+        device_carry, states, bins = _step(static, device_carry, setup.key, setup.params,
+                                           setup.ranges, first, start, stop, offset)
+        if pending is not None:
+            consume(pending)
+        pending = (states, bins)
+    if pending is not None:
+        consume(pending)
+    if host_pairs:
+        pair_carry = (host_counts, device_carry[1])
+    else:
+        pair_carry = device_carry
+    dropped = out_of_range if static.policy == "drop" else 0
+    return pair_carry, dropped, out_of_range
+
+
+def _pair_block_counts(setup: _Setup, offset: int, start: int, stop: int, carry=None):
+    """Adds samples [start, stop) to the counts of output block `offset`; returns the carry."""
+    carry = _new_pair_carry(setup.static) if carry is None else carry
+    return _run_chunks(setup, start, stop, offset=offset, pair_carry=carry)[0]
 
 
 def _tables(static: _Static, counts):
@@ -414,22 +449,6 @@ class _PairwiseCounts:
         mi = np.concatenate(jax.device_get(mis), axis=1)[:, :static.num_outputs]
         oor = np.concatenate(jax.device_get(out_of_range))[:static.num_outputs]
         return mi.astype(np.float64), oor.astype(np.int64)
-
-
-def _state_mis(setup: _Setup, start: int, stop: int, counters):
-    """Adds samples [start, stop) to the group state counters; returns (dropped, out_of_range)."""
-    static = setup.static
-    dropped = 0
-    carry = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-    for first in _first_blocks(start, stop, static.num_blocks):
-        carry, (keep, out, states), _ = _step(static, carry, setup.key, setup.params,
-                                              setup.ranges, first, start, stop, 0)
-        keep, out, states = jax.device_get((keep, out, states))
-        dropped += int(out.sum())
-        for counter_triplet, words_triplet in zip(counters, states):
-            for counter, words in zip(counter_triplet, words_triplet):
-                counter.add(words, keep)
-    return dropped
 
 
 def _state_counters(static: _Static):
@@ -560,24 +579,23 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
     """
     mode = _sample_mode(samples, threshold, False, max_samples)
     hint = samples if mode == "fixed" else adaptive.FIRST_STEP
-    setup = _prepare(key, chain, params, samples_hint=hint, single_input=False, pairs=False,
+    setup = _prepare(key, chain, params, samples_hint=hint, single_input=False, pairs=pairs,
                      groups=groups, **_common_kwargs(in_range, out_range, in_bins, out_bins,
                                                      policy, method, activation, memory_budget))
-    counters = _state_counters(setup.static)
-    pair_counts = None
-    if pairs:
-        pair_setup = setup._replace(static=_prepare(
-            key, chain, params, samples_hint=hint, single_input=False, pairs=True, groups=(),
-            **_common_kwargs(in_range, out_range, in_bins, out_bins, policy, method, activation,
-                             memory_budget)).static)
-        pair_setup = pair_setup._replace(ranges=_repad(setup, pair_setup.static))
-        pair_counts = _PairwiseCounts(pair_setup, memory_budget)
+    static = setup.static
+    counters = _state_counters(static)
+    # The pairwise tables ride along in the same chunks when they fit one block; otherwise they
+    # are streamed block by block afterwards, over the same samples.
+    together = pairs and static.block_size >= static.padded_outputs
+    pair_carry = _new_pair_carry(static) if together else None
+    state_setup = setup if together else setup._replace(static=static._replace(pairs=False))
     totals = [samples] if mode == "fixed" else adaptive.doubling_totals(limit=max_samples)
     converged = None if mode == "fixed" else False
-    estimates, history, dropped, counted = [], [], 0, 0
+    estimates, history, dropped, out_of_range, counted = [], [], 0, 0, 0
     for total in totals:
-        dropped += _state_mis(setup, counted, total, counters)
-        counted = total
+        pair_carry, step_dropped, step_out = _run_chunks(state_setup, counted, total,
+                                                         pair_carry=pair_carry, counters=counters)
+        dropped, out_of_range, counted = dropped + step_dropped, out_of_range + step_out, total
         values = [mutual_information_from_states(cx.counts(), cy.counts(), cxy.counts())
                   for cx, cy, cxy in counters]
         history.append(values)
@@ -590,24 +608,17 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
     if mode == "adaptive" and not converged:
         warnings.warn(f"vector EI did not converge to threshold={threshold} within max_samples="
                       f"{max_samples}", RuntimeWarning, stacklevel=2)
-    n = counted
-    info = _info(setup, n, dropped if policy == "drop" else 0, dropped, n, converged, estimates)
+    info = _info(setup, counted, dropped, out_of_range, counted, converged, estimates)
     _warn_dropped(info, "samples")
-    if pairs:
-        matrix, _ = pair_counts.matrix(n)
-        return (values, matrix), info
-    return values, info
-
-
-def _repad(setup: _Setup, static: _Static) -> _Ranges:
-    """The ranges of `setup` padded to another static layout (same binning, same probe)."""
-    pad = static.padded_outputs - static.num_outputs
-    return _Ranges(in_low=setup.ranges.in_low, in_high=setup.ranges.in_high,
-                   out_low=jnp.asarray(np.pad(setup.out_low, (0, pad)), jnp.float32),
-                   out_high=jnp.asarray(np.pad(setup.out_high, (0, pad), constant_values=1.0),
-                                        jnp.float32),
-                   out_bins=jnp.asarray(np.pad(setup.out_bins, (0, pad), constant_values=2),
-                                        jnp.int32))
+    if not pairs:
+        return values, info
+    if together:
+        tables = _tables(static, pair_carry[0])
+        matrix = np.asarray(mutual_information(tables), np.float64)[:, :static.num_outputs]
+    else:
+        pair_setup = setup._replace(static=static._replace(groups=()))
+        matrix, _ = _PairwiseCounts(pair_setup, memory_budget).matrix(counted)
+    return (values, matrix), info
 
 
 def _whole_layer(chain: Chain, params):
