@@ -13,7 +13,10 @@ from __future__ import annotations
 import importlib
 
 from . import pure
+from ._cache import enable_compilation_cache
 from .information import nats_to_bits
+
+COMPILATION_CACHE_DIR = enable_compilation_cache()
 
 __version__ = "0.1.0"
 

@@ -162,3 +162,20 @@ def test_device_argument():
     kwargs = dict(samples=2000, in_range=(0, 1), in_bins=8, out_bins=8, seed=0)
     value = dei.ei_of_layer(net[0], top, device="cpu", **kwargs)
     assert dei.ei_of_layer(net[0], top, device=torch.device("cpu"), **kwargs) == value
+
+
+def test_persistent_compilation_cache(tmp_path):
+    code = ("import jax, numpy as np, deep_ei_jax as d; from deep_ei_jax import pure;"
+            "c = pure.Chain((pure.Dense(),), (2,));"
+            "pure.ei_parts(jax.random.key(0), c, ({'w': np.eye(2, dtype='float32')},), samples=100,"
+            " in_bins=4, out_bins=4);"
+            "print(d.COMPILATION_CACHE_DIR)")
+    env = {**__import__("os").environ, "DEEP_EI_JAX_COMPILATION_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    assert out.stdout.strip() == str(tmp_path / "cache")
+    assert any((tmp_path / "cache").iterdir())  # compiled programs were written
+    env["DEEP_EI_JAX_COMPILATION_CACHE"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    assert out.stdout.strip() == "None"
