@@ -303,8 +303,11 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
         blocks = _blocks_per_chunk(samples_hint, rows, 2 ** 24)
         static = base._replace(inputs_per_chunk=block, block_size=block, num_blocks=blocks)
     else:
-        block = min(block, max(1, _SCATTER_ENTRIES // (num_inputs * SAMPLE_BLOCK))) if pairs else 1
-        rows = num_inputs * block if pairs else num_inputs + num_outputs
+        if not pairs:
+            block = 1
+        elif method != "numba":  # the device kernels hold a [chunk, n_in, block] index array
+            block = min(block, max(1, _SCATTER_ENTRIES // (num_inputs * SAMPLE_BLOCK)))
+        rows = num_inputs * block if pairs and method != "numba" else num_inputs + num_outputs
         blocks = _blocks_per_chunk(samples_hint, max(rows, num_inputs + num_outputs),
                                    _SCATTER_ENTRIES)
         static = base._replace(block_size=block, num_blocks=blocks)
@@ -417,6 +420,12 @@ def _tables(static: _Static, counts):
     return counts.reshape(shape)[..., :static.out_bins]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _block_mutual_information(static: _Static, counts):
+    """MI [n_in, block] of one block's counts, on the device (fused: no table-sized temporaries)."""
+    return mutual_information(_tables(static, counts))
+
+
 class _PairwiseCounts:
     """EI_parts tables over the output blocks of a layer, grown sample range by sample range.
 
@@ -443,7 +452,7 @@ class _PairwiseCounts:
                 self.carries[offset] = carry
             else:
                 carry = _pair_block_counts(self.setup, offset, 0, stop)
-            mis.append(mutual_information(_tables(static, carry[0])))
+            mis.append(_block_mutual_information(static, carry[0]))
             out_of_range.append(carry[1])
         self.counted = stop
         mi = np.concatenate(jax.device_get(mis), axis=1)[:, :static.num_outputs]
@@ -613,8 +622,8 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
     if not pairs:
         return values, info
     if together:
-        tables = _tables(static, pair_carry[0])
-        matrix = np.asarray(mutual_information(tables), np.float64)[:, :static.num_outputs]
+        matrix = np.asarray(_block_mutual_information(static, pair_carry[0]),
+                            np.float64)[:, :static.num_outputs]
     else:
         pair_setup = setup._replace(static=static._replace(groups=()))
         matrix, _ = _PairwiseCounts(pair_setup, memory_budget).matrix(counted)
