@@ -46,9 +46,10 @@ def mutual_information(joint_counts):
     row = counts.sum(axis=-1, keepdims=True)
     col = counts.sum(axis=-2, keepdims=True)
     nonzero = counts > 0
-    # log(c N / (r k)) computed as a sum of logs, each of a nonzero count.
-    log_ratio = (xp.log2(xp.where(nonzero, counts, 1)) + xp.log2(xp.where(total > 0, total, 1))
-                 - xp.log2(xp.where(nonzero, row, 1)) - xp.log2(xp.where(nonzero, col, 1)))
+    # log(c N / (r k)) = (log c - log r) + (log N - log k): each difference is exactly 0 when
+    # its two counts are equal (a constant output gives exactly 0, not rounding noise).
+    log_ratio = ((xp.log2(xp.where(nonzero, counts, 1)) - xp.log2(xp.where(nonzero, row, 1)))
+                 + (xp.log2(xp.where(total > 0, total, 1)) - xp.log2(xp.where(nonzero, col, 1))))
     terms = xp.where(nonzero, counts * log_ratio, 0)
     mi = terms.sum(axis=(-2, -1)) / xp.where(total > 0, total, 1)[..., 0, 0]
     return xp.maximum(mi, 0)
@@ -73,8 +74,8 @@ def mutual_information_standard_error(joint_counts):
     row = counts.sum(axis=-1, keepdims=True)
     col = counts.sum(axis=-2, keepdims=True)
     nonzero = counts > 0
-    log_ratio = (xp.log2(xp.where(nonzero, counts, 1)) + xp.log2(safe_total)
-                 - xp.log2(xp.where(nonzero, row, 1)) - xp.log2(xp.where(nonzero, col, 1)))
+    log_ratio = ((xp.log2(xp.where(nonzero, counts, 1)) - xp.log2(xp.where(nonzero, row, 1)))
+                 + (xp.log2(safe_total) - xp.log2(xp.where(nonzero, col, 1))))
     p = counts / safe_total
     mean = xp.where(nonzero, p * log_ratio, 0).sum(axis=(-2, -1), keepdims=True)
     variance = xp.where(nonzero, p * (log_ratio - mean) ** 2, 0).sum(axis=(-2, -1))

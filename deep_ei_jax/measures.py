@@ -272,7 +272,6 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
     if out_range == "dynamic":
         low, high = _probe_extrema(key, params, base, in_low, in_high,
                                    min(samples_hint, _DYNAMIC_PROBE))
-        high = np.where(high > low, high, low + in_width)  # a constant output gets one bin's width
     else:
         low = np.full(num_outputs, out_range[0])
         high = np.full(num_outputs, out_range[1])
@@ -281,6 +280,7 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
         high = low + bins * in_width
     else:
         bins = np.full(num_outputs, out_bins, np.int64)
+        high = np.where(high > low, high, low + in_width)  # a constant output: one bin's width
     table_bins = int(bins.max())
 
     cell_bytes = 4 * in_bins * table_bins
