@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from . import _checks, adaptive
 from .binning import POLICIES, bin_indices
@@ -28,6 +29,7 @@ DEFAULT_MEMORY_BUDGET = 512 * 2 ** 20  # bytes of count tables held at once
 _SCATTER_ENTRIES = 2 ** 23             # joint indices per chunk for the scatter kernel
 _DYNAMIC_PROBE = adaptive.FIRST_STEP   # samples that fix a dynamic out_range
 _MAX_BLOCKS_PER_CHUNK = 64
+SAMPLE_AXIS = "samples"
 
 
 class Info(NamedTuple):
@@ -78,6 +80,7 @@ class _Static(NamedTuple):
     block_size: int        # outputs (or, single_input, inputs) per count table block
     pairs: bool            # count pairwise tables
     groups: tuple          # ((input indices), (output indices)) whose joint states are packed
+    mesh: Any = None       # a 1-d jax.sharding.Mesh over SAMPLE_AXIS when sharding chunks
 
 
 class _Ranges(NamedTuple):
@@ -122,13 +125,40 @@ def _bin_outputs(static: _Static, ranges: _Ranges, y, offset, size):
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
 def _step(static: _Static, carry, key, params, ranges: _Ranges, first_block, start, stop, offset):
-    """One chunk of the all-inputs intervention.
+    """One chunk of the all-inputs intervention: num_blocks sample blocks on each device.
 
     Adds the pairwise counts of outputs offset..offset+block_size to `carry = (counts, out_of_range)`
     (when static.pairs) and returns the packed joint states of static.groups for the host. With
     the host ("numba") counter, returns the bins for it instead: ([n_in, S], [block, S]) with the
     sentinel `out_bins` where an entry is left out.
+
+    With a mesh of several devices (static.mesh), device d takes blocks
+    first_block + d * num_blocks ... and the integer counts are summed with a psum, so the result
+    is the one device's, exactly; the joint states come back concatenated in block order.
     """
+    if static.mesh is None:
+        return _step_local(static, carry, key, params, ranges, first_block, start, stop, offset)
+
+    def per_device(carry, key, params, ranges, first_block, start, stop, offset):
+        device = jax.lax.axis_index(SAMPLE_AXIS)
+        zero = jax.tree_util.tree_map(jnp.zeros_like, carry)
+        (counts, out_of_range), states, _ = _step_local(
+            static, zero, key, params, ranges, first_block + device * static.num_blocks, start,
+            stop, offset)
+        counts, out_of_range = jax.lax.psum((counts, out_of_range), SAMPLE_AXIS)
+        return (carry[0] + counts, carry[1] + out_of_range), states
+
+    replicated = jax.sharding.PartitionSpec()
+    carry, states = jax.shard_map(
+        per_device, mesh=static.mesh, in_specs=(replicated,) * 8,
+        out_specs=((replicated, replicated), jax.sharding.PartitionSpec(SAMPLE_AXIS)),
+        check_vma=False)(carry, key, params, ranges, first_block, start, stop, offset)
+    return carry, states, ()
+
+
+def _step_local(static: _Static, carry, key, params, ranges: _Ranges, first_block, start, stop,
+                offset):
+    """`_step` on one device (see there)."""
     x, y = _outputs(static, key, params, ranges.in_low, ranges.in_high, first_block)
     in_chunk = sample_mask(first_block, static.num_blocks, start, stop)
     x_bins, _ = bin_indices(x, ranges.in_low, ranges.in_high, static.in_bins)
@@ -211,6 +241,40 @@ def _first_blocks(start: int, stop: int, num_blocks: int):
     return range(start // SAMPLE_BLOCK, -(-stop // SAMPLE_BLOCK), num_blocks)
 
 
+def _num_devices(static: _Static) -> int:
+    return 1 if static.mesh is None else static.mesh.size
+
+
+def sample_mesh(devices=None):
+    """A 1-d mesh over `devices` for sharding samples, or None for one device.
+
+    Args:
+      devices: None (every local device of the default backend), an int (the first n of them),
+        or a sequence of jax Devices.
+    """
+    pinned = jax.config.jax_default_device  # e.g. set by `with jax.default_device(d)`
+    if isinstance(pinned, str):
+        pinned = jax.local_devices(backend=pinned)[0]
+    available = jax.local_devices(backend=pinned.platform if pinned is not None else None)
+    if devices is None and pinned is None and jax.process_count() > 1:
+        chosen = jax.devices()  # multi-process (jax.distributed): every process's devices
+    elif devices is None:
+        chosen = [pinned] if pinned is not None else available
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(available):
+            raise ValueError(f"devices must be between 1 and the {len(available)} local "
+                             f"device(s); got {devices}")
+        chosen = available[:devices]
+    else:
+        chosen = list(devices) if isinstance(devices, (list, tuple)) else []
+        if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
+            raise TypeError(f"devices must be None, an int or a non-empty sequence of jax "
+                            f"Devices; got {devices!r}")
+    if len(chosen) == 1:
+        return None
+    return jax.sharding.Mesh(np.array(chosen), (SAMPLE_AXIS,))
+
+
 def _blocks_per_chunk(samples: int, rows_per_sample: int, cap: int) -> int:
     """A power of two of sample blocks per chunk: enough for `samples`, within `cap` work rows."""
     need = -(-samples // SAMPLE_BLOCK)
@@ -235,7 +299,7 @@ def _num_flat(shape) -> int:
 
 def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bins, policy, method,
              activation, samples_hint: int, single_input: bool, pairs: bool, groups: tuple,
-             memory_budget: int) -> _Setup:
+             memory_budget: int, devices=None) -> _Setup:
     """Checks arguments, fixes the output binning (probing outputs if dynamic) and chunk shapes."""
     if not isinstance(chain, Chain):
         raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
@@ -251,8 +315,11 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
     _checks.check_choice("policy", policy, POLICIES)
     _checks.check_choice("method", method, METHODS)
     method = default_method() if method == "auto" else method
-    if single_input and method == "numba":
-        method = "scatter"  # sensitivity counts few samples per input: XLA's kernel serves
+    mesh = None if single_input else sample_mesh(devices)  # sensitivity runs on one device
+    if (single_input or mesh is not None) and method == "numba":
+        # sensitivity counts few samples per input, and sharded chunks count on their devices:
+        # XLA's kernel serves both
+        method = "scatter"
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
     if len(params) != len(chain.layers):
         raise ValueError(f"params must have one entry per layer of the chain "
@@ -268,7 +335,7 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
                    num_outputs=num_outputs, padded_outputs=num_outputs, in_bins=in_bins,
                    out_bins=2, policy=policy, method=method, num_blocks=1,
                    single_input=single_input, inputs_per_chunk=1, block_size=1, pairs=pairs,
-                   groups=groups)
+                   groups=groups, mesh=mesh)
     if out_range == "dynamic":
         low, high = _probe_extrema(key, params, base, in_low, in_high,
                                    min(samples_hint, _DYNAMIC_PROBE))
@@ -383,6 +450,8 @@ def _run_chunks(setup: _Setup, start: int, stop: int, *, offset: int = 0, pair_c
         if bins:
             add_pairwise_counts_host(*jax.device_get(bins), static.out_bins, host_counts)
         if states:
+            if jax.process_count() > 1:  # the chunk's states are spread over the processes
+                states = multihost_utils.process_allgather(states, tiled=True)
             keep, out, groups = jax.device_get(states)
             out_of_range += int(out.sum())
             for triplet, words in zip(counters, groups):
@@ -390,7 +459,7 @@ def _run_chunks(setup: _Setup, start: int, stop: int, *, offset: int = 0, pair_c
                     counter.add(group_words, keep)
 
     pending = None
-    for first in _first_blocks(start, stop, static.num_blocks):
+    for first in _first_blocks(start, stop, static.num_blocks * _num_devices(static)):
         device_carry, states, bins = _step(static, device_carry, setup.key, setup.params,
                                            setup.ranges, first, start, stop, offset)
         if pending is not None:
@@ -487,16 +556,17 @@ def _info(setup, samples, dropped, out_of_range, total, converged, estimates):
 # ---------------------------------------------------------------- public measures
 
 def _common_kwargs(in_range, out_range, in_bins, out_bins, policy, method, activation,
-                   memory_budget):
+                   memory_budget, devices=None):
     return dict(in_range=in_range, out_range=out_range, in_bins=in_bins, out_bins=out_bins,
-                policy=policy, method=method, activation=activation, memory_budget=memory_budget)
+                policy=policy, method=method, activation=activation, memory_budget=memory_budget,
+                devices=devices)
 
 
 def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range=(0.0, 1.0),
                     in_bins: int = 64, out_bins=64, samples: int | None = None,
                     threshold: float = 0.05, extrapolate: bool = False, policy: str = "drop",
                     method: str = "auto", activation=None, max_samples: int = 2 ** 27,
-                    memory_budget: int = DEFAULT_MEMORY_BUDGET):
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET, devices=None):
     """The EI_parts matrix: I(x_A; y_B) for every input A and output B under uniform noise.
 
     Args:
@@ -514,6 +584,10 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_samples: the adaptive mode stops here, with `info.converged` False.
       memory_budget: bytes of count tables held at once; larger layers are streamed in blocks.
+      devices: where chunks run: None (all local devices of the default backend, or the one
+        pinned with `jax.default_device`), an int n (the first n) or a list of jax Devices. With
+        several, each chunk's sample blocks are sharded over them (shard_map + psum of the integer
+        counts): results are identical to one device's.
 
     Returns:
       (matrix float64 [n_in, n_out] in bits, Info).
@@ -522,7 +596,7 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
     hint = samples if mode == "fixed" else adaptive.FIRST_STEP
     setup = _prepare(key, chain, params, samples_hint=hint, single_input=False, pairs=True,
                      groups=(), **_common_kwargs(in_range, out_range, in_bins, out_bins, policy,
-                                                 method, activation, memory_budget))
+                                                 method, activation, memory_budget, devices))
     counts = _PairwiseCounts(setup, memory_budget)
     estimates = []
     if mode == "fixed":
@@ -575,13 +649,13 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
                        samples: int | None = None, threshold: float = 0.05,
                        policy: str = "drop", method: str = "auto", activation=None,
                        max_samples: int = 2 ** 27, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                       pairs: bool = False):
+                       pairs: bool = False, devices=None):
     """I(X_G; Y_H) for each (G, H) in `groups` (indices into the flattened inputs and outputs).
 
     A sample with any output outside out_range is dropped whole (policy "drop"). `samples=None`
     is adaptive with deep-ei's vector rule: stop when doubling moves every group's estimate by
     less than `threshold` bits. With `pairs=True` the EI_parts matrix of the same samples is
-    returned too: ((values, matrix), Info).
+    returned too: ((values, matrix), Info). `devices` as in `ei_parts_matrix`.
 
     Returns:
       (list of floats in bits, Info).
@@ -590,7 +664,8 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
     hint = samples if mode == "fixed" else adaptive.FIRST_STEP
     setup = _prepare(key, chain, params, samples_hint=hint, single_input=False, pairs=pairs,
                      groups=groups, **_common_kwargs(in_range, out_range, in_bins, out_bins,
-                                                     policy, method, activation, memory_budget))
+                                                     policy, method, activation, memory_budget,
+                                                     devices))
     static = setup.static
     counters = _state_counters(static)
     # The pairwise tables ride along in the same chunks when they fit one block; otherwise they
@@ -654,14 +729,16 @@ def ei_and_ei_parts(key, chain: Chain, params, **kwargs):
 def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_range=(0.0, 1.0),
                        out_range=(0.0, 1.0), in_bins: int = 64, out_bins=64,
                        policy: str = "drop", method: str = "auto", activation=None,
-                       memory_budget: int = DEFAULT_MEMORY_BUDGET):
+                       memory_budget: int = DEFAULT_MEMORY_BUDGET, devices=None):
     """The sensitivity matrix: I(x_A; y_B) when only input A is noised (uniform on in_range) and
-    every other input is 0, for every pair.
+    every other input is 0, for every pair. It runs on the default device whatever `devices`
+    says (checked only): it draws few samples per input.
 
     Returns:
       (matrix float64 [n_in, n_out] in bits, Info); `Info.samples` is per input.
     """
     _checks.check_samples("samples", samples)
+    sample_mesh(devices)  # the argument is checked all the same
     setup = _prepare(key, chain, params, samples_hint=samples, single_input=True, pairs=True,
                      groups=(), **_common_kwargs(in_range, out_range, in_bins, out_bins, policy,
                                                  method, activation, memory_budget))
@@ -701,7 +778,8 @@ def degeneracy(key, chain: Chain, params, *, ei_kind: str = "vector", sensitivit
     measure = ei if ei_kind == "vector" else ei_parts
     ei_value, ei_info = measure(ei_key, chain, params, **kwargs)
     binning = {k: kwargs[k] for k in ("in_range", "out_range", "in_bins", "out_bins", "policy",
-                                      "method", "activation", "memory_budget") if k in kwargs}
+                                      "method", "activation", "memory_budget", "devices")
+               if k in kwargs}
     sens, sens_info = sensitivity(sensitivity_key, chain, params, samples=sensitivity_samples,
                                   **binning)
     return sens - ei_value, (ei_info, sens_info)

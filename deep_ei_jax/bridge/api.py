@@ -34,32 +34,33 @@ def _key(seed):
     return jax.random.key(int(seed))
 
 
-def _device(device):
-    """A context that runs JAX on `device` ('cpu', 'cuda', 'gpu', a torch.device or a jax Device)."""
+def _devices(device):
+    """JAX devices for `device` ('cpu', 'cuda', 'gpu', 'tpu', with an optional ':index', a
+    torch.device or a jax Device): every local device of that platform, or the one indexed."""
     if isinstance(device, jax.Device):
-        return jax.default_device(device)
+        return [device]
     name = device.type if isinstance(device, torch.device) else device
     if not isinstance(name, str):
         raise TypeError(f"device must be 'cpu', 'cuda', 'gpu', a torch.device or a jax Device; "
                         f"got {device!r}")
-    name = name.split(":")[0]
-    platform = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "tpu": "tpu"}.get(name)
+    platform = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "tpu": "tpu"}.get(name.split(":")[0])
     if platform is None:
         raise ValueError(f"device must be 'cpu', 'cuda', 'gpu' or 'tpu'; got {device!r}")
     try:
-        devices = jax.devices(platform)
+        devices = jax.local_devices(backend=platform)
     except RuntimeError:
         devices = []
     if not devices:
         raise ValueError(f"device {device!r} was asked for but JAX sees no {platform} device "
                          f"(available: {[d.platform for d in jax.devices()]})")
-    index = device.index if isinstance(device, torch.device) and device.index is not None else 0
-    if isinstance(device, str) and ":" in device:
-        index = int(device.split(":")[1])
-    if index >= len(devices):
+    index = device.index if isinstance(device, torch.device) else (
+        int(name.split(":")[1]) if ":" in name else None)
+    if index is None:
+        return devices
+    if not 0 <= index < len(devices):
         raise ValueError(f"device {device!r} does not exist: JAX sees {len(devices)} "
                          f"{platform} device(s)")
-    return jax.default_device(devices[index])
+    return [devices[index]]
 
 
 def _check_batch_size(batch_size):
@@ -83,12 +84,16 @@ def _resolve(layer, topology, in_layer, in_range, out_range, activation, batch_s
 
 
 def _run(measure, layer, topology, *, in_layer, in_range, out_range, activation, batch_size,
-         device, seed, **kwargs):
+         device, seed, devices, **kwargs):
+    """Runs a pure measure on the span with deep-ei's defaults, on `device`'s platform: on the
+    devices given, else on every local device of it (or the one `device` indexes)."""
     span, in_range, out_range = _resolve(layer, topology, in_layer, in_range, out_range,
                                          activation, batch_size)
-    with _device(device):
+    platform_devices = _devices(device)
+    devices = platform_devices if devices is None else devices
+    with jax.default_device(platform_devices[0]):
         return measure(_key(seed), span.chain, span.params, in_range=in_range,
-                       out_range=out_range, **kwargs)
+                       out_range=out_range, devices=devices, **kwargs)
 
 
 def _result(value, info, return_info):
@@ -97,7 +102,8 @@ def _result(value, info, return_info):
 
 def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False, batch_size=20,
                 in_layer=None, in_range=None, in_bins=64, out_range=None, out_bins=64,
-                activation=None, device="cpu", *, seed=None, policy="drop", return_info=False):
+                activation=None, device="cpu", *, seed=None, policy="drop", devices=None,
+                return_info=False):
     """EI_parts of a layer: the sum over (input A, output B) pairs of I(x_A; y_B) under uniform noise
     on every input (deep-ei 0.6.4 `ei_of_layer`, 0.7.0 `ei_parts`).
 
@@ -113,7 +119,10 @@ def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False
         out_range may be 'dynamic'.
       in_bins, out_bins: bin counts; out_bins may be 'dynamic'.
       activation: the activation after `layer` (torch module or callable); None: the network's.
-      device: 'cpu', 'cuda'/'gpu', or a torch.device: where JAX computes.
+      device: 'cpu', 'cuda'/'gpu' (':index' optional), a torch.device or a jax Device: where
+        JAX computes.
+      devices: several devices to shard samples over (default: every local device of
+        `device`'s platform, or the one it indexes); results are identical to one device's.
       seed: an explicit seed; None draws one from torch's generator.
       policy: 'drop' (default) or 'clip' for output values outside out_range.
       return_info: also return the `Info` record.
@@ -125,91 +134,93 @@ def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False
                        out_range=out_range, activation=activation, batch_size=batch_size,
                        device=device, seed=seed, in_bins=in_bins, out_bins=out_bins,
                        samples=samples, threshold=threshold, extrapolate=extrapolate,
-                       policy=policy)
+                       policy=policy, devices=devices)
     value = 0.0 if value < _PARTS_ZERO_BELOW else float(value)
     return _result(value, info, return_info)
 
 
 def ei_of_layer_matrix(layer, topology, samples=None, batch_size=20, in_layer=None, in_range=None,
                        in_bins=64, out_range=None, out_bins=64, activation=None, device="cpu", *,
-                       threshold=0.05, seed=None, policy="drop", return_info=False):
+                       threshold=0.05, seed=None, policy="drop", devices=None,
+                       return_info=False):
     """The EI_parts matrix [n_in, n_out] (rows: inputs) as a numpy array (0.7.0 `ei_parts_matrix`).
     `samples=None` is adaptive with `threshold`. Other arguments as `ei_of_layer`."""
     value, info = _run(measures.ei_parts_matrix, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy)
+                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy, devices=devices)
     return _result(value, info, return_info)
 
 
 def sensitivity_of_layer(layer, topology, samples=500, batch_size=20, in_layer=None,
                          in_range=None, in_bins=64, out_range=None, out_bins=64, activation=None,
-                         device="cpu", *, seed=None, policy="drop", return_info=False):
+                         device="cpu", *, seed=None, policy="drop", devices=None,
+                return_info=False):
     """Sensitivity: the sum over pairs of I(x_A; y_B) when only A is noised (uniform on in_range)
     and every other input is 0 (0.7.0 `sensitivity`). Other arguments as `ei_of_layer`."""
     value, info = _run(measures.sensitivity, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, policy=policy)
+                       out_bins=out_bins, samples=samples, policy=policy, devices=devices)
     return _result(value, info, return_info)
 
 
 def sensitivity_of_layer_matrix(layer, topology, samples=500, batch_size=20, in_layer=None,
                                 in_range=None, in_bins=64, out_range=None, out_bins=64,
                                 activation=None, device="cpu", *, seed=None, policy="drop",
-                                return_info=False):
+                                devices=None, return_info=False):
     """The sensitivity matrix [n_in, n_out] as a numpy array (0.7.0 `sensitivity_matrix`)."""
     value, info = _run(measures.sensitivity_matrix, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, policy=policy)
+                       out_bins=out_bins, samples=samples, policy=policy, devices=devices)
     return _result(value, info, return_info)
 
 
 def vector_ei_of_layer(layer, topology, threshold=0.05, samples=None, batch_size=20,
                        in_layer=None, in_range=None, in_bins=64, out_range=None, out_bins=64,
                        activation=None, device="cpu", *, seed=None, policy="drop",
-                       return_info=False):
+                       devices=None, return_info=False):
     """Vector EI: I(X; Y) between the whole binned input and output vectors (0.7.0 `ei`).
     `samples=None` doubles until an estimate moves by less than `threshold` bits (deep-ei's rule)."""
     value, info = _run(measures.ei, layer, topology, in_layer=in_layer, in_range=in_range,
                        out_range=out_range, activation=activation, batch_size=batch_size,
                        device=device, seed=seed, in_bins=in_bins, out_bins=out_bins,
-                       samples=samples, threshold=threshold, policy=policy)
+                       samples=samples, threshold=threshold, policy=policy, devices=devices)
     return _result(value, info, return_info)
 
 
 def eis_between_groups(layer, topology, groups, samples=None, batch_size=20, in_layer=None,
                        in_range=None, in_bins=64, out_range=None, out_bins=64, activation=None,
                        device="cpu", *, threshold=0.05, seed=None, policy="drop",
-                       return_info=False):
+                       devices=None, return_info=False):
     """I(X_G; Y_H) for each (G, H) in `groups`, a list of (input indices, output indices) over the
     flattened inputs and outputs. Returns a list of floats. `samples=None` is adaptive."""
     value, info = _run(measures.eis_between_groups, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
                        out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
-                       groups=groups)
+                       groups=groups, devices=devices)
     return _result(list(value), info, return_info)
 
 
 def vector_and_pairwise_ei(layer, topology, samples=None, batch_size=20, in_layer=None,
                            in_range=None, in_bins=64, out_range=None, out_bins=64,
                            activation=None, device="cpu", *, threshold=0.05, seed=None,
-                           policy="drop", return_info=False):
+                           policy="drop", devices=None, return_info=False):
     """(vector EI, EI_parts) computed from the same samples. `samples=None` is adaptive on the
     vector EI."""
     value, info = _run(measures.ei_and_ei_parts, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy)
+                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy, devices=devices)
     return _result(tuple(float(v) for v in value), info, return_info)
 
 
 def degeneracy_of_layer(layer, topology, threshold=0.05, samples=None, sensitivity_samples=500,
                         batch_size=20, in_layer=None, in_range=None, in_bins=64, out_range=None,
                         out_bins=64, activation=None, device="cpu", *, ei_kind="vector",
-                        seed=None, policy="drop", return_info=False):
+                        seed=None, policy="drop", devices=None, return_info=False):
     """Degeneracy = sensitivity - EI (`ei_kind='vector'`, default) or sensitivity - EI_parts
     (`ei_kind='parts'`, as the paper also plots). EI uses `samples`/`threshold`, sensitivity
     `sensitivity_samples`; both the same binning."""
@@ -217,7 +228,8 @@ def degeneracy_of_layer(layer, topology, threshold=0.05, samples=None, sensitivi
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
                        out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
-                       ei_kind=ei_kind, sensitivity_samples=sensitivity_samples)
+                       ei_kind=ei_kind, sensitivity_samples=sensitivity_samples,
+                       devices=devices)
     return _result(float(value), info, return_info)
 
 
