@@ -19,13 +19,15 @@ from jax.experimental import multihost_utils
 
 from . import _checks, adaptive
 from .binning import POLICIES, bin_indices
-from .histogram import (METHODS, StateCounts, add_pairwise_counts_host, default_method,
-                        host_bins_dtype, join_states, pack_states, pairwise_counts, state_bits)
+from .histogram import (METHODS, StateCounts, add_pairwise_counts_host, bits_per_value,
+                        default_method, host_bins_dtype, join_states, pack_states, pairwise_counts,
+                        state_bits)
 from .information import mutual_information, mutual_information_from_states
 from .layers import Chain, apply
 from .sampling import SAMPLE_BLOCK, sample_mask, single_input_noise, uniform_inputs
 
 DEFAULT_MEMORY_BUDGET = 512 * 2 ** 20  # bytes of count tables held at once
+DEFAULT_STATE_MEMORY_BUDGET = 8 * 2 ** 30  # bytes the distinct joint states may take on the host
 _SCATTER_ENTRIES = 2 ** 23             # joint indices per chunk for the scatter kernel
 _DYNAMIC_PROBE = adaptive.FIRST_STEP   # samples that fix a dynamic out_range
 _MAX_BLOCKS_PER_CHUNK = 64
@@ -529,6 +531,28 @@ class _PairwiseCounts:
         return mi.astype(np.float64), oor.astype(np.int64)
 
 
+def _state_bytes_per_sample(static: _Static) -> int:
+    """Host bytes one sample's distinct states can take: per group its packed words (4 bytes
+    each) for x, y and the joint, and an int64 count for each."""
+    per_sample = 0
+    for inputs, outputs in static.groups:
+        wx = -(-len(inputs) // (32 // bits_per_value(static.in_bins)))
+        wy = -(-len(outputs) // (32 // bits_per_value(static.out_bins)))
+        per_sample += 4 * (2 * wx + 2 * wy) + 3 * 8
+    return per_sample
+
+
+def _check_state_memory(static: _Static, samples: int, budget: int) -> None:
+    """Refuses, before any work, a fixed-size joint-state count that could outgrow `budget`."""
+    per_sample = _state_bytes_per_sample(static)
+    need = per_sample * samples
+    if need > budget:
+        raise ValueError(
+            f"counting the joint states of {samples} samples may need {need / 2**30:.1f} GiB "
+            f"({per_sample} bytes per sample over {len(static.groups)} group(s)), more than "
+            f"state_memory_budget={budget / 2**30:.1f} GiB; use fewer samples or raise it")
+
+
 def _state_counters(static: _Static):
     counters = []
     for inputs, outputs in static.groups:
@@ -649,13 +673,16 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
                        samples: int | None = None, threshold: float = 0.05,
                        policy: str = "drop", method: str = "auto", activation=None,
                        max_samples: int = 2 ** 27, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                       pairs: bool = False, devices=None):
+                       pairs: bool = False, devices=None,
+                       state_memory_budget: int = DEFAULT_STATE_MEMORY_BUDGET):
     """I(X_G; Y_H) for each (G, H) in `groups` (indices into the flattened inputs and outputs).
 
     A sample with any output outside out_range is dropped whole (policy "drop"). `samples=None`
     is adaptive with deep-ei's vector rule: stop when doubling moves every group's estimate by
     less than `threshold` bits. With `pairs=True` the EI_parts matrix of the same samples is
-    returned too: ((values, matrix), Info). `devices` as in `ei_parts_matrix`.
+    returned too: ((values, matrix), Info). `devices` as in `ei_parts_matrix`. A run whose
+    distinct states could exceed `state_memory_budget` bytes is refused before it starts; an
+    adaptive run stops there (not converged, with a warning).
 
     Returns:
       (list of floats in bits, Info).
@@ -667,6 +694,10 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
                                                      policy, method, activation, memory_budget,
                                                      devices))
     static = setup.static
+    if mode == "fixed":
+        _check_state_memory(static, samples, state_memory_budget)
+    else:  # adaptive: stop (unconverged, with a warning) where the states could outgrow it
+        max_samples = min(max_samples, state_memory_budget // _state_bytes_per_sample(static))
     counters = _state_counters(static)
     # The pairwise tables ride along in the same chunks when they fit one block; otherwise they
     # are streamed block by block afterwards, over the same samples.

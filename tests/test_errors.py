@@ -160,3 +160,11 @@ def test_pure_api_argument_kinds():
         pure.ei_parts(jax.random.key(0), chain, params * 2, samples=10)
     with pytest.raises(ValueError, match="activation must be one of"):
         pure.ei_parts(jax.random.key(0), chain, params, samples=10, activation="swish")
+
+
+def test_state_memory_refused_before_work():
+    chain = pure.Chain(layers=(pure.Dense(),), in_shape=(784,))
+    params = ({"w": np.zeros((784, 10), np.float32)},)
+    with pytest.raises(ValueError, match=r"counting the joint states of 1000000000 samples may "
+                                         r"need .* GiB \(.* bytes per sample over 1 group\(s\)\)"):
+        pure.ei(jax.random.key(0), chain, params, samples=10 ** 9)
