@@ -49,7 +49,8 @@ def progress(message: str) -> None:
 
 
 def _call_text(call: _cases.Call) -> str:
-    amount = f"samples={call.samples:.0e}" if call.samples else f"threshold={call.threshold}"
+    amount = (f"samples={call.samples:.0e}".replace("e+0", "e").replace("e+", "e")
+              if call.samples else f"threshold={call.threshold}")
     return f"{call.measure}({amount})"
 
 
@@ -117,7 +118,7 @@ def _format(x, digits=4) -> str:
 
 def summary_table(records: list, backends: list) -> str:
     """case | quantity | deep-ei s | ours 1st s | ours s | ratio | values, one row per quantity."""
-    ours = [b for b in backends if b != "deep_ei"]
+    ours = [b for b in backends if b != "deep_ei"]  # deep_ei's columns come first, whatever the order
     header = ["case", "quantity", "deep-ei s"]
     for b in ours:
         header += [f"{b} 1st s", f"{b} s", f"deep-ei/{b}"]
@@ -141,7 +142,8 @@ def summary_table(records: list, backends: list) -> str:
                             "-" if ratio is None else f"{ratio:.1f}x"]
                 else:
                     row += ["", "", ""]
-            row += [_format(mine[b].get("value", {}).get(label)) for b in backends]
+            row += [_format(mine.get(b, {}).get("value", {}).get(label))
+                    for b in ["deep_ei", *ours]]
             rows.append(row)
     widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
@@ -191,6 +193,9 @@ def main(argv=None) -> None:
     if "gpu" in backends and not _gpu_available():
         note("gpu backend skipped: no GPU (jax.devices('gpu') finds none)")
         backends.remove("gpu")
+    if not backends:
+        note("no backend left to run")
+        return
     if args.quick:
         for name in args.cases:
             case = _cases.CASES[name]
