@@ -75,22 +75,23 @@ def host_bins_dtype(in_bins: int, out_bins: int):
         if max(in_bins, out_bins + 1) <= 65536 else np.uint32
 
 
-def _host_pairwise_kernel():
-    # One thread: it runs beside XLA's threads, which compute the next chunk meanwhile; a
-    # parallel loop measured ~10x slower on small chunks here, its threads contending with XLA's.
-    @numba.njit(nogil=True, cache=True)
+def _host_pairwise_kernel(parallel: bool):
     def add_counts(x_bins, y_bins, row_bins, tables):
         num_in, num_samples = x_bins.shape
         num_out = y_bins.shape[0]
-        for pair in range(num_in * num_out):
+        for pair in numba.prange(num_in * num_out):
             a, b = pair // num_out, pair % num_out
             table, xa, yb = tables[a, b], x_bins[a], y_bins[b]
             for s in range(num_samples):
                 table[xa[s] * row_bins + yb[s]] += 1
-    return add_counts
+    return numba.njit(parallel=parallel, nogil=True, cache=True)(add_counts)
 
 
-_host_kernel = None
+_host_kernels: dict = {}
+# Below this many pair-samples per call one thread counts: it runs beside XLA's threads, which
+# compute the next chunk meanwhile, and a parallel loop's start-up outweighs small calls (measured
+# ~10x slower on 20-pair chunks here). Large calls split their pairs over all cores.
+PARALLEL_PAIR_SAMPLES = 2 ** 26
 
 
 def add_pairwise_counts_host(x_bins_t: np.ndarray, y_bins_t: np.ndarray, out_bins: int,
@@ -104,13 +105,13 @@ def add_pairwise_counts_host(x_bins_t: np.ndarray, y_bins_t: np.ndarray, out_bin
       tables: int32 [n_in, n_out, in_bins * (out_bins + 1)], updated in place (exact: callers keep
         a run below 2**31 samples).
     """
-    global _host_kernel
     if numba is None:
         raise ValueError("method='numba' needs numba: pip install numba (or the [fast] extra)")
-    if _host_kernel is None:
-        _host_kernel = _host_pairwise_kernel()
-    _host_kernel(np.ascontiguousarray(x_bins_t), np.ascontiguousarray(y_bins_t), out_bins + 1,
-                 tables)
+    parallel = x_bins_t.shape[0] * y_bins_t.shape[0] * x_bins_t.shape[1] >= PARALLEL_PAIR_SAMPLES
+    if parallel not in _host_kernels:
+        _host_kernels[parallel] = _host_pairwise_kernel(parallel)
+    _host_kernels[parallel](np.ascontiguousarray(x_bins_t), np.ascontiguousarray(y_bins_t),
+                            out_bins + 1, tables)
 
 
 def bits_per_value(bins: int) -> int:

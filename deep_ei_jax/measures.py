@@ -26,7 +26,7 @@ from .information import mutual_information, mutual_information_from_states
 from .layers import Chain, apply
 from .sampling import SAMPLE_BLOCK, sample_mask, single_input_noise, uniform_inputs
 
-DEFAULT_MEMORY_BUDGET = 512 * 2 ** 20  # bytes of count tables held at once
+DEFAULT_MEMORY_BUDGET = 256 * 2 ** 20  # bytes of count tables held at once
 DEFAULT_STATE_MEMORY_BUDGET = 8 * 2 ** 30  # bytes the distinct joint states may take on the host
 _SCATTER_ENTRIES = 2 ** 23             # joint indices per chunk for the scatter kernel
 _DYNAMIC_PROBE = adaptive.FIRST_STEP   # samples that fix a dynamic out_range

@@ -166,13 +166,15 @@ def test_default_method_without_numba(monkeypatch):
     monkeypatch.setattr(histogram, "numba", None)
     assert histogram.default_method() == "scatter"
     with pytest.raises(ValueError, match="method='numba' needs numba"):
-        histogram._host_kernel = None
         histogram.add_pairwise_counts_host(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8),
                                            2, np.zeros((1, 1, 6), np.int32))
 
 
-def test_host_counter_matches_scatter():
+@pytest.mark.parametrize("parallel_from", [2 ** 26, 1])
+def test_host_counter_matches_scatter(monkeypatch, parallel_from):
+    from deep_ei_jax import histogram
     from deep_ei_jax.histogram import add_pairwise_counts_host
+    monkeypatch.setattr(histogram, "PARALLEL_PAIR_SAMPLES", parallel_from)  # serial and parallel
     rng = np.random.default_rng(9)
     x, y, valid = random_bins(rng, 4000, 4, 3, 8, 6)
     tables = np.zeros((4, 3, 8 * 7), np.int32)
