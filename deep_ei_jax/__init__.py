@@ -29,7 +29,7 @@ _BRIDGE_NAMES = (
     # deep-ei 0.7.0 names
     "ei", "ei_parts", "ei_parts_matrix", "sensitivity", "sensitivity_matrix",
     # ours
-    "degeneracy_of_layer", "layer_chain",
+    "degeneracy_of_layer", "layer_chain", "sweep", "to_dataframe", "Tracker",
 )
 
 __all__ = ["pure", "nats_to_bits", *_BRIDGE_NAMES]

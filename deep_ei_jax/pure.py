@@ -15,10 +15,11 @@ from .layers import (AvgPool2d, Chain, Conv2d, Dense, Flatten, MaxPool2d, apply,
                      receptive_field)
 from .measures import (Info, degeneracy, ei, ei_and_ei_parts, ei_parts, ei_parts_matrix,
                        eis_between_groups, sensitivity, sensitivity_matrix)
+from .sweeping import SweepResult, stack_params, sweep
 
 __all__ = [
     "AvgPool2d", "Chain", "Conv2d", "Dense", "Flatten", "MaxPool2d", "Info", "apply", "out_shape",
     "receptive_field", "entropy", "mutual_information", "nats_to_bits", "ei", "ei_parts",
     "ei_parts_matrix", "ei_and_ei_parts", "eis_between_groups", "sensitivity",
-    "sensitivity_matrix", "degeneracy",
+    "sensitivity_matrix", "degeneracy", "sweep", "stack_params", "SweepResult",
 ]

@@ -1,0 +1,237 @@
+"""`sweep`: every measure of every layer of many torch models (or checkpoints) of one architecture.
+
+    records = deep_ei_jax.sweep(checkpoints, torch.zeros((1, 4)), samples=100_000,
+                                sensitivity_samples=1000, in_bins=8, out_bins=8)
+    frame = deep_ei_jax.to_dataframe(records)   # with pandas installed
+
+Each layer's K parameter sets are stacked and measured in one compiled call
+(`deep_ei_jax.pure.sweep`); a record equals what the single calls give with the same `seed`
+(`vector_and_pairwise_ei`, `sensitivity_of_layer`, ...), EI up to float32 rounding.
+"""
+from __future__ import annotations
+
+import copy
+import numbers
+import warnings
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+import torch
+from torch import nn
+
+from .. import sweeping
+from .._checks import check_bins, check_samples
+from .api import _resolve
+from .topology import topology_of
+
+MEASURED_MODULES = (nn.Linear, nn.Conv2d)
+
+
+def _short(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return f"Linear({module.in_features}->{module.out_features})"
+    if isinstance(module, nn.Conv2d):
+        return (f"Conv2d({module.in_channels}->{module.out_channels}, "
+                f"k={tuple(module.kernel_size)})")
+    return type(module).__name__
+
+
+def _models(models_or_state_dicts, model):
+    """The models, loading state dicts into copies of `model` (or of the first module given)."""
+    if isinstance(models_or_state_dicts, (nn.Module, Mapping)) or \
+            not isinstance(models_or_state_dicts, Sequence) or \
+            isinstance(models_or_state_dicts, (str, bytes)):
+        raise TypeError(f"models_or_state_dicts must be a list of torch modules or state dicts; "
+                        f"got {type(models_or_state_dicts).__name__}")
+    if len(models_or_state_dicts) == 0:
+        raise ValueError("models_or_state_dicts must hold at least one model; got an empty list")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (the architecture state dicts are "
+                        f"loaded into); got {type(model).__name__}")
+    template = model
+    if template is None:
+        template = next((m for m in models_or_state_dicts if isinstance(m, nn.Module)), None)
+    models = []
+    for k, item in enumerate(models_or_state_dicts):
+        if isinstance(item, nn.Module):
+            models.append(item)
+            continue
+        if not isinstance(item, Mapping):
+            raise TypeError(f"models_or_state_dicts[{k}] must be a torch.nn.Module or a state "
+                            f"dict; got {type(item).__name__}")
+        if template is None:
+            raise ValueError("models_or_state_dicts holds only state dicts: pass model= (a module "
+                             "of the architecture to load them into)")
+        loaded = copy.deepcopy(template)
+        try:
+            loaded.load_state_dict(item)
+        except (RuntimeError, KeyError, TypeError) as error:
+            raise ValueError(f"models_or_state_dicts[{k}] does not fit the model's architecture: "
+                             f"{error}") from None
+        models.append(loaded)
+    return models
+
+
+def _layer_names(model, topology, layers):
+    """The names (in model.named_modules) of the layers to measure, in call order."""
+    names = {module: name for name, module in model.named_modules()}
+    if layers is None:
+        return [names[m] for m in topology if isinstance(m, MEASURED_MODULES)], False
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    chosen = []
+    for layer in layers:
+        if isinstance(layer, nn.Module):
+            if layer not in topology:
+                raise ValueError(f"layers: {layer!r} is not a measurable module of the first "
+                                 f"model; pass modules of models_or_state_dicts[0] (or names)")
+            chosen.append(names[layer])
+        elif isinstance(layer, str):
+            module = dict(model.named_modules()).get(layer)
+            if module is None or module not in topology:
+                measurable = [names[m] for m in topology]
+                raise ValueError(f"layers: {layer!r} is not a measurable module of the model; "
+                                 f"measurable: {measurable}")
+            chosen.append(layer)
+        else:
+            raise TypeError(f"layers must be module names or modules; got {layer!r}")
+    return chosen, True
+
+
+def _spans(models, example_input, layer_names, explicit):
+    """Per layer: (chain, ranges, short name, [params of each model]), checked against model 0."""
+    per_layer = {}
+    skipped = {}
+    for k, model in enumerate(models):
+        try:
+            topology = topology_of(model, example_input)
+        except ValueError as error:
+            raise ValueError(f"models_or_state_dicts[{k}]: {error}") from None
+        modules = dict(model.named_modules())
+        for name in layer_names:
+            if name in skipped:
+                continue
+            module = modules.get(name)
+            if module is None or module not in topology:
+                raise ValueError(f"models_or_state_dicts[{k}] differs from "
+                                 f"models_or_state_dicts[0]: it has no measurable layer {name!r}")
+            try:
+                span, in_range, out_range = _resolve(module, topology, None, None, None, None, 1)
+            except NotImplementedError as error:
+                if explicit or k > 0:
+                    raise ValueError(f"models_or_state_dicts[{k}], layer {name!r}: "
+                                     f"{error}") from None
+                skipped[name] = str(error)
+                continue
+            if name not in per_layer:
+                per_layer[name] = (span.chain, (in_range, out_range), _short(module), [])
+            chain, ranges, short, params = per_layer[name]
+            if _short(module) != short:
+                raise ValueError(f"models_or_state_dicts[{k}] differs from models_or_state_dicts"
+                                 f"[0] at layer {name!r}: it is {_short(module)}; expected {short}")
+            _check_same(k, name, chain, ranges, params[0] if params else span.params, span,
+                        (in_range, out_range))
+            params.append(span.params)
+    for name, why in skipped.items():
+        warnings.warn(f"sweep skips layer {name!r}: {why}", RuntimeWarning, stacklevel=3)
+    return [(name, *per_layer[name]) for name in layer_names if name in per_layer]
+
+
+def _check_same(k, name, chain, ranges, first_params, span, span_ranges):
+    where = f"models_or_state_dicts[{k}] differs from models_or_state_dicts[0] at layer {name!r}"
+    for i, (expected, got) in enumerate(zip(first_params, span.params)):
+        for field in list(expected) + [f for f in got if f not in expected]:
+            want, have = np.shape(expected.get(field)), np.shape(got.get(field))
+            if field not in got or field not in expected or want != have:
+                what = "weight" if field == "w" else "bias" if field == "b" else field
+                raise ValueError(f"{where}: its {what} has shape "
+                                 f"{have if field in got else 'none'} (stored as [in, out]); "
+                                 f"expected {want if field in expected else 'none'}")
+    if span.chain.in_shape != chain.in_shape:
+        raise ValueError(f"{where}: its input shape is {span.chain.in_shape}; expected "
+                         f"{chain.in_shape}")
+    if span.chain != chain:
+        raise ValueError(f"{where}: its layers are {span.chain.layers}; expected {chain.layers}")
+    if span_ranges != ranges:
+        raise ValueError(f"{where}: its activations give ranges {span_ranges}; expected {ranges}")
+
+
+def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, model=None,
+          samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
+          out_bins: int = 64, seed: int = 0, steps=None, policy: str = "drop",
+          method: str = "auto", max_batch: int | None = None,
+          memory_budget: int = sweeping.DEFAULT_MEMORY_BUDGET) -> list[dict]:
+    """EI, EI_parts, sensitivity and degeneracy of every layer of many models of one architecture.
+
+    Each layer's parameter sets are stacked and measured in one compiled call. Ranges come from
+    the activations around each layer as in deep-ei (Sigmoid (0,1), Tanh (-1,1), ReLU (0,10),
+    none (-10,10)).
+
+    Args:
+      models_or_state_dicts: a list of K torch modules, or of state dicts (loaded into copies of
+        `model`), or a mix.
+      example_input: an input batch for the models, e.g. `torch.zeros((1, 4))`.
+      layers: module names (as in `model.named_modules()`) or modules of the first model; None
+        means every Linear and Conv2d layer that can be measured (others are skipped with a
+        warning).
+      measures: names from ('ei', 'ei_parts', 'sensitivity', 'degeneracy'); None means all four.
+      model: the architecture state dicts are loaded into (default: the first module given).
+      samples: samples of the all-inputs intervention (EI and EI_parts share them).
+      sensitivity_samples: samples per input for sensitivity.
+      in_bins, out_bins: bin counts.
+      seed: the PRNG seed; the same for every layer and model, as single calls with `seed=`.
+      steps: optional labels, one per model (e.g. training steps), stored as 'step'.
+      policy, method, max_batch, memory_budget: as `deep_ei_jax.pure.sweep`.
+
+    Returns:
+      A list of records (dicts), one per (model, layer): 'model' (index), 'step' (when given),
+      'layer' (name), 'layer_index', 'module', the measures asked for (bits), 'samples',
+      'sensitivity_samples', 'in_bins', 'out_bins'.
+    """
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input must be a torch.Tensor batch; "
+                        f"got {type(example_input).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.integer)):
+        raise TypeError(f"seed must be an int; got {seed!r}")
+    check_samples("samples", samples)
+    check_samples("sensitivity_samples", sensitivity_samples)
+    check_bins("in_bins", in_bins)
+    check_bins("out_bins", out_bins)
+    names = sweeping.MEASURES if measures is None else sweeping._check_measures(measures)
+    models = _models(models_or_state_dicts, model)
+    if steps is not None:
+        steps = list(steps)
+        if len(steps) != len(models):
+            raise ValueError(f"steps must have one entry per model ({len(models)}); "
+                             f"got {len(steps)}")
+    layer_names, explicit = _layer_names(models[0], topology_of(models[0], example_input), layers)
+    key = jax.random.key(int(seed))
+    records = []
+    for index, (name, chain, (in_range, out_range), short, params) in enumerate(
+            _spans(models, example_input, layer_names, explicit)):
+        result = sweeping.sweep(key, chain, sweeping.stack_params(params), in_range=in_range,
+                                out_range=out_range, in_bins=in_bins, out_bins=out_bins,
+                                samples=samples, sensitivity_samples=sensitivity_samples,
+                                measures=names, policy=policy, method=method,
+                                max_batch=max_batch, memory_budget=memory_budget)
+        for k, row in enumerate(result.records()):
+            record = {"model": k}
+            if steps is not None:
+                record["step"] = steps[k]
+            record.update(layer=name, layer_index=index, module=short)
+            record.update({m: row[m] for m in sweeping.MEASURES if m in row})
+            record.update(samples=samples, sensitivity_samples=sensitivity_samples,
+                          in_bins=in_bins, out_bins=out_bins)
+            records.append(record)
+    records.sort(key=lambda r: (r["model"], r["layer_index"]))
+    return records
+
+
+def to_dataframe(records):
+    """The records as a pandas DataFrame (needs pandas: pip install pandas)."""
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("to_dataframe needs pandas: pip install pandas") from None
+    return pandas.DataFrame.from_records(list(records))

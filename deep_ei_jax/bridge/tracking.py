@@ -1,0 +1,153 @@
+"""Measuring a network while it trains: a callback that appends one JSON line per (step, layer).
+
+    tracker = Tracker("run1.jsonl", torch.zeros((1, 4)), every=50, samples=100_000,
+                      sensitivity_samples=1000, in_bins=8, out_bins=8)
+    for step in range(start, steps):
+        train_one_step(model)
+        tracker(model, step)          # measures when step % every == 0, else returns []
+
+Each record is written with one `os.write` on a file opened for appending, then fsynced, so a
+record is on disk before training goes on and appends never interleave. After an interruption a
+new `Tracker` on the same file reads what is there: a last line torn by the crash is cut off,
+`last_step` is the last step recorded, and a call for a (step, layer) already recorded measures
+nothing again, so a resumed loop may simply replay from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import time
+import warnings
+
+import numpy as np
+
+from .. import sweeping
+from .._checks import check_bins, check_samples
+from .sweeping import sweep
+
+
+def read_records(path) -> list[dict]:
+    """The complete records of a tracking file (a torn last line is left out)."""
+    records, _ = _read(path)
+    return records
+
+
+def _read(path):
+    """(records, byte length of the complete lines)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return [], 0
+    records, good = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # torn by an interruption
+        text = line.strip()
+        if text:
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError:
+                break
+            if not isinstance(record, dict) or "step" not in record or "layer" not in record:
+                raise ValueError(f"{os.fspath(path)!r} is not a tracking file: line "
+                                 f"{len(records) + 1} is not a record with 'step' and 'layer'")
+            records.append(record)
+        good += len(line)
+    return records, good
+
+
+class Tracker:
+    """Measures every layer of a model every `every` steps and appends the records to `path`.
+
+    Args:
+      path: the JSON-lines file (created, or resumed when it exists).
+      example_input: an input batch for the model, e.g. `torch.zeros((1, 4))`.
+      every: measure when `step % every == 0`.
+      layers, measures, samples, sensitivity_samples, in_bins, out_bins, seed, policy, method:
+        as `deep_ei_jax.sweep` (the same seed every time: differences between steps are the
+        network's, not the noise's).
+
+    Attributes:
+      last_step: the last step recorded (None before any).
+      done: the set of (step, layer) pairs recorded.
+    """
+
+    def __init__(self, path, example_input, *, every: int = 50, layers=None, measures=None,
+                 samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
+                 out_bins: int = 64, seed: int = 0, policy: str = "drop", method: str = "auto"):
+        if isinstance(every, bool) or not isinstance(every, (numbers.Integral, np.integer)) \
+                or every <= 0:
+            raise ValueError(f"every must be a positive integer; got {every!r}")
+        check_samples("samples", samples)
+        check_samples("sensitivity_samples", sensitivity_samples)
+        check_bins("in_bins", in_bins)
+        check_bins("out_bins", out_bins)
+        self.path = os.fspath(path)
+        self.every = int(every)
+        self.example_input = example_input
+        self.measures = sweeping.MEASURES if measures is None else \
+            sweeping._check_measures(measures)
+        self.settings = dict(layers=layers, measures=self.measures, samples=samples,
+                             sensitivity_samples=sensitivity_samples, in_bins=in_bins,
+                             out_bins=out_bins, seed=seed, policy=policy, method=method)
+        records, good = _read(self.path)
+        if os.path.exists(self.path) and os.path.getsize(self.path) > good:
+            warnings.warn(f"{self.path}: cutting off a last line torn by an interruption",
+                          RuntimeWarning, stacklevel=2)
+            with open(self.path, "r+b") as file:
+                file.truncate(good)
+                file.flush()
+                os.fsync(file.fileno())
+        self.done = {(r["step"], r["layer"]) for r in records}
+        self.last_step = max((r["step"] for r in records), default=None)
+        for record in records[-1:]:
+            for name in ("samples", "sensitivity_samples", "in_bins", "out_bins"):
+                if name in record and record[name] != self.settings[name]:
+                    warnings.warn(f"{self.path} was recorded with {name}={record[name]}; this "
+                                  f"tracker uses {self.settings[name]}", RuntimeWarning,
+                                  stacklevel=2)
+
+    def should_measure(self, step: int) -> bool:
+        """Whether `step` is a measuring step (whatever is recorded already)."""
+        return step % self.every == 0
+
+    def __call__(self, model, step: int) -> list[dict]:
+        """Measures `model` at `step` if it is a measuring step; returns the new records."""
+        if isinstance(step, bool) or not isinstance(step, (numbers.Integral, np.integer)):
+            raise TypeError(f"step must be an int; got {step!r}")
+        step = int(step)
+        if not self.should_measure(step):
+            return []
+        records = sweep([model], self.example_input, steps=[step], **self.settings)
+        new = [r for r in records if (step, r["layer"]) not in self.done]
+        for record in new:
+            record.pop("model", None)
+            record["time"] = round(time.time(), 3)
+            self._append(record)
+            self.done.add((step, record["layer"]))
+        if new:
+            self.last_step = step if self.last_step is None else max(self.last_step, step)
+        return new
+
+    def _append(self, record: dict) -> None:
+        line = (json.dumps(_plain(record)) + "\n").encode()
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(descriptor, line)  # one write: appenders never interleave
+            if written != len(line):
+                raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def records(self) -> list[dict]:
+        """Every record in the file so far."""
+        return read_records(self.path)
+
+
+def _plain(record: dict) -> dict:
+    """JSON-ready values (numpy scalars to Python numbers)."""
+    return {name: value.item() if isinstance(value, np.generic) else value
+            for name, value in record.items()}

@@ -1,0 +1,520 @@
+"""Batched sweeps: EI, EI_parts, sensitivity and degeneracy of K parameter sets of one chain in one
+compiled call.
+
+K checkpoints of a training run (or K models of one architecture) share the chain, so one program
+serves them all: the parameters carry a leading axis K and the per-set measurement is `jax.vmap`ped
+over it. Each set sees exactly the samples a single call with the same key draws (the same chunk
+kernels `measures._step` and `measures._single_input_step` make them), so
+
+    result = sweep(key, chain, stacked, samples=n, sensitivity_samples=m, **binning)
+    result.ei[k]          == pure.ei(key, chain, params_k, samples=n, **binning)[0]
+    result.ei_parts[k]    == pure.ei_parts(key, chain, params_k, samples=n, **binning)[0]
+    result.sensitivity[k] == pure.sensitivity(key, chain, params_k, samples=m, **binning)[0]
+    result.degeneracy[k]  == result.sensitivity[k] - result.ei[k]
+
+The layer runs bit for bit as in a single call (see `_sweep_kernel`), so every count is the same
+integer; EI_parts and sensitivity agree to float32 rounding of the same MI formula. Vector EI is
+counted on the device (packed joint states sorted, runs counted) and its entropies are summed in
+float32, where a single call counts on the host and sums in float64: the two agree to about 1e-5
+bits (see `state_entropy`). Sample counts are fixed; output ranges and bin counts must be fixed
+numbers (not 'dynamic'). Note that `pure.degeneracy` splits its key in two; the sweep's degeneracy
+uses the same key for EI and sensitivity, as the deep-ei style calls with one `seed` do.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _checks, measures
+from .histogram import METHODS, state_bits
+from .information import entropy, mutual_information
+from .layers import Chain, Dense, Flatten
+from .sampling import SAMPLE_BLOCK
+
+MEASURES = ("ei", "ei_parts", "sensitivity", "degeneracy")
+DEFAULT_MEMORY_BUDGET = 1024 * 2 ** 20  # bytes one compiled call may hold, all K of it together
+_SCATTER_ENTRIES = 2 ** 23              # joint indices per chunk (all K of a call together)
+_DENSE_BITS = 20                        # count states densely up to 2**20 of them
+
+
+class SweepResult(NamedTuple):
+    """Per-parameter-set results of a sweep (bits). A measure not asked for is None.
+
+    Attributes:
+      ei: vector EI, float64 [K].
+      ei_parts: EI_parts, float64 [K].
+      sensitivity: sensitivity, float64 [K].
+      degeneracy: sensitivity - EI, float64 [K].
+      ei_parts_matrix: float64 [K, n_in, n_out] (rows: inputs).
+      sensitivity_matrix: float64 [K, n_in, n_out].
+      samples: samples of the all-inputs intervention (EI, EI_parts).
+      sensitivity_samples: samples per input of the sensitivity intervention.
+      dropped: int64 [K], samples left out of vector EI (an output out of range; policy "drop").
+      out_of_range: int64 [K], (sample, output) values of the EI_parts samples outside out_range.
+    """
+
+    ei: np.ndarray | None
+    ei_parts: np.ndarray | None
+    sensitivity: np.ndarray | None
+    degeneracy: np.ndarray | None
+    ei_parts_matrix: np.ndarray | None
+    sensitivity_matrix: np.ndarray | None
+    samples: int
+    sensitivity_samples: int
+    dropped: np.ndarray | None
+    out_of_range: np.ndarray | None
+
+    def records(self) -> list[dict]:
+        """One dict per parameter set: {'index', measure values, 'samples', ...}."""
+        rows = []
+        for k in range(self.num_sets):
+            row = {"index": k}
+            for name in MEASURES:
+                values = getattr(self, name)
+                if values is not None:
+                    row[name] = float(values[k])
+            row["samples"] = self.samples
+            row["sensitivity_samples"] = self.sensitivity_samples
+            rows.append(row)
+        return rows
+
+    @property
+    def num_sets(self) -> int:
+        for name in MEASURES:
+            values = getattr(self, name)
+            if values is not None:
+                return len(values)
+        return 0
+
+
+class _Plan(NamedTuple):
+    """Everything that fixes the compiled program (hashable)."""
+
+    vector: Any          # measures._Static of the all-inputs intervention, or None
+    single: Any          # measures._Static of the sensitivity intervention, or None
+    vectorized: bool     # vmap over the sets (Dense chains), else lax.map
+    samples: int
+    num_chunks: int
+    sensitivity_samples: int
+    sensitivity_chunks: int
+
+
+# ---------------------------------------------------------------- device kernels
+
+def state_entropy(words: jax.Array, valid: jax.Array, num_bits: int | None = None) -> jax.Array:
+    """Plug-in entropy (bits) of the distinct rows of `words` among the valid rows, exactly counted.
+
+    A state space of at most `_DENSE_BITS` bits (and not much larger than the rows) is counted
+    densely (`bincount` over every state). Otherwise rows are sorted (invalid rows last), each run
+    of equal rows is one state and its length its count: no hashing, no table of the state space.
+    A single-word state of at most 31 bits sorts as one integer key with invalid rows mapped to
+    0xFFFFFFFF (XLA's one-key sort is several times faster than its lexicographic one).
+
+    The sum sum_s (c_s / n) log2(n / c_s) is taken in float32 in two levels (within blocks of 1024
+    rows, then across blocks), so its rounding stays near a few 1e-7 relative per level: about
+    1e-5 bits for the entropy of a 30-bit state space at 1e7 samples.
+
+    Args:
+      words: uint32 [N, W], packed states (`histogram.pack_states`, `join_states`).
+      valid: bool [N].
+      num_bits: the bits the packed states use (`histogram.state_bits`); None: all of W words.
+
+    Returns:
+      float32 scalar, 0 when no row is valid.
+    """
+    num_rows, num_words = words.shape
+    num_bits = 32 * num_words if num_bits is None else num_bits
+    total = jnp.sum(valid, dtype=jnp.int32).astype(jnp.float32)
+    if num_words == 1 and num_bits <= _DENSE_BITS and 2 ** num_bits <= 4 * num_rows:
+        sentinel = 2 ** num_bits
+        keys = jnp.where(valid, words[:, 0], jnp.uint32(sentinel)).astype(jnp.int32)
+        return entropy(jnp.bincount(keys, length=sentinel + 1)[:sentinel])
+    if num_words == 1 and num_bits <= 31:
+        keys = jnp.sort(jnp.where(valid, words[:, 0], jnp.uint32(0xFFFFFFFF)))
+        differs = keys[1:] != keys[:-1]
+        real = keys != jnp.uint32(0xFFFFFFFF)
+    else:
+        invalid = (~valid).astype(jnp.uint32)
+        columns = jax.lax.sort((invalid,) + tuple(words[:, w] for w in range(num_words)),
+                               num_keys=num_words + 1)
+        differs = functools.reduce(jnp.logical_or, [c[1:] != c[:-1] for c in columns])
+        real = columns[0] == 0
+    is_start = jnp.concatenate([jnp.ones(1, bool), differs])
+    is_end = jnp.concatenate([differs, jnp.ones(1, bool)]) & real
+    index = jnp.arange(num_rows, dtype=jnp.int32)
+    run_start = jax.lax.cummax(jnp.where(is_start, index, 0), axis=0)
+    run_counts = (index - run_start + 1).astype(jnp.float32)
+    safe_total = jnp.maximum(total, 1.0)
+    terms = jnp.where(is_end, run_counts / safe_total
+                      * (jnp.log2(safe_total) - jnp.log2(run_counts)), 0.0)
+    pad = -num_rows % SAMPLE_BLOCK
+    terms = jnp.pad(terms, (0, pad)).reshape(-1, SAMPLE_BLOCK)
+    return jnp.sum(jnp.sum(terms, axis=1))
+
+
+def _vector_pass(plan: _Plan, key, params, ranges):
+    """EI_parts tables and the three state entropies of one parameter set."""
+    static = plan.vector
+    if static.pairs:
+        carry = (jnp.zeros((static.num_inputs, static.num_outputs, static.in_bins,
+                            static.out_bins), jnp.int32),
+                 jnp.zeros(static.num_outputs, jnp.int32))
+    else:
+        carry = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def chunk(carry, first_block):
+        carry, states, _ = measures._step(static, carry, key, params, ranges, first_block, 0,
+                                          plan.samples, 0)
+        return carry, states
+
+    first_blocks = jnp.arange(plan.num_chunks, dtype=jnp.int32) * static.num_blocks
+    (counts, out_of_range), states = jax.lax.scan(chunk, carry, first_blocks)
+    result = {}
+    if static.pairs:
+        result["parts"] = mutual_information(counts)
+        result["out_of_range"] = jnp.sum(out_of_range)
+    if static.groups:
+        keep, dropped, ((wx, wy, wxy),) = states
+        flat = lambda a: a.reshape((-1,) + a.shape[2:])
+        keep = flat(keep)
+        (inputs, outputs), = static.groups
+        x_bits = state_bits(len(inputs), static.in_bins)
+        y_bits = state_bits(len(outputs), static.out_bins)
+        result["entropies"] = jnp.stack([
+            state_entropy(flat(wx), keep, x_bits), state_entropy(flat(wy), keep, y_bits),
+            state_entropy(flat(wxy), keep, x_bits + y_bits if wxy.shape[-1] == 1 else None)])
+        result["dropped"] = jnp.sum(dropped)
+    return result
+
+
+def _sensitivity_pass(plan: _Plan, key, params, ranges):
+    """The sensitivity matrix [n_in, n_out] (float32 bits) of one parameter set."""
+    static = plan.single
+    first_blocks = jnp.arange(plan.sensitivity_chunks, dtype=jnp.int32) * static.num_blocks
+    matrices = []
+    for offset in range(0, static.num_inputs, static.inputs_per_chunk):
+        carry = (jnp.zeros((static.inputs_per_chunk, static.num_outputs, static.in_bins,
+                            static.out_bins), jnp.int32),
+                 jnp.zeros(static.num_outputs, jnp.int32))
+
+        def chunk(carry, first_block, offset=offset):
+            return measures._single_input_step(static, carry, key, params, ranges, first_block,
+                                               0, plan.sensitivity_samples, offset), None
+
+        (counts, _), _ = jax.lax.scan(chunk, carry, first_blocks)
+        matrices.append(mutual_information(counts))
+    return jnp.concatenate(matrices, axis=0)[:static.num_inputs]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
+    """All measures of every parameter set in `stacked_params` (leading axis K).
+
+    `keys` holds K copies of the measurement's key, passed in rather than broadcast here: the
+    samples are then batched like the weights, so a vmapped Dense layer is a batched matmul whose
+    every product is the single call's matmul, bit for bit (with the samples shared, XLA would
+    fold K weight matrices into one wider matmul that rounds differently, and outputs on a bin
+    edge would land in the other bin). Chains with other layers (convolutions batch into grouped
+    convolutions) run the sets one after another with `lax.map`, each exactly a single call.
+    """
+    def one(key, params):
+        result = _vector_pass(plan, key, params, ranges) if plan.vector is not None else {}
+        if plan.single is not None:
+            result["sensitivity"] = _sensitivity_pass(plan, key, params, ranges)
+        return result
+    if plan.vectorized:
+        return jax.vmap(one)(keys, stacked_params)
+    return jax.lax.map(lambda args: one(*args), (keys, stacked_params))
+
+
+# ---------------------------------------------------------------- arguments and planning
+
+def _leaves_with_paths(params):
+    return jax.tree_util.tree_flatten_with_path(params)[0]
+
+
+def _path_name(path) -> str:
+    return "params" + jax.tree_util.keystr(path)
+
+
+def stack_params(params_list) -> tuple:
+    """Stacks K parameter sets of one chain into one set with a leading axis K.
+
+    Args:
+      params_list: a sequence of K params (each a tuple of dicts of arrays, as the measures take).
+
+    Returns:
+      The stacked params: every array gets a leading axis of size K.
+
+    Raises:
+      ValueError: naming the first set whose structure or an array's shape differs from set 0.
+    """
+    if isinstance(params_list, (str, bytes)) or not hasattr(params_list, "__len__"):
+        raise TypeError(f"params_list must be a sequence of parameter sets; "
+                        f"got {type(params_list).__name__}")
+    if len(params_list) == 0:
+        raise ValueError("params_list must hold at least one parameter set; got an empty sequence")
+    first = jax.tree_util.tree_structure(params_list[0])
+    first_leaves = _leaves_with_paths(params_list[0])
+    for k, params in enumerate(params_list[1:], start=1):
+        structure = jax.tree_util.tree_structure(params)
+        if structure != first:
+            raise ValueError(f"params_list[{k}] has a different structure from params_list[0]: "
+                             f"{structure} vs {first}")
+        for (path, leaf), (_, reference) in zip(_leaves_with_paths(params), first_leaves):
+            if np.shape(leaf) != np.shape(reference):
+                raise ValueError(f"params_list[{k}] differs from params_list[0]: "
+                                 f"{_path_name(path)} has shape {np.shape(leaf)}; expected "
+                                 f"{np.shape(reference)}")
+    return jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(a, np.float32)
+                                                            for a in leaves]), *params_list)
+
+
+def _num_sets(stacked_params) -> int:
+    leaves = _leaves_with_paths(stacked_params)
+    if not leaves:
+        raise ValueError("stacked_params holds no arrays: a chain of only parameter-free layers "
+                         "has nothing to sweep over")
+    sizes = []
+    for path, leaf in leaves:
+        if np.ndim(leaf) == 0:
+            raise ValueError(f"stacked_params must have a leading axis K on every array; "
+                             f"{_path_name(path)} is a scalar")
+        sizes.append((path, np.shape(leaf)[0]))
+    num = sizes[0][1]
+    for path, size in sizes[1:]:
+        if size != num:
+            raise ValueError(f"stacked_params must have the same leading size K on every array; "
+                             f"{_path_name(sizes[0][0])} has {num} but {_path_name(path)} has "
+                             f"{size}")
+    return int(num)
+
+
+def _sweep_method(method: str) -> str:
+    _checks.check_choice("method", method, METHODS)
+    if method == "numba":
+        raise ValueError("method='numba' counts on the host and cannot be vmapped; use 'auto', "
+                         "'scatter' or 'onehot'")
+    if method == "auto":
+        return "scatter" if jax.default_backend() == "cpu" else "onehot"
+    return method
+
+
+def _check_measures(names) -> tuple:
+    if isinstance(names, str):
+        names = (names,)
+    try:
+        names = tuple(names)
+    except TypeError:
+        raise TypeError(f"measures must be a sequence of names from {MEASURES}; "
+                        f"got {names!r}") from None
+    for name in names:
+        if name not in MEASURES:
+            raise ValueError(f"measures must be names from {MEASURES}; got {name!r}")
+    if not names:
+        raise ValueError(f"measures must name at least one of {MEASURES}; got an empty sequence")
+    return names
+
+
+def _chunk_blocks(samples: int, rows_per_sample: int, cap: int) -> tuple[int, int]:
+    """(blocks per chunk, chunks): as few chunks as `cap` work rows allow, little padding."""
+    need = -(-samples // SAMPLE_BLOCK)
+    fit = max(1, min(measures._MAX_BLOCKS_PER_CHUNK, cap // max(1, rows_per_sample * SAMPLE_BLOCK)))
+    chunks = -(-need // fit)
+    return -(-need // chunks), chunks
+
+
+def _per_set_bytes(plan_vector, plan_single, samples, sensitivity_samples) -> int:
+    """A rough upper bound of the bytes one parameter set holds during a call."""
+    total = 0
+    if plan_vector is not None:
+        n_in, n_out = plan_vector.num_inputs, plan_vector.num_outputs
+        if plan_vector.pairs:
+            total += 4 * n_in * n_out * plan_vector.in_bins * plan_vector.out_bins
+        if plan_vector.groups:
+            words = sum(-(-n * bits_per // 32) for n, bits_per in (
+                (n_in, _bits(plan_vector.in_bins)), (n_out, _bits(plan_vector.out_bins))))
+            words += words  # the joint words
+            # the stored words, then the sort's copies and the run arrays
+            need = -(-samples // SAMPLE_BLOCK)  # blocks; chunking pads at most one per chunk
+            padded_rows = (need + -(-need // measures._MAX_BLOCKS_PER_CHUNK) + 1) * SAMPLE_BLOCK
+            total += 4 * padded_rows * (3 * words + 8)
+    if plan_single is not None:
+        total += 4 * plan_single.num_inputs * plan_single.num_outputs * plan_single.in_bins \
+            * plan_single.out_bins
+    return total
+
+
+def _bits(bins: int) -> int:
+    return max(1, math.ceil(math.log2(bins)))
+
+
+def _plan(key, chain, params0, *, in_range, out_range, in_bins, out_bins, policy, method,
+          activation, samples, sensitivity_samples, names, num_sets, max_batch, memory_budget):
+    """The compiled program's plan, the traced binning, and how many sets one call takes."""
+    for name, value in (("out_range", out_range), ("out_bins", out_bins)):
+        if isinstance(value, str):
+            raise ValueError(f"{name} must be fixed in a sweep (each parameter set would get its "
+                             f"own dynamic binning); got {value!r}")
+    need_states = "ei" in names or "degeneracy" in names
+    need_pairs = "ei_parts" in names
+    need_single = "sensitivity" in names or "degeneracy" in names
+    common = dict(in_range=in_range, out_range=out_range, in_bins=in_bins, out_bins=out_bins,
+                  policy=policy, method=method, activation=activation)
+    vector = single = None
+    setup = None
+    if need_single:
+        setup = measures._prepare(key, chain, params0, samples_hint=sensitivity_samples,
+                                  single_input=True, pairs=True, groups=(),
+                                  memory_budget=memory_budget, **common)
+        single = setup.static
+    if need_states or need_pairs:
+        whole = measures._whole_layer(chain, params0) if need_states else ()
+        vector_setup = measures._prepare(key, chain, params0, samples_hint=samples,
+                                         single_input=False, pairs=need_pairs, groups=whole,
+                                         memory_budget=memory_budget, **common)
+        vector = vector_setup.static
+        vector = vector._replace(padded_outputs=vector.num_outputs, block_size=vector.num_outputs)
+        if setup is None:
+            setup = vector_setup
+    static = vector if vector is not None else single
+    n = static.num_outputs
+    ranges = setup.ranges._replace(out_low=setup.ranges.out_low[:n],
+                                   out_high=setup.ranges.out_high[:n],
+                                   out_bins=setup.ranges.out_bins[:n])
+
+    per_set = max(1, _per_set_bytes(vector, single, samples, sensitivity_samples))
+    batch = num_sets if max_batch is None else min(num_sets, max_batch)
+    batch = max(1, min(batch, memory_budget // per_set))
+    if per_set > memory_budget:
+        raise ValueError(f"one parameter set needs about {per_set / 2**20:.1f} MiB, more than "
+                         f"memory_budget={memory_budget / 2**20:.1f} MiB; use fewer samples or "
+                         f"bins, or raise memory_budget")
+    num_chunks = sensitivity_chunks = 0
+    vectorized = all(isinstance(spec, (Dense, Flatten)) for spec in chain.layers)
+    together = batch if vectorized else 1  # sets whose chunks are in memory at once
+    if vector is not None:
+        rows = (vector.num_inputs * n if need_pairs else 0) + vector.num_inputs + n
+        blocks, num_chunks = _chunk_blocks(samples, rows * together, _SCATTER_ENTRIES)
+        vector = vector._replace(num_blocks=blocks)
+    if single is not None:
+        rows = single.inputs_per_chunk * (single.num_inputs + n)
+        blocks, sensitivity_chunks = _chunk_blocks(sensitivity_samples, rows * together, 2 ** 24)
+        single = single._replace(num_blocks=blocks)
+    plan = _Plan(vector=vector, single=single, vectorized=vectorized, samples=samples,
+                 num_chunks=num_chunks,
+                 sensitivity_samples=sensitivity_samples, sensitivity_chunks=sensitivity_chunks)
+    return plan, setup.key, ranges, batch
+
+
+# ---------------------------------------------------------------- the public sweep
+
+def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(0.0, 1.0),
+          in_bins: int = 64, out_bins: int = 64, samples: int = 100_000,
+          sensitivity_samples: int = 500, measures=MEASURES, policy: str = "drop",
+          method: str = "auto", activation=None, max_batch: int | None = None,
+          memory_budget: int = DEFAULT_MEMORY_BUDGET) -> SweepResult:
+    """EI, EI_parts, sensitivity and degeneracy of K parameter sets of one chain, compiled once.
+
+    Args:
+      key: PRNG key (`jax.random.key(seed)`); every set is measured with it, as a single call is.
+      chain: the layer(s) to measure (`deep_ei_jax.Chain`), shared by all sets.
+      stacked_params: the chain's params with a leading axis K on every array
+        (`stack_params([params_0, ..., params_{K-1}])`).
+      in_range, out_range: (low, high) of the input noise and bins, and of the output bins.
+      in_bins, out_bins: bin counts (fixed integers).
+      samples: samples of the all-inputs intervention (EI and EI_parts, from the same samples).
+      sensitivity_samples: samples per input of the one-input intervention.
+      measures: which of ('ei', 'ei_parts', 'sensitivity', 'degeneracy') to compute; only the
+        work they need runs.
+      policy: 'drop' or 'clip' for outputs outside out_range (as the single calls).
+      method: pairwise counting kernel, 'auto' | 'scatter' | 'onehot' (not 'numba': it runs on
+        the host and cannot be vmapped; all methods give identical counts).
+      activation: replaces the chain's last activation (a name or a JAX callable).
+      max_batch: at most this many sets per compiled call (None: as many as memory_budget allows).
+      memory_budget: bytes one call may hold; K is split into equal calls (the last one padded,
+        so one program serves all) when the sets do not fit together.
+
+    Returns:
+      SweepResult with float64 arrays of shape [K] (and [K, n_in, n_out] matrices).
+    """
+    names = _check_measures(measures)
+    _checks.check_samples("samples", samples)
+    _checks.check_samples("sensitivity_samples", sensitivity_samples)
+    if max_batch is not None:
+        _checks.check_samples("max_batch", max_batch)
+    if not isinstance(chain, Chain):
+        raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
+    if not isinstance(stacked_params, (tuple, list)) or len(stacked_params) != len(chain.layers):
+        got = len(stacked_params) if isinstance(stacked_params, (tuple, list)) else \
+            type(stacked_params).__name__
+        raise ValueError(f"stacked_params must have one entry per layer of the chain "
+                         f"({len(chain.layers)}); got {got}")
+    num_sets = _num_sets(stacked_params)
+    stacked_params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), stacked_params)
+    params0 = jax.tree_util.tree_map(lambda a: a[0], stacked_params)
+    plan, key, ranges, batch = _plan(
+        key, chain, params0, in_range=in_range, out_range=out_range, in_bins=in_bins,
+        out_bins=out_bins, policy=policy, method=_sweep_method(method), activation=activation,
+        samples=samples, sensitivity_samples=sensitivity_samples, names=names,
+        num_sets=num_sets, max_batch=max_batch, memory_budget=memory_budget)
+
+    outputs = []
+    for start in range(0, num_sets, batch):
+        stop = min(start + batch, num_sets)
+        index = np.minimum(np.arange(start, start + batch), num_sets - 1)  # pad with the last set
+        part = jax.tree_util.tree_map(lambda a: a[index], stacked_params)
+        keys = jax.random.wrap_key_data(np.broadcast_to(
+            np.asarray(jax.random.key_data(key)), (batch,) + jax.random.key_data(key).shape),
+            impl=jax.random.key_impl(key))
+        result = _sweep_kernel(plan, keys, part, ranges)
+        outputs.append(jax.tree_util.tree_map(lambda a: a[:stop - start], result))
+    outputs = jax.device_get(outputs)
+    merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+    result = _assemble(names, merged, samples, sensitivity_samples)
+    _warn_dropped(result)
+    return result
+
+
+def _warn_dropped(result: SweepResult):
+    if result.dropped is None:
+        return
+    fraction = result.dropped / result.samples
+    many = np.flatnonzero(fraction > 0.01)
+    if many.size:
+        worst = int(np.argmax(fraction))
+        warnings.warn(
+            f"{many.size} of {len(fraction)} parameter sets dropped more than 1% of the samples "
+            f"from vector EI (an output outside out_range; worst: set {worst}, "
+            f"{100 * fraction[worst]:.1f}%); widen out_range or use policy='clip'",
+            RuntimeWarning, stacklevel=3)
+
+
+def _assemble(names, merged, samples, sensitivity_samples) -> SweepResult:
+    ei = parts = sens = degeneracy = parts_matrix = sens_matrix = dropped = oor = None
+    if "entropies" in merged:
+        h = merged["entropies"].astype(np.float64)
+        ei = np.maximum(h[:, 0] + h[:, 1] - h[:, 2], 0.0)
+        dropped = merged["dropped"].astype(np.int64)
+    if "parts" in merged:
+        parts_matrix = merged["parts"].astype(np.float64)
+        parts = parts_matrix.sum(axis=(1, 2))
+        oor = merged["out_of_range"].astype(np.int64)
+    if "sensitivity" in merged:
+        sens_matrix = merged["sensitivity"].astype(np.float64)
+        sens = sens_matrix.sum(axis=(1, 2))
+    if "degeneracy" in names:
+        degeneracy = sens - ei
+    return SweepResult(
+        ei=ei if "ei" in names else None, ei_parts=parts,
+        sensitivity=sens if "sensitivity" in names else None, degeneracy=degeneracy,
+        ei_parts_matrix=parts_matrix,
+        sensitivity_matrix=sens_matrix if "sensitivity" in names else None,
+        samples=samples, sensitivity_samples=sensitivity_samples, dropped=dropped,
+        out_of_range=oor)

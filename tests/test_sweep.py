@@ -1,0 +1,279 @@
+"""Batched sweeps: equal to single calls with the same key, chunking-invariant, clear errors.
+
+Tolerances. A sweep draws the single call's samples and runs the layer bit for bit as it does, so
+every count is the same integer. What may differ is float32 rounding of the information formulas,
+evaluated in differently fused code:
+* EI_parts, sensitivity: each pair's MI is sum p (log2 c + log2 N - log2 r - log2 k) in float32;
+  the logs are up to log2(N) and cancel, so a pair carries up to ~4 log2(N) 2^-24 bits of
+  rounding: `parts_tol` allows that for every pair (observed: 100x below it).
+* EI: the three entropies are summed in float32 on the device (a single call sums in float64 on
+  the host); each carries ~1e-6 bits (test_state_entropy_matches_numpy_oracle checks 1e-5), so
+  EI_TOL = 1e-4 bits leaves a wide margin.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deep_ei_jax import pure, sweeping
+
+EI_TOL = 1e-4
+
+
+def parts_tol(num_pairs, samples):
+    return num_pairs * 4 * math.log2(samples) * 2.0 ** -24
+
+
+def _sets(rng, shapes, num_sets, scale=2.0):
+    sets = []
+    for _ in range(num_sets):
+        sets.append(tuple({"w": (scale * rng.normal(size=w)).astype(np.float32),
+                           "b": rng.normal(size=w[-1] if len(w) == 2 else w[0]).astype(np.float32)}
+                          for w in shapes))
+    return sets
+
+
+def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples, **binning):
+    result = pure.sweep(key, chain, pure.stack_params(sets), samples=samples,
+                        sensitivity_samples=sensitivity_samples, **binning)
+    for k, params in enumerate(sets):
+        ei, info = pure.ei(key, chain, params, samples=samples, **binning)
+        parts, _ = pure.ei_parts(key, chain, params, samples=samples, **binning)
+        sens, _ = pure.sensitivity(key, chain, params, samples=sensitivity_samples, **binning)
+        assert abs(result.ei[k] - ei) < EI_TOL, (k, result.ei[k], ei)
+        pairs = result.ei_parts_matrix[k].size
+        assert abs(result.ei_parts[k] - parts) <= parts_tol(pairs, samples)
+        assert abs(result.sensitivity[k] - sens) <= parts_tol(pairs, sensitivity_samples)
+        assert result.degeneracy[k] == result.sensitivity[k] - result.ei[k]
+        assert result.dropped[k] == info.dropped
+    return result
+
+
+def test_sweep_equals_single_calls_one_word_states(key):
+    # 4 -> 5 sigmoid at 8 bins: X 12 bits (dense count), Y 15 bits (dense), joint 27 bits (sort)
+    rng = np.random.default_rng(1)
+    chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(4,))
+    result = _check_equal_to_single_calls(key, chain, _sets(rng, [(4, 5)], 3), 20_000, 700,
+                                          in_range=(0, 1), out_range=(0, 1), in_bins=8,
+                                          out_bins=8)
+    assert result.ei.shape == (3,) and result.ei_parts_matrix.shape == (3, 4, 5)
+    assert result.sensitivity_matrix.shape == (3, 4, 5)
+    assert len(set(np.round(result.ei, 6))) == 3  # three different sets, three different values
+
+
+@pytest.mark.filterwarnings("ignore:.*outside out_range:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:.*dropped more than 1%:RuntimeWarning")
+def test_sweep_equals_single_calls_two_layers_multiword_and_dropped(key):
+    # 3 -> 4 (tanh) -> 3 (identity) at 64 in-bins / 16 out-bins, out_range narrower than the
+    # outputs: X 18 bits, Y 12 bits, joint 30 bits; many samples dropped whole; then 64 out-bins
+    # (joint 36 bits: two words, lexicographic sort).
+    rng = np.random.default_rng(2)
+    chain = pure.Chain(layers=(pure.Dense(activation="tanh"), pure.Dense()), in_shape=(3,))
+    sets = _sets(rng, [(3, 4), (4, 3)], 3)
+    result = _check_equal_to_single_calls(key, chain, sets, 5000, 300, in_range=(0, 1),
+                                          out_range=(-1, 1), in_bins=64, out_bins=16)
+    assert np.all(result.dropped > 0)
+    with pytest.warns(RuntimeWarning, match=r"3 of 3 parameter sets dropped more than 1%"):
+        pure.sweep(key, chain, pure.stack_params(sets), samples=5000, sensitivity_samples=300,
+                   in_range=(0, 1), out_range=(-1, 1), in_bins=64, out_bins=16)
+    _check_equal_to_single_calls(key, chain, sets, 5000, 300, in_range=(0, 1), out_range=(-3, 3),
+                                 in_bins=64, out_bins=64)
+
+
+def test_sweep_equals_single_calls_conv(key):
+    rng = np.random.default_rng(3)
+    chain = pure.Chain(layers=(pure.Conv2d(activation="sigmoid"),), in_shape=(1, 2, 2))
+    sets = [({"w": rng.normal(size=(2, 1, 2, 2)).astype(np.float32),
+              "b": rng.normal(size=2).astype(np.float32)},) for _ in range(3)]
+    _check_equal_to_single_calls(key, chain, sets, 3000, 200, in_range=(0, 1), out_range=(0, 1),
+                                 in_bins=4, out_bins=4)
+
+
+def test_chunking_over_k_gives_identical_results(key, monkeypatch):
+    rng = np.random.default_rng(4)
+    chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(3,))
+    stacked = pure.stack_params(_sets(rng, [(3, 2)], 5))
+    binning = dict(in_range=(0, 1), out_range=(0, 1), in_bins=8, out_bins=8, samples=3000,
+                   sensitivity_samples=200)
+    whole = pure.sweep(key, chain, stacked, **binning)
+    by_two = pure.sweep(key, chain, stacked, max_batch=2, **binning)      # 2 + 2 + 1 (padded)
+    calls = []
+    kernel = sweeping._sweep_kernel
+    monkeypatch.setattr(sweeping, "_sweep_kernel", lambda *a: calls.append(1) or kernel(*a))
+    tight = pure.sweep(key, chain, stacked, memory_budget=1_000_000, **binning)
+    assert len(calls) > 1  # the budget split K over several calls
+    for other in (by_two, tight):
+        for name in ("ei", "ei_parts", "sensitivity", "degeneracy", "ei_parts_matrix",
+                     "sensitivity_matrix", "dropped"):
+            np.testing.assert_array_equal(getattr(whole, name), getattr(other, name), err_msg=name)
+    assert len(whole.records()) == 5 and whole.records()[4]["index"] == 4
+
+
+def test_measures_subset_and_no_recompile_for_new_weights(key):
+    rng = np.random.default_rng(5)
+    chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(2,))
+    binning = dict(in_range=(0, 1), out_range=(0, 1), in_bins=4, out_bins=4, samples=2000,
+                   sensitivity_samples=100, measures=("sensitivity",))
+    first = pure.sweep(key, chain, pure.stack_params(_sets(rng, [(2, 2)], 2)), **binning)
+    assert first.ei is None and first.ei_parts is None and first.degeneracy is None
+    assert first.sensitivity.shape == (2,)
+    traces = sweeping._sweep_kernel._cache_size()
+    pure.sweep(key, chain, pure.stack_params(_sets(rng, [(2, 2)], 2)), **binning)
+    assert sweeping._sweep_kernel._cache_size() == traces
+
+
+@pytest.mark.parametrize("num_words_bits", [(1, 10), (1, 27), (1, 32), (2, 40)])
+def test_state_entropy_matches_numpy_oracle(num_words_bits):
+    num_words, bits = num_words_bits
+    rng = np.random.default_rng(bits)
+    rows = 5000
+    # few distinct states so runs are long, plus the extremes of the key range
+    values = rng.integers(0, 300, size=(rows, num_words)).astype(np.uint64) * 7919
+    values = (values % (2 ** min(bits, 32))).astype(np.uint32)
+    if bits == 32:
+        values[:7, 0] = 0xFFFFFFFF
+    valid = rng.random(rows) < 0.9
+    _, counts = np.unique(values[valid], axis=0, return_counts=True)
+    p = counts / counts.sum()
+    expected = -np.sum(p * np.log2(p))
+    got = float(jax.jit(sweeping.state_entropy, static_argnums=2)(
+        jnp.asarray(values), jnp.asarray(valid), bits))
+    assert abs(got - expected) < 1e-5
+    assert float(sweeping.state_entropy(jnp.asarray(values), jnp.zeros(rows, bool), bits)) == 0.0
+
+
+def test_stack_params_names_the_set_that_differs():
+    good = ({"w": np.zeros((4, 5), np.float32)},)
+    bad = ({"w": np.zeros((4, 6), np.float32)},)
+    with pytest.raises(ValueError, match=r"params_list\[2\] differs from params_list\[0\]: params"
+                                         r"\[0\]\['w'\] has shape \(4, 6\); expected \(4, 5\)"):
+        pure.stack_params([good, good, bad])
+    with pytest.raises(ValueError, match=r"params_list\[1\] has a different structure"):
+        pure.stack_params([good, ({"w": good[0]["w"], "b": np.zeros(5)},)])
+    with pytest.raises(ValueError, match="at least one"):
+        pure.stack_params([])
+
+
+def test_sweep_argument_errors(key):
+    chain = pure.Chain(layers=(pure.Dense(),), in_shape=(2,))
+    stacked = ({"w": np.zeros((3, 2, 2), np.float32), "b": np.zeros((2, 2), np.float32)},)
+    with pytest.raises(ValueError, match=r"same leading size K .*params\[0\]\['b'\] has 2 but "
+                                         r"params\[0\]\['w'\] has 3"):
+        pure.sweep(key, chain, stacked, samples=100)
+    stacked = ({"w": np.zeros((3, 2, 2), np.float32)},)
+    with pytest.raises(ValueError, match="out_range must be fixed in a sweep"):
+        pure.sweep(key, chain, stacked, out_range="dynamic", samples=100)
+    with pytest.raises(ValueError, match="method='numba'"):
+        pure.sweep(key, chain, stacked, method="numba", samples=100)
+    with pytest.raises(ValueError, match=r"measures must be names from .*got 'vector'"):
+        pure.sweep(key, chain, stacked, measures=("vector",), samples=100)
+    with pytest.raises(ValueError, match=r"one entry per layer of the chain \(1\); got 2"):
+        pure.sweep(key, chain, stacked + stacked, samples=100)
+    with pytest.raises(ValueError, match="memory_budget"):
+        pure.sweep(key, chain, stacked, samples=100, memory_budget=10)
+
+
+# ---------------------------------------------------------------- the torch side
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def iris_net(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 5), nn.Sigmoid(),
+                         nn.Linear(5, 3), nn.Sigmoid())
+
+
+SETTINGS = dict(samples=4000, sensitivity_samples=300, in_bins=8, out_bins=8)
+
+
+@pytest.fixture(scope="module")
+def iris_records():
+    import deep_ei_jax as dei
+    models = [iris_net(s) for s in range(3)]
+    return models, dei.sweep(models, torch.zeros((1, 4)), steps=[0, 50, 100], seed=3, **SETTINGS)
+
+
+def test_bridge_sweep_equals_single_calls(iris_records):
+    import deep_ei_jax as dei
+    models, records = iris_records
+    assert len(records) == 9
+    assert [(r["model"], r["layer"]) for r in records[:4]] == [(0, "0"), (0, "2"), (0, "4"),
+                                                               (1, "0")]
+    for record in records:
+        model = models[record["model"]]
+        layer = model[int(record["layer"])]
+        topology = dei.topology_of(model, torch.zeros((1, 4)))
+        ei, parts = dei.vector_and_pairwise_ei(layer, topology, samples=4000, seed=3, in_bins=8,
+                                               out_bins=8)
+        sens = dei.sensitivity_of_layer(layer, topology, samples=300, seed=3, in_bins=8,
+                                        out_bins=8)
+        assert abs(record["ei"] - ei) < EI_TOL
+        assert abs(record["ei_parts"] - parts) <= parts_tol(25, 4000)
+        assert abs(record["sensitivity"] - sens) <= parts_tol(25, 300)
+        assert record["degeneracy"] == record["sensitivity"] - record["ei"]
+        assert record["step"] == [0, 50, 100][record["model"]]
+        assert record["samples"] == 4000 and record["sensitivity_samples"] == 300
+
+
+def test_bridge_sweep_state_dicts_equal_models(iris_records):
+    import deep_ei_jax as dei
+    models, records = iris_records
+    state_dicts = [m.state_dict() for m in models]
+    again = dei.sweep(state_dicts, torch.zeros((1, 4)), model=iris_net(99), steps=[0, 50, 100],
+                      seed=3, **SETTINGS)
+    assert again == records
+    mixed = dei.sweep([models[0], state_dicts[1]], torch.zeros((1, 4)), layers=["2"],
+                      measures=["ei_parts"], seed=3, **SETTINGS)
+    assert [r["layer"] for r in mixed] == ["2", "2"]
+    assert set(mixed[0]) >= {"ei_parts"} and "ei" not in mixed[0]
+    # another program (other measures, K): the same counts, float32 MI fused differently
+    assert abs(mixed[1]["ei_parts"] - records[4]["ei_parts"]) <= parts_tol(25, 4000)
+
+
+def test_bridge_sweep_dataframe(iris_records):
+    pandas = pytest.importorskip("pandas")
+    import deep_ei_jax as dei
+    frame = dei.to_dataframe(iris_records[1])
+    assert isinstance(frame, pandas.DataFrame) and len(frame) == 9
+    assert {"model", "step", "layer", "ei", "ei_parts", "sensitivity", "degeneracy",
+            "samples"} <= set(frame.columns)
+
+
+def test_bridge_sweep_names_the_model_that_differs():
+    import deep_ei_jax as dei
+    wider = nn.Sequential(nn.Linear(4, 6), nn.Sigmoid(), nn.Linear(6, 5), nn.Sigmoid(),
+                          nn.Linear(5, 3), nn.Sigmoid())
+    x = torch.zeros((1, 4))
+    with pytest.raises(ValueError, match=r"models_or_state_dicts\[2\] differs from "
+                                         r"models_or_state_dicts\[0\] at layer '0': it is "
+                                         r"Linear\(4->6\); expected Linear\(4->5\)"):
+        dei.sweep([iris_net(0), iris_net(1), wider], x, samples=100)
+    with pytest.raises(ValueError, match=r"models_or_state_dicts\[1\] does not fit the model's "
+                                         r"architecture"):
+        dei.sweep([iris_net(0).state_dict(), wider.state_dict()], x, model=iris_net(0),
+                  samples=100)
+    with pytest.raises(ValueError, match="only state dicts: pass model="):
+        dei.sweep([iris_net(0).state_dict()], x, samples=100)
+    with pytest.raises(ValueError, match=r"layers: 'fc9' is not a measurable module"):
+        dei.sweep([iris_net(0)], x, layers=["fc9"], samples=100)
+    with pytest.raises(TypeError, match="models_or_state_dicts must be a list"):
+        dei.sweep(iris_net(0), x, samples=100)
+    tanh_last = nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 5), nn.Sigmoid(),
+                              nn.Linear(5, 3), nn.Tanh())
+    with pytest.raises(ValueError, match=r"models_or_state_dicts\[1\] differs .* at layer '4': "
+                                         r"its layers are"):
+        dei.sweep([iris_net(0), tanh_last], x, samples=100)
+
+
+def test_bridge_sweep_skips_unmeasurable_layers_with_a_warning():
+    import deep_ei_jax as dei
+    model = nn.Sequential(nn.Linear(3, 2), nn.Sigmoid(), nn.Linear(2, 2), nn.BatchNorm1d(2))
+    model.eval()
+    with pytest.warns(RuntimeWarning, match=r"sweep skips layer '2'"):
+        records = dei.sweep([model], torch.zeros((2, 3)), measures=["ei_parts"], samples=1000,
+                            in_bins=4, out_bins=4)
+    assert [r["layer"] for r in records] == ["0"]
