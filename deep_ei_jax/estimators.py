@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import information
 
 ESTIMATORS = ("plugin", "miller_madow", "jackknife")
 DOF_RULES = ("occupied", "full")
@@ -81,19 +82,6 @@ def _psi(xp, n):
     return xp.where(large, series, xp.where(n > 1, closed, xp.where(n == 1, 1.0, 0.0)))
 
 
-def _plugin_nats(xp, counts):
-    """Plug-in MI in nats, in the precision of `counts` (float64 for NumPy, or under x64)."""
-    rows, cols, total = _margins(xp, counts)
-    nonzero = counts > 0
-    one = xp.ones_like(counts)
-    log_ratio = (xp.log(xp.where(nonzero, counts, one))
-                 + xp.log(xp.where(total > 0, total, 1.0))[..., None, None]
-                 - xp.log(xp.where(nonzero, rows[..., :, None], one))
-                 - xp.log(xp.where(nonzero, cols[..., None, :], one)))
-    nats = xp.where(nonzero, counts * log_ratio, 0.0).sum(axis=(-2, -1))
-    return xp.maximum(nats / xp.where(total > 0, total, 1.0), 0.0)
-
-
 def _jackknife_correction(xp, counts):
     """Jackknife minus plug-in, in nats, shape [...].
 
@@ -131,7 +119,7 @@ def mutual_information(counts, estimator: str = "plugin"):
 
 
 def _estimate(xp, counts, estimator):
-    plugin = _plugin_nats(xp, counts) / _LN2
+    plugin = information.mutual_information(counts)
     if estimator == "plugin":
         return plugin
     if estimator == "miller_madow":
@@ -185,7 +173,7 @@ def g_test_pvalues(counts, *, dof: str = "occupied"):
     with jax.enable_x64(True) if numpy_in else contextlib.nullcontext():
         xp, table = _as_float(counts)
         table = jnp.asarray(table)
-        statistic = 2 * _plugin_nats(jnp, table) * table.sum(axis=(-2, -1))
+        statistic = 2 * _LN2 * information.mutual_information(table) * table.sum(axis=(-2, -1))
         if dof == "occupied":
             df = ((_occupied(jnp, table.sum(-1), -1) - 1) * (_occupied(jnp, table.sum(-2), -1) - 1))
         else:

@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
+from . import _checks, information
 from .layers import AvgPool2d, Chain, Conv2d, Dense, Flatten, apply
 
 EXACT_ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu")
@@ -103,20 +103,10 @@ def _thresholds(activation: str, edges: np.ndarray) -> np.ndarray:
 
 
 def _mutual_information_bits(p: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(MI in bits of p [..., Bx, By] normalised to its total, that total). Entries are >= 0 up
-    to rounding; an empty table has MI 0."""
+    """(MI in bits of p [..., Bx, By] normalised to its total, that total); rounding below 0 is
+    cut off first. An empty table has MI 0."""
     p = jnp.maximum(p, 0.0)
-    mass = p.sum(axis=(-2, -1))
-    row = p.sum(axis=-1, keepdims=True)
-    col = p.sum(axis=-2, keepdims=True)
-    positive = p > 0
-    one = jnp.ones_like(p)
-    log_ratio = (jnp.log(jnp.where(positive, p, one)) - jnp.log(jnp.where(positive, row, one))
-                 - jnp.log(jnp.where(positive, col, one)))
-    safe_mass = jnp.where(mass > 0, mass, 1.0)
-    nats = jnp.where(positive, p * log_ratio, 0.0).sum(axis=(-2, -1)) / safe_mass + jnp.log(
-        safe_mass)
-    return jnp.where(mass > 0, nats / math.log(2), 0.0), mass
+    return information.mutual_information(p), p.sum(axis=(-2, -1))
 
 
 def _edges(low: float, high: float, bins: int) -> np.ndarray:

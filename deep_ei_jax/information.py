@@ -20,10 +20,15 @@ def _xp(array):
     return np if isinstance(array, (np.ndarray, np.generic)) else jnp
 
 
+def _float(xp, array):
+    """float64 on the host; JAX's default float on the device (float64 only under x64)."""
+    return array.astype(np.float64 if xp is np else jnp.result_type(float))
+
+
 def entropy(counts, axis=-1):
     """Plug-in entropy in bits of the distribution given by `counts` along `axis` (0 if empty)."""
     xp = _xp(counts)
-    counts = counts.astype(xp.float64 if xp is np else xp.float32)
+    counts = _float(xp, counts)
     total = counts.sum(axis=axis, keepdims=True)
     safe_total = xp.where(total > 0, total, 1)
     p = counts / safe_total
@@ -35,13 +40,14 @@ def mutual_information(joint_counts):
     """Plug-in mutual information in bits of each table in `joint_counts`.
 
     Args:
-      joint_counts: integer counts, shape [..., Bx, By].
+      joint_counts: counts (or any nonnegative weights, e.g. probabilities), shape [..., Bx, By];
+        each table is normalised by its own total.
 
     Returns:
       Shape [...]: sum_ij p_ij log2(p_ij / (p_i p_j)), 0 for an empty table.
     """
     xp = _xp(joint_counts)
-    counts = joint_counts.astype(xp.float64 if xp is np else xp.float32)
+    counts = _float(xp, joint_counts)
     total = counts.sum(axis=(-2, -1), keepdims=True)
     row = counts.sum(axis=-1, keepdims=True)
     col = counts.sum(axis=-2, keepdims=True)
@@ -68,7 +74,7 @@ def mutual_information_standard_error(joint_counts):
     observed frequencies. Shape [..., Bx, By] -> [...].
     """
     xp = _xp(joint_counts)
-    counts = joint_counts.astype(xp.float64 if xp is np else xp.float32)
+    counts = _float(xp, joint_counts)
     total = counts.sum(axis=(-2, -1), keepdims=True)
     safe_total = xp.where(total > 0, total, 1)
     row = counts.sum(axis=-1, keepdims=True)
