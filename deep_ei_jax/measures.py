@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from . import _checks, adaptive
+from . import _checks, adaptive, exact
 from .binning import POLICIES, bin_indices
 from .histogram import (METHODS, StateCounts, add_pairwise_counts_host, bits_per_value,
                         default_method, host_bins_dtype, join_states, pack_states, pairwise_counts,
                         state_bits)
-from .information import mutual_information, mutual_information_from_states
+from . import estimators as _estimators
 from .layers import Chain, apply
 from .sampling import SAMPLE_BLOCK, sample_mask, single_input_noise, uniform_inputs
 
@@ -47,6 +47,13 @@ class Info(NamedTuple):
       converged: whether the adaptive rule was met (None for a fixed sample count).
       estimates: ((samples, value), ...) at each adaptive or extrapolation step.
       out_low, out_high, out_bins: the output binning used, per output neuron.
+      method: the counting kernel used, or "exact".
+      estimator: "plugin", "miller_madow" or "jackknife".
+      standard_error, confidence_interval: with `error_bars=k`, the batch-means standard error of
+        the value (the spread of its estimates on k disjoint batches of the samples / sqrt(k)) and
+        a 95% interval value -+ t(k-1) * standard_error; None otherwise.
+      pvalues, qvalues: with `significance=True` (matrices), per-edge G-test p-values against
+        independence and their Benjamini-Hochberg q-values; None otherwise.
     """
 
     samples: int
@@ -58,6 +65,12 @@ class Info(NamedTuple):
     out_low: np.ndarray
     out_high: np.ndarray
     out_bins: np.ndarray
+    method: str = ""
+    estimator: str = "plugin"
+    standard_error: Any = None
+    confidence_interval: Any = None
+    pvalues: Any = None
+    qvalues: Any = None
 
     @property
     def dropped_fraction(self) -> float:
@@ -83,6 +96,8 @@ class _Static(NamedTuple):
     pairs: bool            # count pairwise tables
     groups: tuple          # ((input indices), (output indices)) whose joint states are packed
     mesh: Any = None       # a 1-d jax.sharding.Mesh over SAMPLE_AXIS when sharding chunks
+    estimator: str = "plugin"
+    significance: bool = False  # per-edge G-test p-values alongside MI
 
 
 class _Ranges(NamedTuple):
@@ -301,7 +316,8 @@ def _num_flat(shape) -> int:
 
 def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bins, policy, method,
              activation, samples_hint: int, single_input: bool, pairs: bool, groups: tuple,
-             memory_budget: int, devices=None) -> _Setup:
+             memory_budget: int, devices=None, estimator: str = "plugin",
+             significance: bool = False) -> _Setup:
     """Checks arguments, fixes the output binning (probing outputs if dynamic) and chunk shapes."""
     if not isinstance(chain, Chain):
         raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
@@ -316,6 +332,7 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
     out_bins = _checks.check_bins("out_bins", out_bins, allow_dynamic=True)
     _checks.check_choice("policy", policy, POLICIES)
     _checks.check_choice("method", method, METHODS)
+    _checks.check_choice("estimator", estimator, _estimators.ESTIMATORS)
     method = default_method() if method == "auto" else method
     mesh = None if single_input else sample_mesh(devices)  # sensitivity runs on one device
     if (single_input or mesh is not None) and method == "numba":
@@ -337,7 +354,8 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
                    num_outputs=num_outputs, padded_outputs=num_outputs, in_bins=in_bins,
                    out_bins=2, policy=policy, method=method, num_blocks=1,
                    single_input=single_input, inputs_per_chunk=1, block_size=1, pairs=pairs,
-                   groups=groups, mesh=mesh)
+                   groups=groups, mesh=mesh, estimator=estimator,
+                   significance=bool(significance))
     if out_range == "dynamic":
         low, high = _probe_extrema(key, params, base, in_low, in_high,
                                    min(samples_hint, _DYNAMIC_PROBE))
@@ -492,9 +510,12 @@ def _tables(static: _Static, counts):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _block_mutual_information(static: _Static, counts):
-    """MI [n_in, block] of one block's counts, on the device (fused: no table-sized temporaries)."""
-    return mutual_information(_tables(static, counts))
+def _block_statistics(static: _Static, counts):
+    """(MI [n_in, block] by static.estimator, G-test p-values [n_in, block] or ()) of one block's
+    counts, on the device (fused: no table-sized temporaries)."""
+    tables = _tables(static, counts)
+    mi = _estimators.mutual_information(tables, static.estimator)
+    return mi, (_estimators.g_test_pvalues(tables) if static.significance else ())
 
 
 class _PairwiseCounts:
@@ -512,10 +533,11 @@ class _PairwiseCounts:
         self.carries: dict[int, Any] = {}
         self.counted = 0
 
-    def matrix(self, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """(EI_parts matrix [n_in, n_out], out-of-range counts per output) over samples [0, stop)."""
+    def matrix(self, stop: int):
+        """(EI_parts matrix [n_in, n_out], out-of-range counts per output, p-values or None) over
+        samples [0, stop)."""
         static = self.setup.static
-        mis, out_of_range = [], []
+        results = []
         for offset in range(0, static.padded_outputs, static.block_size):
             if self.keep:
                 carry = _pair_block_counts(self.setup, offset, self.counted, stop,
@@ -523,12 +545,54 @@ class _PairwiseCounts:
                 self.carries[offset] = carry
             else:
                 carry = _pair_block_counts(self.setup, offset, 0, stop)
-            mis.append(_block_mutual_information(static, carry[0]))
-            out_of_range.append(carry[1])
+            results.append((_block_statistics(static, carry[0]), carry[1]))
         self.counted = stop
-        mi = np.concatenate(jax.device_get(mis), axis=1)[:, :static.num_outputs]
-        oor = np.concatenate(jax.device_get(out_of_range))[:static.num_outputs]
-        return mi.astype(np.float64), oor.astype(np.int64)
+        return _assemble_blocks(static, results)
+
+    def batch_matrix(self, start: int, stop: int) -> np.ndarray:
+        """The EI_parts matrix of samples [start, stop) alone (for batch-means error bars)."""
+        static = self.setup.static
+        results = [(_block_statistics(static, _pair_block_counts(self.setup, offset, start,
+                                                                 stop)[0]), None)
+                   for offset in range(0, static.padded_outputs, static.block_size)]
+        return _assemble_blocks(static, results)[0]
+
+
+def _assemble_blocks(static: _Static, results):
+    """Joins per-block ((mi, p-values), out-of-range) results into layer-wide arrays."""
+    results = jax.device_get(results)
+    n_out = static.num_outputs
+    mi = np.concatenate([r[0][0] for r in results], axis=1)[:, :n_out].astype(np.float64)
+    pvalues = (np.concatenate([r[0][1] for r in results], axis=1)[:, :n_out].astype(np.float64)
+               if static.significance else None)
+    oor = (np.concatenate([r[1] for r in results])[:n_out].astype(np.int64)
+           if results[0][1] is not None else None)
+    return mi, oor, pvalues
+
+
+def _error_bars(batch_values, value):
+    """(standard error, 95% interval) by batch means over k disjoint batches (Student t)."""
+    batch_values = np.asarray(batch_values, np.float64)
+    k = batch_values.shape[0]
+    error = np.asarray(_estimators.batch_means_standard_error(batch_values))
+    t = _T975[min(k - 1, len(_T975)) - 1] if k - 1 <= len(_T975) else 1.96
+    lower, upper = value - t * error, value + t * error
+    return error, ((float(lower), float(upper)) if np.ndim(lower) == 0 else (lower, upper))
+
+
+# Student t 0.975 quantiles for 1..30 degrees of freedom (past 30 the normal 1.96 is within 4%).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def _batch_edges(samples: int, batches: int):
+    _checks.check_samples("error_bars", batches) if batches else None
+    if batches == 1 or batches > samples:
+        raise ValueError(f"error_bars must be 0 (off) or between 2 and samples ({samples}); "
+                         f"got {batches}")
+    edges = np.linspace(0, samples, batches + 1).astype(int)
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def _state_bytes_per_sample(static: _Static) -> int:
@@ -571,10 +635,11 @@ def _warn_dropped(info: Info, what: str):
             f"out_range='dynamic', or policy='clip'", RuntimeWarning, stacklevel=3)
 
 
-def _info(setup, samples, dropped, out_of_range, total, converged, estimates):
+def _info(setup, samples, dropped, out_of_range, total, converged, estimates, **extra):
     return Info(samples=samples, dropped=dropped, out_of_range=out_of_range, total=total,
                 converged=converged, estimates=tuple(estimates), out_low=setup.out_low,
-                out_high=setup.out_high, out_bins=setup.out_bins)
+                out_high=setup.out_high, out_bins=setup.out_bins, method=setup.static.method,
+                estimator=setup.static.estimator, **extra)
 
 
 # ---------------------------------------------------------------- public measures
@@ -590,7 +655,9 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
                     in_bins: int = 64, out_bins=64, samples: int | None = None,
                     threshold: float = 0.05, extrapolate: bool = False, policy: str = "drop",
                     method: str = "auto", activation=None, max_samples: int = 2 ** 27,
-                    memory_budget: int = DEFAULT_MEMORY_BUDGET, devices=None):
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET, devices=None,
+                    estimator: str = "plugin", error_bars: int = 0, significance: bool = False,
+                    grid_step: float = exact.DEFAULT_GRID_STEP):
     """The EI_parts matrix: I(x_A; y_B) for every input A and output B under uniform noise.
 
     Args:
@@ -604,7 +671,9 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
       threshold: adaptive stopping threshold in (0, 1).
       extrapolate: estimate at 100k..2M samples and return the fitted asymptote a/n^e + C.
       policy: "drop" out-of-range outputs (per pair) or "clip" them into the end bins.
-      method: counting kernel, "auto" | "scatter" | "onehot".
+      method: counting kernel, "auto" | "scatter" | "onehot" | "numba"; or "exact": the
+        infinite-sample binned value without sampling (one Dense or Conv2d layer with a monotone
+        activation; see `deep_ei_jax.exact`), accurate to about 1.5 * grid_step**2 bits per pair.
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_samples: the adaptive mode stops here, with `info.converged` False.
       memory_budget: bytes of count tables held at once; larger layers are streamed in blocks.
@@ -612,15 +681,27 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
         pinned with `jax.default_device`), an int n (the first n) or a list of jax Devices. With
         several, each chunk's sample blocks are sharded over them (shard_map + psum of the integer
         counts): results are identical to one device's.
+      estimator: "plugin" (deep-ei's), "miller_madow" or "jackknife" (bias-corrected; see
+        `deep_ei_jax.estimators`).
+      error_bars: k >= 2 batches for a batch-means standard error and 95% interval of the sum
+        (fixed `samples` only; costs a second pass), 0 for none.
+      significance: per-edge G-test p-values and Benjamini-Hochberg q-values in the Info.
+      grid_step: the exact method's accuracy knob.
 
     Returns:
       (matrix float64 [n_in, n_out] in bits, Info).
     """
+    if method == "exact":
+        return _exact_matrix("ei_parts_matrix", chain, params, in_range, out_range, in_bins,
+                             out_bins, policy, activation, grid_step)
     mode = _sample_mode(samples, threshold, extrapolate, max_samples)
+    if error_bars and mode != "fixed":
+        raise ValueError("error_bars needs a fixed number of samples; got samples=None")
     hint = samples if mode == "fixed" else adaptive.FIRST_STEP
     setup = _prepare(key, chain, params, samples_hint=hint, single_input=False, pairs=True,
-                     groups=(), **_common_kwargs(in_range, out_range, in_bins, out_bins, policy,
-                                                 method, activation, memory_budget, devices))
+                     groups=(), estimator=estimator, significance=significance,
+                     **_common_kwargs(in_range, out_range, in_bins, out_bins, policy,
+                                      method, activation, memory_budget, devices))
     counts = _PairwiseCounts(setup, memory_budget)
     estimates = []
     if mode == "fixed":
@@ -630,7 +711,7 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
     else:
         totals, converged = adaptive.doubling_totals(limit=max_samples), False
     for total in totals:
-        matrix, oor = counts.matrix(total)
+        matrix, oor, pvalues = counts.matrix(total)
         estimates.append((total, float(matrix.sum())))
         if mode == "adaptive" and adaptive.parts_converged(estimates, threshold):
             converged = True
@@ -641,8 +722,44 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
     n = estimates[-1][0]
     dropped = int(oor.sum()) if policy == "drop" else 0
     info = _info(setup, n, dropped, int(oor.sum()), n * setup.static.num_outputs, converged,
-                 estimates)
+                 estimates, **_significance(pvalues))
+    if error_bars:
+        batches = [counts.batch_matrix(a, b).sum() for a, b in _batch_edges(n, error_bars)]
+        error, interval = _error_bars(batches, float(matrix.sum()))
+        info = info._replace(standard_error=float(error), confidence_interval=interval)
     _warn_dropped(info, "(sample, output) values")
+    return matrix, info
+
+
+def _significance(pvalues):
+    """Info fields for per-edge p-values (and their BH q-values over all edges), or none."""
+    if pvalues is None:
+        return {}
+    qvalues, _ = _estimators.benjamini_hochberg(pvalues.ravel())
+    return dict(pvalues=pvalues, qvalues=np.asarray(qvalues).reshape(pvalues.shape))
+
+
+def _exact_matrix(measure, chain, params, in_range, out_range, in_bins, out_bins, policy,
+                  activation, grid_step):
+    """(matrix, Info) by the exact method: no samples; the expected dropped fraction from the
+    probability that each output falls outside out_range."""
+    _checks.check_choice("policy", policy, POLICIES)
+    matrix, coverage = exact.exact_for_chain(
+        chain, params, measure=measure, activation=activation, in_range=in_range,
+        out_range=out_range, in_bins=in_bins, out_bins=out_bins, grid_step=grid_step,
+        policy=policy, return_coverage=True)
+    matrix, coverage = np.asarray(matrix, np.float64), np.asarray(coverage, np.float64)
+    n_out = matrix.shape[1]
+    out_bins_used = np.full(n_out, out_bins)
+    info = Info(samples=0, dropped=0, out_of_range=0, total=0, converged=None, estimates=(),
+                out_low=np.full(n_out, float(out_range[0])),
+                out_high=np.full(n_out, float(out_range[1])), out_bins=out_bins_used,
+                method="exact", estimator="exact")
+    outside = 1.0 - float(coverage.mean())
+    if outside > 0.01:
+        warnings.warn(f"{100 * outside:.1f}% of the output distribution lies outside out_range "
+                      f"and is dropped; widen out_range or use policy='clip'", RuntimeWarning,
+                      stacklevel=3)
     return matrix, info
 
 
@@ -674,7 +791,8 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
                        policy: str = "drop", method: str = "auto", activation=None,
                        max_samples: int = 2 ** 27, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                        pairs: bool = False, devices=None,
-                       state_memory_budget: int = DEFAULT_STATE_MEMORY_BUDGET):
+                       state_memory_budget: int = DEFAULT_STATE_MEMORY_BUDGET,
+                       estimator: str = "plugin", error_bars: int = 0):
     """I(X_G; Y_H) for each (G, H) in `groups` (indices into the flattened inputs and outputs).
 
     A sample with any output outside out_range is dropped whole (policy "drop"). `samples=None`
@@ -682,17 +800,25 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
     less than `threshold` bits. With `pairs=True` the EI_parts matrix of the same samples is
     returned too: ((values, matrix), Info). `devices` as in `ei_parts_matrix`. A run whose
     distinct states could exceed `state_memory_budget` bytes is refused before it starts; an
-    adaptive run stops there (not converged, with a warning).
+    adaptive run stops there (not converged, with a warning). `estimator` corrects each entropy
+    of I = H(X) + H(Y) - H(X,Y) (see `deep_ei_jax.estimators.entropy`); `error_bars=k` adds
+    batch-means standard errors and 95% intervals per group (fixed samples only).
 
     Returns:
       (list of floats in bits, Info).
     """
+    if method == "exact":
+        raise NotImplementedError("vector EI and groups have no exact method (it exists for "
+                                  "EI_parts and sensitivity of one dense layer); use a sampling "
+                                  "method: 'auto', 'scatter', 'onehot' or 'numba'")
     mode = _sample_mode(samples, threshold, False, max_samples)
+    if error_bars and mode != "fixed":
+        raise ValueError("error_bars needs a fixed number of samples; got samples=None")
     hint = samples if mode == "fixed" else adaptive.FIRST_STEP
     setup = _prepare(key, chain, params, samples_hint=hint, single_input=False, pairs=pairs,
-                     groups=groups, **_common_kwargs(in_range, out_range, in_bins, out_bins,
-                                                     policy, method, activation, memory_budget,
-                                                     devices))
+                     groups=groups, estimator=estimator,
+                     **_common_kwargs(in_range, out_range, in_bins, out_bins, policy, method,
+                                      activation, memory_budget, devices))
     static = setup.static
     if mode == "fixed":
         _check_state_memory(static, samples, state_memory_budget)
@@ -711,7 +837,8 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
         pair_carry, step_dropped, step_out = _run_chunks(state_setup, counted, total,
                                                          pair_carry=pair_carry, counters=counters)
         dropped, out_of_range, counted = dropped + step_dropped, out_of_range + step_out, total
-        values = [mutual_information_from_states(cx.counts(), cy.counts(), cxy.counts())
+        values = [_estimators.states_mutual_information(cx.counts(), cy.counts(), cxy.counts(),
+                                                        estimator)
                   for cx, cy, cxy in counters]
         history.append(values)
         estimates.append((total, values[0] if len(values) == 1 else tuple(values)))
@@ -724,15 +851,25 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
         warnings.warn(f"vector EI did not converge to threshold={threshold} within max_samples="
                       f"{max_samples}", RuntimeWarning, stacklevel=2)
     info = _info(setup, counted, dropped, out_of_range, counted, converged, estimates)
+    if error_bars:
+        batches = []
+        for a, b in _batch_edges(counted, error_bars):
+            fresh = _state_counters(static)
+            _run_chunks(state_setup._replace(static=state_setup.static._replace(pairs=False)),
+                        a, b, counters=fresh)
+            batches.append([_estimators.states_mutual_information(
+                cx.counts(), cy.counts(), cxy.counts(), estimator) for cx, cy, cxy in fresh])
+        error, interval = _error_bars(batches, np.asarray(values))
+        info = info._replace(standard_error=tuple(error.tolist()),
+                             confidence_interval=tuple(zip(*(v.tolist() for v in interval))))
     _warn_dropped(info, "samples")
     if not pairs:
         return values, info
     if together:
-        matrix = np.asarray(_block_mutual_information(static, pair_carry[0]),
-                            np.float64)[:, :static.num_outputs]
+        matrix = _assemble_blocks(static, [(_block_statistics(static, pair_carry[0]), None)])[0]
     else:
         pair_setup = setup._replace(static=static._replace(groups=()))
-        matrix, _ = _PairwiseCounts(pair_setup, memory_budget).matrix(counted)
+        matrix = _PairwiseCounts(pair_setup, memory_budget).matrix(counted)[0]
     return (values, matrix), info
 
 
@@ -747,32 +884,47 @@ def ei(key, chain: Chain, params, **kwargs):
     """Vector EI: I(X; Y) between the whole binned input and output vectors. Same arguments as
     `eis_between_groups` without `groups`. Returns (float bits, Info)."""
     values, info = eis_between_groups(key, chain, params, _whole_layer(chain, params), **kwargs)
-    return values[0], info
+    return values[0], _single_group(info)
 
 
 def ei_and_ei_parts(key, chain: Chain, params, **kwargs):
     """(vector EI, EI_parts) from the same samples. Returns ((float, float), Info)."""
     (values, matrix), info = eis_between_groups(key, chain, params, _whole_layer(chain, params),
                                                 pairs=True, **kwargs)
-    return (values[0], float(matrix.sum())), info
+    return (values[0], float(matrix.sum())), _single_group(info)
+
+
+def _single_group(info: Info) -> Info:
+    """The Info of a one-group measurement with its error bars as scalars."""
+    if info.standard_error is None:
+        return info
+    return info._replace(standard_error=info.standard_error[0],
+                         confidence_interval=info.confidence_interval[0])
 
 
 def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_range=(0.0, 1.0),
                        out_range=(0.0, 1.0), in_bins: int = 64, out_bins=64,
                        policy: str = "drop", method: str = "auto", activation=None,
-                       memory_budget: int = DEFAULT_MEMORY_BUDGET, devices=None):
+                       memory_budget: int = DEFAULT_MEMORY_BUDGET, devices=None,
+                       estimator: str = "plugin", significance: bool = False):
     """The sensitivity matrix: I(x_A; y_B) when only input A is noised (uniform on in_range) and
     every other input is 0, for every pair. It runs on the default device whatever `devices`
-    says (checked only): it draws few samples per input.
+    says (checked only): it draws few samples per input. `method="exact"` computes it without
+    sampling (a Dense or Conv2d layer: each table cell is a length ratio); `estimator` and
+    `significance` as in `ei_parts_matrix`.
 
     Returns:
       (matrix float64 [n_in, n_out] in bits, Info); `Info.samples` is per input.
     """
+    if method == "exact":
+        return _exact_matrix("sensitivity_matrix", chain, params, in_range, out_range, in_bins,
+                             out_bins, policy, activation, exact.DEFAULT_GRID_STEP)
     _checks.check_samples("samples", samples)
     sample_mesh(devices)  # the argument is checked all the same
     setup = _prepare(key, chain, params, samples_hint=samples, single_input=True, pairs=True,
-                     groups=(), **_common_kwargs(in_range, out_range, in_bins, out_bins, policy,
-                                                 method, activation, memory_budget))
+                     groups=(), estimator=estimator, significance=significance,
+                     **_common_kwargs(in_range, out_range, in_bins, out_bins, policy,
+                                      method, activation, memory_budget))
     static = setup.static
     mis, out_of_range = [], []
     for offset in range(0, static.num_inputs, static.inputs_per_chunk):
@@ -782,12 +934,16 @@ def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_rang
         for first in _first_blocks(0, samples, static.num_blocks):
             carry = _single_input_step(static, carry, setup.key, setup.params, setup.ranges,
                                        first, 0, samples, offset)
-        mis.append(mutual_information(carry[0]))
+        mis.append(_block_statistics(static, carry[0]))
         out_of_range.append(carry[1])
-    matrix = np.concatenate(jax.device_get(mis), axis=0)[:static.num_inputs]
+    mis = jax.device_get(mis)
+    matrix = np.concatenate([m[0] for m in mis], axis=0)[:static.num_inputs]
+    pvalues = (np.concatenate([m[1] for m in mis], axis=0)[:static.num_inputs].astype(np.float64)
+               if significance else None)
     oor = int(np.sum(jax.device_get(out_of_range)))
     total = samples * static.num_inputs * static.num_outputs
-    info = _info(setup, samples, oor if policy == "drop" else 0, oor, total, None, ())
+    info = _info(setup, samples, oor if policy == "drop" else 0, oor, total, None, (),
+                 **_significance(pvalues))
     _warn_dropped(info, "(sample, output) values")
     return matrix.astype(np.float64), info
 
@@ -809,7 +965,8 @@ def degeneracy(key, chain: Chain, params, *, ei_kind: str = "vector", sensitivit
     measure = ei if ei_kind == "vector" else ei_parts
     ei_value, ei_info = measure(ei_key, chain, params, **kwargs)
     binning = {k: kwargs[k] for k in ("in_range", "out_range", "in_bins", "out_bins", "policy",
-                                      "method", "activation", "memory_budget", "devices")
+                                      "method", "activation", "memory_budget", "devices",
+                                      "estimator")
                if k in kwargs}
     sens, sens_info = sensitivity(sensitivity_key, chain, params, samples=sensitivity_samples,
                                   **binning)

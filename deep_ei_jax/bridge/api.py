@@ -103,7 +103,8 @@ def _result(value, info, return_info):
 def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False, batch_size=20,
                 in_layer=None, in_range=None, in_bins=64, out_range=None, out_bins=64,
                 activation=None, device="cpu", *, seed=None, policy="drop", devices=None,
-                return_info=False):
+                return_info=False,
+                **options):
     """EI_parts of a layer: the sum over (input A, output B) pairs of I(x_A; y_B) under uniform noise
     on every input (deep-ei 0.6.4 `ei_of_layer`, 0.7.0 `ei_parts`).
 
@@ -126,6 +127,11 @@ def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False
       seed: an explicit seed; None draws one from torch's generator.
       policy: 'drop' (default) or 'clip' for output values outside out_range.
       return_info: also return the `Info` record.
+      options: keyword-only extras passed to the pure-JAX measure (`deep_ei_jax.pure`), e.g.
+        `method='exact'` (EI_parts and sensitivity of one dense layer, no sampling),
+        `estimator='miller_madow'|'jackknife'`, `error_bars=k` (batch-means standard error and
+        95% interval in the Info), `significance=True` (per-edge p-values in the Info, matrices),
+        `memory_budget`, `max_samples`.
 
     Returns:
       float bits (0.0 when below 0.01, as deep-ei).
@@ -134,7 +140,8 @@ def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False
                        out_range=out_range, activation=activation, batch_size=batch_size,
                        device=device, seed=seed, in_bins=in_bins, out_bins=out_bins,
                        samples=samples, threshold=threshold, extrapolate=extrapolate,
-                       policy=policy, devices=devices)
+                       policy=policy,
+                       devices=devices, **options)
     value = 0.0 if value < _PARTS_ZERO_BELOW else float(value)
     return _result(value, info, return_info)
 
@@ -142,85 +149,97 @@ def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False
 def ei_of_layer_matrix(layer, topology, samples=None, batch_size=20, in_layer=None, in_range=None,
                        in_bins=64, out_range=None, out_bins=64, activation=None, device="cpu", *,
                        threshold=0.05, seed=None, policy="drop", devices=None,
-                       return_info=False):
+                       return_info=False,
+                **options):
     """The EI_parts matrix [n_in, n_out] (rows: inputs) as a numpy array (0.7.0 `ei_parts_matrix`).
     `samples=None` is adaptive with `threshold`. Other arguments as `ei_of_layer`."""
     value, info = _run(measures.ei_parts_matrix, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy, devices=devices)
+                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
+                       devices=devices, **options)
     return _result(value, info, return_info)
 
 
 def sensitivity_of_layer(layer, topology, samples=500, batch_size=20, in_layer=None,
                          in_range=None, in_bins=64, out_range=None, out_bins=64, activation=None,
                          device="cpu", *, seed=None, policy="drop", devices=None,
-                return_info=False):
+                return_info=False,
+                **options):
     """Sensitivity: the sum over pairs of I(x_A; y_B) when only A is noised (uniform on in_range)
     and every other input is 0 (0.7.0 `sensitivity`). Other arguments as `ei_of_layer`."""
     value, info = _run(measures.sensitivity, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, policy=policy, devices=devices)
+                       out_bins=out_bins, samples=samples, policy=policy,
+                       devices=devices, **options)
     return _result(value, info, return_info)
 
 
 def sensitivity_of_layer_matrix(layer, topology, samples=500, batch_size=20, in_layer=None,
                                 in_range=None, in_bins=64, out_range=None, out_bins=64,
                                 activation=None, device="cpu", *, seed=None, policy="drop",
-                                devices=None, return_info=False):
+                                devices=None, return_info=False,
+                **options):
     """The sensitivity matrix [n_in, n_out] as a numpy array (0.7.0 `sensitivity_matrix`)."""
     value, info = _run(measures.sensitivity_matrix, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, policy=policy, devices=devices)
+                       out_bins=out_bins, samples=samples, policy=policy,
+                       devices=devices, **options)
     return _result(value, info, return_info)
 
 
 def vector_ei_of_layer(layer, topology, threshold=0.05, samples=None, batch_size=20,
                        in_layer=None, in_range=None, in_bins=64, out_range=None, out_bins=64,
                        activation=None, device="cpu", *, seed=None, policy="drop",
-                       devices=None, return_info=False):
+                       devices=None, return_info=False,
+                **options):
     """Vector EI: I(X; Y) between the whole binned input and output vectors (0.7.0 `ei`).
     `samples=None` doubles until an estimate moves by less than `threshold` bits (deep-ei's rule)."""
     value, info = _run(measures.ei, layer, topology, in_layer=in_layer, in_range=in_range,
                        out_range=out_range, activation=activation, batch_size=batch_size,
                        device=device, seed=seed, in_bins=in_bins, out_bins=out_bins,
-                       samples=samples, threshold=threshold, policy=policy, devices=devices)
+                       samples=samples, threshold=threshold, policy=policy,
+                       devices=devices, **options)
     return _result(value, info, return_info)
 
 
 def eis_between_groups(layer, topology, groups, samples=None, batch_size=20, in_layer=None,
                        in_range=None, in_bins=64, out_range=None, out_bins=64, activation=None,
                        device="cpu", *, threshold=0.05, seed=None, policy="drop",
-                       devices=None, return_info=False):
+                       devices=None, return_info=False,
+                **options):
     """I(X_G; Y_H) for each (G, H) in `groups`, a list of (input indices, output indices) over the
     flattened inputs and outputs. Returns a list of floats. `samples=None` is adaptive."""
     value, info = _run(measures.eis_between_groups, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
                        out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
-                       groups=groups, devices=devices)
+                       groups=groups, devices=devices, **options)
     return _result(list(value), info, return_info)
 
 
 def vector_and_pairwise_ei(layer, topology, samples=None, batch_size=20, in_layer=None,
                            in_range=None, in_bins=64, out_range=None, out_bins=64,
                            activation=None, device="cpu", *, threshold=0.05, seed=None,
-                           policy="drop", devices=None, return_info=False):
+                           policy="drop", devices=None, return_info=False,
+                **options):
     """(vector EI, EI_parts) computed from the same samples. `samples=None` is adaptive on the
     vector EI."""
     value, info = _run(measures.ei_and_ei_parts, layer, topology, in_layer=in_layer,
                        in_range=in_range, out_range=out_range, activation=activation,
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy, devices=devices)
+                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
+                       devices=devices, **options)
     return _result(tuple(float(v) for v in value), info, return_info)
 
 
 def degeneracy_of_layer(layer, topology, threshold=0.05, samples=None, sensitivity_samples=500,
                         batch_size=20, in_layer=None, in_range=None, in_bins=64, out_range=None,
                         out_bins=64, activation=None, device="cpu", *, ei_kind="vector",
-                        seed=None, policy="drop", devices=None, return_info=False):
+                        seed=None, policy="drop", devices=None, return_info=False,
+                **options):
     """Degeneracy = sensitivity - EI (`ei_kind='vector'`, default) or sensitivity - EI_parts
     (`ei_kind='parts'`, as the paper also plots). EI uses `samples`/`threshold`, sensitivity
     `sensitivity_samples`; both the same binning."""
@@ -229,7 +248,7 @@ def degeneracy_of_layer(layer, topology, threshold=0.05, samples=None, sensitivi
                        batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
                        out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
                        ei_kind=ei_kind, sensitivity_samples=sensitivity_samples,
-                       devices=devices)
+                       devices=devices, **options)
     return _result(float(value), info, return_info)
 
 
