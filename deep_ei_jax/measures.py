@@ -23,6 +23,7 @@ from .histogram import (METHODS, StateCounts, add_pairwise_counts_host, bits_per
                         default_method, host_bins_dtype, join_states, pack_states, pairwise_counts,
                         state_bits)
 from . import estimators as _estimators
+from .information import mutual_information_standard_error
 from .layers import Chain, apply
 from .sampling import SAMPLE_BLOCK, sample_mask, single_input_noise, uniform_inputs
 
@@ -98,6 +99,7 @@ class _Static(NamedTuple):
     mesh: Any = None       # a 1-d jax.sharding.Mesh over SAMPLE_AXIS when sharding chunks
     estimator: str = "plugin"
     significance: bool = False  # per-edge G-test p-values alongside MI
+    pair_errors: bool = False   # per-edge delta-method standard errors alongside MI
 
 
 class _Ranges(NamedTuple):
@@ -317,7 +319,7 @@ def _num_flat(shape) -> int:
 def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bins, policy, method,
              activation, samples_hint: int, single_input: bool, pairs: bool, groups: tuple,
              memory_budget: int, devices=None, estimator: str = "plugin",
-             significance: bool = False) -> _Setup:
+             significance: bool = False, pair_errors: bool = False) -> _Setup:
     """Checks arguments, fixes the output binning (probing outputs if dynamic) and chunk shapes."""
     if not isinstance(chain, Chain):
         raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
@@ -355,7 +357,7 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
                    out_bins=2, policy=policy, method=method, num_blocks=1,
                    single_input=single_input, inputs_per_chunk=1, block_size=1, pairs=pairs,
                    groups=groups, mesh=mesh, estimator=estimator,
-                   significance=bool(significance))
+                   significance=bool(significance), pair_errors=pair_errors)
     if out_range == "dynamic":
         low, high = _probe_extrema(key, params, base, in_low, in_high,
                                    min(samples_hint, _DYNAMIC_PROBE))
@@ -511,11 +513,13 @@ def _tables(static: _Static, counts):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _block_statistics(static: _Static, counts):
-    """(MI [n_in, block] by static.estimator, G-test p-values [n_in, block] or ()) of one block's
-    counts, on the device (fused: no table-sized temporaries)."""
+    """(MI [n_in, block] by static.estimator, G-test p-values or (), delta-method standard errors
+    or ()) of one block's counts, on the device (fused: no table-sized temporaries)."""
     tables = _tables(static, counts)
     mi = _estimators.mutual_information(tables, static.estimator)
-    return mi, (_estimators.g_test_pvalues(tables) if static.significance else ())
+    pvalues = _estimators.g_test_pvalues(tables) if static.significance else ()
+    errors = mutual_information_standard_error(tables) if static.pair_errors else ()
+    return mi, pvalues, errors
 
 
 class _PairwiseCounts:
@@ -559,15 +563,19 @@ class _PairwiseCounts:
 
 
 def _assemble_blocks(static: _Static, results):
-    """Joins per-block ((mi, p-values), out-of-range) results into layer-wide arrays."""
+    """Joins per-block ((mi, p-values, standard errors), out-of-range) results into layer-wide
+    arrays: (mi, out-of-range or None, p-values or None, standard errors or None)."""
     results = jax.device_get(results)
     n_out = static.num_outputs
-    mi = np.concatenate([r[0][0] for r in results], axis=1)[:, :n_out].astype(np.float64)
-    pvalues = (np.concatenate([r[0][1] for r in results], axis=1)[:, :n_out].astype(np.float64)
-               if static.significance else None)
+
+    def join(index, present=True):
+        if not present:
+            return None
+        return np.concatenate([r[0][index] for r in results], axis=1)[:, :n_out].astype(
+            np.float64)
     oor = (np.concatenate([r[1] for r in results])[:n_out].astype(np.int64)
            if results[0][1] is not None else None)
-    return mi, oor, pvalues
+    return join(0), oor, join(1, static.significance), join(2, static.pair_errors)
 
 
 def _error_bars(batch_values, value):
@@ -657,7 +665,7 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
                     method: str = "auto", activation=None, max_samples: int = 2 ** 27,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET, devices=None,
                     estimator: str = "plugin", error_bars: int = 0, significance: bool = False,
-                    grid_step: float = exact.DEFAULT_GRID_STEP):
+                    grid_step: float = exact.DEFAULT_GRID_STEP, target_error: float | None = None):
     """The EI_parts matrix: I(x_A; y_B) for every input A and output B under uniform noise.
 
     Args:
@@ -687,6 +695,11 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
         (fixed `samples` only; costs a second pass), 0 for none.
       significance: per-edge G-test p-values and Benjamini-Hochberg q-values in the Info.
       grid_step: the exact method's accuracy knob.
+      target_error: adaptive mode (samples=None) stopping when the standard error of the sum falls
+        to this many bits instead of deep-ei's threshold rule. The error is the delta method's
+        per pair (`information.mutual_information_standard_error`) combined as
+        sqrt(sum of squares), i.e. treating pairs' sampling errors as uncorrelated; reported in
+        `Info.standard_error` with a normal 95% interval.
 
     Returns:
       (matrix float64 [n_in, n_out] in bits, Info).
@@ -697,9 +710,18 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
     mode = _sample_mode(samples, threshold, extrapolate, max_samples)
     if error_bars and mode != "fixed":
         raise ValueError("error_bars needs a fixed number of samples; got samples=None")
+    if target_error is not None:
+        if mode != "adaptive":
+            raise ValueError("target_error is a stopping rule for samples=None; got "
+                             f"samples={samples}, extrapolate={extrapolate}")
+        if not (isinstance(target_error, (int, float)) and math.isfinite(target_error)
+                and target_error > 0):
+            raise ValueError(f"target_error must be a positive number of bits; got "
+                             f"{target_error!r}")
     hint = samples if mode == "fixed" else adaptive.FIRST_STEP
     setup = _prepare(key, chain, params, samples_hint=hint, single_input=False, pairs=True,
                      groups=(), estimator=estimator, significance=significance,
+                     pair_errors=target_error is not None,
                      **_common_kwargs(in_range, out_range, in_bins, out_bins, policy,
                                       method, activation, memory_budget, devices))
     counts = _PairwiseCounts(setup, memory_budget)
@@ -711,9 +733,14 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
     else:
         totals, converged = adaptive.doubling_totals(limit=max_samples), False
     for total in totals:
-        matrix, oor, pvalues = counts.matrix(total)
+        matrix, oor, pvalues, pair_errors = counts.matrix(total)
         estimates.append((total, float(matrix.sum())))
-        if mode == "adaptive" and adaptive.parts_converged(estimates, threshold):
+        if target_error is not None:
+            sum_error = float(np.sqrt(np.sum(pair_errors ** 2)))
+            if sum_error <= target_error:
+                converged = True
+                break
+        elif mode == "adaptive" and adaptive.parts_converged(estimates, threshold):
             converged = True
             break
     if mode == "adaptive" and not converged:
@@ -723,6 +750,9 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
     dropped = int(oor.sum()) if policy == "drop" else 0
     info = _info(setup, n, dropped, int(oor.sum()), n * setup.static.num_outputs, converged,
                  estimates, **_significance(pvalues))
+    if target_error is not None:
+        info = info._replace(standard_error=sum_error, confidence_interval=(
+            float(matrix.sum()) - 1.96 * sum_error, float(matrix.sum()) + 1.96 * sum_error))
     if error_bars:
         batches = [counts.batch_matrix(a, b).sum() for a, b in _batch_edges(n, error_bars)]
         error, interval = _error_bars(batches, float(matrix.sum()))
