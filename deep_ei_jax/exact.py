@@ -13,7 +13,7 @@ the joint distribution of (bin of x_A, bin of y_B) *conditioned on y_B in out_ra
 fraction). `policy="clip"` instead counts them in the end bins, as the sampled measures' clip.
 
 EI_parts, pair (A, B). The pre-activation is z = w_AB x_A + s with s = b_B + sum_{k != A} w_kB x_k,
-a shifted sum of independent uniforms of widths |w_kB| (in_high - in_low). Because act is monotone,
+a shifted sum of independent uniforms of widths abs(w_kB) (in_high - in_low). Because act is monotone,
 y_B < e  <=>  z < t(e) for a threshold t(e) = act^-1(e) (+-inf where e lies beyond the activation's
 range; ReLU maps all z <= 0 to 0, so the bin holding 0 takes all that mass). Hence
 
@@ -36,7 +36,7 @@ law of s is read back as a piecewise-linear CDF (each node's mass spread over it
 integral G_s is piecewise quadratic and evaluated exactly. Every error term is second order in
 `delta`: halving the grid step divides the error by about 4 (tests check the convergence).
 
-One lattice serves each output neuron: its step is delta_B = H_B / L with H_B = D sum_k |w_kB|
+One lattice serves each output neuron: its step is delta_B = H_B / L with H_B = D sum_k abs(w_kB)
 the width of the support of z_B and L = grid_points - n_in - 2 (the margin keeps the circular
 convolution from wrapping). `grid_step` bounds delta_B from above for every output and picks
 grid_points, the FFT length (a power of two), from the weights. Cost per output neuron: 2 n_in
@@ -341,7 +341,7 @@ def exact_grid_points(w, *, in_range=(0.0, 1.0), grid_step: float = DEFAULT_GRID
       grid_step: the largest allowed lattice step, in pre-activation units.
 
     Returns:
-      A power of two >= max_B D * sum_k |w_kB| / grid_step + n_in + 2 (and >= 64).
+      A power of two >= max_B D * sum_k abs(w_kB) / grid_step + n_in + 2 (and >= 64).
     """
     if isinstance(grid_step, bool) or not isinstance(grid_step, numbers.Real) or \
             not (math.isfinite(grid_step) and grid_step > 0):

@@ -140,11 +140,11 @@ def apply(chain: Chain, params: tuple, x: jax.Array, *, final_activation: Any = 
     Args:
       chain: the static chain description.
       params: one dict of arrays per layer (empty for pooling and Flatten).
-      x: inputs, shape [N, *chain.in_shape].
+      x: inputs, shape `[N, *chain.in_shape]`.
       final_activation: if given, replaces the last layer's activation.
 
     Returns:
-      Outputs, shape [N, *out_shape].
+      Outputs, shape `[N, *out_shape]`.
     """
     last = len(chain.layers) - 1
     for i, (spec, p) in enumerate(zip(chain.layers, params)):

@@ -1,5 +1,7 @@
 """The pure-JAX API in one namespace: layers as arrays, measures that take a PRNG key first.
 
+For example::
+
     import jax, numpy as np
     from deep_ei_jax import pure
 
