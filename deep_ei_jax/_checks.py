@@ -98,3 +98,171 @@ def check_groups(groups, num_inputs: int, num_outputs: int):
     if not checked:
         raise ValueError("groups must contain at least one (input_indices, output_indices) pair")
     return tuple(checked)
+
+
+def check_positive_int(name: str, value, *, below: int | None = None):
+    """A positive integer (not a bool), optionally below a bound."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be a positive integer; got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value}")
+    if below is not None and value >= below:
+        raise ValueError(f"{name} must be a positive integer below {below}; got {value}")
+    return int(value)
+
+
+SEED_RANGE = (-2 ** 63, 2 ** 63)  # what jax.random.key takes
+
+
+def check_seed(name: str, value, *, allow_none: bool = False):
+    """An integer seed that jax.random.key accepts (a signed 64-bit integer), or None if allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}; got {value!r}")
+    low, high = SEED_RANGE
+    if not low <= value < high:
+        raise ValueError(f"{name} must be a 64-bit signed integer (-2**63 <= {name} < 2**63); "
+                         f"got {value}")
+    return int(value)
+
+
+def _layer_name(index: int, spec) -> str:
+    return f"layer {index}, {type(spec).__name__}"
+
+
+def check_chain(chain):
+    """A `Chain` whose in_shape is a tuple of positive ints and whose layers are a non-empty tuple
+    of layer specs."""
+    from .layers import LAYER_TYPES, Chain
+    if not isinstance(chain, Chain):
+        raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
+    shape = chain.in_shape
+    expected = "a non-empty tuple of positive ints (the per-sample input shape, e.g. (20,))"
+    if not isinstance(shape, tuple) or not all(
+            isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool)
+            for v in shape):
+        raise TypeError(f"chain.in_shape must be {expected}; got {shape!r}")
+    if not shape or not all(v > 0 for v in shape):
+        raise ValueError(f"chain.in_shape must be {expected}; got {shape!r}")
+    if not isinstance(chain.layers, tuple) or not chain.layers:
+        raise TypeError(f"chain.layers must be a non-empty tuple of layer specs "
+                        f"({', '.join(t.__name__ for t in LAYER_TYPES)}); got {chain.layers!r}")
+    for i, spec in enumerate(chain.layers):
+        if not isinstance(spec, LAYER_TYPES):
+            raise TypeError(f"chain.layers[{i}] must be one of "
+                            f"{', '.join(t.__name__ for t in LAYER_TYPES)}; got {spec!r}")
+    return chain
+
+
+def _real_array(where: str, value) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # noqa: BLE001 - e.g. a torch tensor on another device
+        raise TypeError(f"{where} must be an array of real numbers; got {type(value).__name__} "
+                        f"({error})") from None
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{where} must be an array of real numbers; got dtype {array.dtype} "
+                        f"({type(value).__name__})")
+    return array
+
+
+def check_params(chain, params, *, stacked: bool = False):
+    """Checks that `params` fit `chain` before any work: one dict per layer, 'w' (and optional
+    'b') for Dense and Conv2d, nothing for pooling and Flatten, real finite arrays of the shapes
+    the layer expects on its input. With `stacked`, every array has a leading axis (one entry per
+    parameter set, as `sweep` takes); the shapes are checked without it.
+
+    Raises:
+      TypeError / ValueError naming the layer index, the parameter and the expected and received
+      shapes (or the first non-finite entry).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from .layers import Conv2d, Dense, _apply_one
+    check_chain(chain)
+    if not isinstance(params, (tuple, list)):
+        raise TypeError(f"params must be a tuple with one dict of arrays per layer of the chain "
+                        f"({len(chain.layers)}); got {type(params).__name__}")
+    if len(params) != len(chain.layers):
+        raise ValueError(f"params must have one entry per layer of the chain "
+                         f"({len(chain.layers)}); got {len(params)}")
+    shape = tuple(int(v) for v in chain.in_shape)
+    for i, (spec, layer_params) in enumerate(zip(chain.layers, params)):
+        name = _layer_name(i, spec)
+        if not isinstance(layer_params, dict):
+            raise TypeError(f"params[{i}] ({name}) must be a dict of arrays; "
+                            f"got {type(layer_params).__name__}")
+        allowed = ("w", "b") if isinstance(spec, (Dense, Conv2d)) else ()
+        unknown = sorted(str(k) for k in layer_params if k not in allowed)
+        if unknown:
+            takes = "'w' and an optional 'b'" if allowed else "no parameters ({})"
+            raise ValueError(f"params[{i}] ({name}) has unknown key(s) {unknown}; the layer "
+                             f"takes {takes}")
+        arrays = {}
+        for key, value in layer_params.items():
+            if value is None and key == "b":
+                continue
+            array = _real_array(f"params[{i}][{key!r}] ({name})", value)
+            if stacked:
+                if array.ndim == 0:
+                    raise ValueError(f"params[{i}][{key!r}] ({name}) must have a leading axis "
+                                     f"(one entry per parameter set); got a scalar")
+                bad = ~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1) \
+                    if array.dtype.kind == "f" else np.zeros(array.shape[0], bool)
+                if bad.any():
+                    raise ValueError(f"params[{i}][{key!r}] ({name}) has non-finite values (NaN "
+                                     f"or inf) in parameter set {int(np.argmax(bad))}")
+                array = array[0]
+            elif array.dtype.kind == "f" and not np.isfinite(array).all():
+                where = tuple(int(v) for v in np.argwhere(~np.isfinite(array))[0])
+                raise ValueError(f"params[{i}][{key!r}] ({name}) has non-finite values (NaN or "
+                                 f"inf), first at index {where}")
+            arrays[key] = array
+        if isinstance(spec, Dense):
+            _check_dense(i, name, arrays, shape)
+        elif isinstance(spec, Conv2d):
+            _check_conv(i, name, spec, arrays, shape)
+        abstract = {k: jax.ShapeDtypeStruct(a.shape, jnp.float32) for k, a in arrays.items()}
+        try:
+            out = jax.eval_shape(lambda p, x, spec=spec: _apply_one(spec, p, x), abstract,
+                                 jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
+        except Exception as error:  # noqa: BLE001 - a shape the layer cannot take
+            first = str(error).strip().splitlines()
+            raise ValueError(f"{name} cannot take a per-sample input of shape {shape}: "
+                             f"{first[0] if first else type(error).__name__}") from None
+        if not all(out.shape[1:]):
+            raise ValueError(f"{name} gives an empty output (shape {tuple(out.shape[1:])}) for "
+                             f"a per-sample input of shape {shape}")
+        shape = tuple(out.shape[1:])
+    return params
+
+
+def _check_dense(i, name, arrays, shape):
+    if "w" not in arrays:
+        raise ValueError(f"params[{i}] ({name}) needs 'w' of shape [n_in, n_out]")
+    w = arrays["w"]
+    if w.ndim != 2 or w.shape[0] != shape[-1] or w.shape[1] == 0:
+        raise ValueError(f"params[{i}]['w'] ({name}) has shape {w.shape}; expected "
+                         f"({shape[-1]}, n_out): [n_in, n_out] with n_in = {shape[-1]}, the last "
+                         f"axis of the layer's per-sample input {shape}")
+    if "b" in arrays and arrays["b"].shape != (w.shape[1],):
+        raise ValueError(f"params[{i}]['b'] ({name}) has shape {arrays['b'].shape}; expected "
+                         f"({w.shape[1]},): one bias per output")
+
+
+def _check_conv(i, name, spec, arrays, shape):
+    if len(shape) != 3:
+        raise ValueError(f"{name} needs a per-sample input of shape (C, H, W); got {shape}")
+    if "w" not in arrays:
+        raise ValueError(f"params[{i}] ({name}) needs 'w' of shape [C_out, C_in/groups, kH, kW]")
+    w, groups = arrays["w"], spec.groups
+    if w.ndim != 4 or w.shape[1] * groups != shape[0] or w.shape[0] % groups or 0 in w.shape:
+        raise ValueError(f"params[{i}]['w'] ({name}) has shape {w.shape}; expected "
+                         f"(C_out, {shape[0] // groups if shape[0] % groups == 0 else '?'}, kH, "
+                         f"kW): [C_out, C_in/groups, kH, kW] with C_in = {shape[0]}, "
+                         f"groups = {groups}")
+    if "b" in arrays and arrays["b"].shape != (w.shape[0],):
+        raise ValueError(f"params[{i}]['b'] ({name}) has shape {arrays['b'].shape}; expected "
+                         f"({w.shape[0]},): one bias per output channel")

@@ -6,6 +6,8 @@
 
 Errors in what the user gave (a missing file, a file that is not a model, a module that cannot be
 measured, a bad option) print one line on stderr and exit with status 2, without a traceback.
+Output files are written whole or not at all (a temporary file in the same folder, then renamed),
+so an interruption (Ctrl-C: status 130) never leaves a half-written file.
 """
 from __future__ import annotations
 
@@ -15,9 +17,13 @@ import json
 import math
 import os
 import sys
+import tempfile
+import zipfile
 
 MEASURE_COLUMNS = ("ei", "ei_parts", "sensitivity", "degeneracy")
 EXIT_USAGE = 2
+MAX_INPUT_VALUES = 2 ** 24  # values in the example input batch (64 MiB of float32)
+MAX_SAMPLES = 2 ** 31       # the library counts in int32
 
 
 class UserError(Exception):
@@ -37,6 +43,13 @@ def load_model(path: str, trust_pickle: bool):
         raise UserError(f"MODEL_FILE {path!r} does not exist")
     if os.path.isdir(path):
         raise UserError(f"MODEL_FILE {path!r} is a directory, not a model file")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"MODEL_FILE {path!r} is empty (0 bytes)")
+    with open(path, "rb") as file:
+        zipped = file.read(4) == b"PK\x03\x04"  # TorchScript and torch.save files are zips
+    if zipped and not zipfile.is_zipfile(path):
+        raise UserError(f"MODEL_FILE {path!r} is a truncated or corrupted archive (a zip file "
+                        f"without its central directory): save the model again")
     try:
         scripted = torch.jit.load(path, map_location="cpu")
     except Exception:  # not a TorchScript archive (torch's message calls it corrupted)
@@ -51,6 +64,10 @@ def load_model(path: str, trust_pickle: bool):
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
+        if zipped:  # a torch.save archive whose pickle cannot be loaded here
+            raise UserError(f"MODEL_FILE {path!r} is a torch.save'd file that cannot be "
+                            f"unpickled: {_first_line(error)} (a pickled module needs its class "
+                            f"importable; torch.jit.script avoids that)") from None
         raise UserError(f"MODEL_FILE {path!r} is neither a TorchScript file nor a torch.save'd "
                         f"file: {_first_line(error)}") from None
     if not isinstance(model, torch.nn.Module):
@@ -130,17 +147,119 @@ def _shape(text: str) -> tuple:
                                          f"got {text!r}") from None
     if not shape or any(v <= 0 for v in shape):
         raise argparse.ArgumentTypeError(f"expected positive integers such as 1,4; got {text!r}")
+    if len(shape) < 2:
+        raise argparse.ArgumentTypeError(f"expected a batch dimension and the input's own shape, "
+                                         f"such as 1,4; got {text!r}")
     return shape
 
 
-def _positive(text: str) -> int:
+def _integer(text: str, low: int, high: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+    if not low <= value < high:
+        raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1, MAX_SAMPLES, "a positive integer below 2**31")
+
+
+def _bins(text: str) -> int:
+    return _integer(text, 2, MAX_SAMPLES, "an integer >= 2")
+
+
+def _seed(text: str) -> int:
+    return _integer(text, -2 ** 63, 2 ** 63, "an integer seed in [-2**63, 2**63)")
+
+
+def _check_input_shape(shape) -> None:
+    values = math.prod(shape)
+    if values > MAX_INPUT_VALUES:
+        raise UserError(f"--input-shape {','.join(map(str, shape))} has {values} values, more "
+                        f"than the {MAX_INPUT_VALUES} an example batch may have; one sample is "
+                        f"enough (e.g. 1,{','.join(map(str, shape[1:])) or '4'})")
+
+
+def _check_output(option: str, path) -> None:
+    """An output file path that can be written: not a folder, in a folder that exists."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise UserError(f"{option} {path!r} is a directory; expected a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"{option} {path!r}: the folder {folder!r} does not exist")
+
+
+def atomic_write(path: str, write, *, newline=None) -> None:
+    """Writes a file whole or not at all: `write(file)` fills a temporary file in the same folder,
+    which is then renamed over `path` (an interruption leaves `path` as it was)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                             suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", newline=newline) as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def _model_dtype(model, torch):
+    """The dtype of the model's floating-point parameters (float32 when it has none)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def _measurable_layers(model, topology, requested, measured_modules):
+    """The layer names to measure: the requested ones (each must be measurable), or every
+    Linear/Conv2d layer that can be measured, the others reported on stderr and skipped."""
+    from .bridge.api import _resolve
+    names = {module: name for name, module in model.named_modules()}
+    modules = dict(model.named_modules())
+    candidates = requested if requested else \
+        [names[m] for m in topology if isinstance(m, measured_modules)]
+    if not candidates:
+        raise UserError(f"the model has no Linear or Conv2d layer to measure (found: "
+                        f"{sorted({type(m).__name__ for m in model.modules()})}; supported: "
+                        f"{', '.join(t.__name__ for t in measured_modules)})")
+    chosen, skipped = [], []
+    for name in candidates:
+        module = modules.get(name)
+        if module is None or module not in topology:
+            measurable = [names[m] for m in topology if isinstance(m, measured_modules)]
+            raise UserError(f"--layers: {name!r} is not a measurable module of the model; "
+                            f"measurable: {measurable}")
+        if name in chosen:
+            raise UserError(f"--layers names layer {name!r} more than once")
+        try:
+            _resolve(module, topology, None, None, None, None, 1)
+        except NotImplementedError as error:
+            why = str(error).replace("; pass activation= explicitly", "")
+            if requested:
+                raise UserError(f"layer {name!r} cannot be measured: {why}") from None
+            skipped.append((name, why))
+            continue
+        except ValueError as error:
+            raise UserError(f"layer {name!r}: {error}") from None
+        chosen.append(name)
+    if not chosen:
+        raise UserError("no layer of the model can be measured: " + "; ".join(
+            f"layer {name!r}: {why}" for name, why in skipped))
+    for name, why in skipped:
+        print(f"deep-ei-jax: skipping layer {name!r}: {why}", file=sys.stderr)
+    return chosen
 
 
 def _progress(items, enabled: bool, description: str):
@@ -158,18 +277,20 @@ def measure(args) -> int:
 
     from .bridge import sweep, topology_of
     from .bridge.sweeping import MEASURED_MODULES
+    _check_input_shape(args.input_shape)
+    _check_output("--json", args.json)
+    _check_output("--csv", args.csv)
     model = load_model(args.model_file, args.trust_pickle)
-    example = torch.zeros(args.input_shape)
+    example = torch.zeros(args.input_shape, dtype=_model_dtype(model, torch))
     try:
         topology = topology_of(model, example)
     except ValueError as error:
         raise UserError(f"--input-shape {','.join(map(str, args.input_shape))}: {error}") from None
-    names = {module: name for name, module in model.named_modules()}
-    layers = args.layers.split(",") if args.layers else \
-        [names[m] for m in topology if isinstance(m, MEASURED_MODULES)]
-    if not layers:
-        raise UserError(f"MODEL_FILE {args.model_file!r} has no Linear or Conv2d layer to measure "
-                        f"(found: {sorted({type(m).__name__ for m in model.modules()})})")
+    requested = [name.strip() for name in args.layers.split(",")] if args.layers else []
+    try:
+        layers = _measurable_layers(model, topology, requested, MEASURED_MODULES)
+    except UserError as error:
+        raise UserError(f"MODEL_FILE {args.model_file!r}: {error}") from None
     in_bins = args.in_bins or args.bins
     out_bins = args.out_bins or args.bins
     records = []
@@ -180,6 +301,9 @@ def measure(args) -> int:
                              out_bins=out_bins, seed=args.seed)
         except NotImplementedError as error:
             raise UserError(f"layer {layer!r} cannot be measured: {error}") from None
+        except ValueError as error:  # e.g. count tables too large for these bins
+            raise UserError(f"layer {layer!r} with --in-bins {in_bins} --out-bins {out_bins} "
+                            f"--samples {args.samples}: {error}") from None
     for index, record in enumerate(records):
         record.pop("model", None)
         record["layer_index"] = index
@@ -188,8 +312,8 @@ def measure(args) -> int:
                     samples=args.samples, sensitivity_samples=args.sensitivity_samples,
                     in_bins=in_bins, out_bins=out_bins, seed=args.seed)
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump({"settings": settings, "records": records}, file, indent=1)
+        atomic_write(args.json, lambda file: json.dump({"settings": settings, "records": records},
+                                                       file, indent=1))
     if args.csv:
         write_csv(args.csv, records)
     return 0
@@ -212,10 +336,12 @@ def write_csv(path: str, records) -> None:
     fields = []
     for record in records:
         fields += [k for k in record if k not in fields]
-    with open(path, "w", newline="") as file:
+
+    def write(file):
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
         writer.writerows(records)
+    atomic_write(path, write, newline="")
 
 
 # ---------------------------------------------------------------- plot
@@ -251,6 +377,13 @@ def load_results(path: str) -> list[dict]:
     if not records or not needed <= set(records[0]):
         raise UserError(f"RESULTS {path!r} has no records with {sorted(needed)} (made by "
                         f"'deep-ei-jax measure --json', deep_ei_jax.sweep or a Tracker)")
+    for index, record in enumerate(records, start=1):
+        for name in ("sensitivity", "degeneracy", "ei", "ei_parts", "step"):
+            value = record.get(name, 0.0) if name not in needed else record.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value):
+                raise UserError(f"RESULTS {path!r}: record {index} has {name}={value!r}; expected "
+                                f"a finite number")
     return records
 
 
@@ -266,6 +399,8 @@ def _number(value):
 def plot(args) -> int:
     from . import plotting
     records = load_results(args.results)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out!r} exists and is not a folder")
     os.makedirs(args.out, exist_ok=True)
     for path in plotting.save_figures(records, args.out):
         print(path)
@@ -295,15 +430,15 @@ def parser() -> argparse.ArgumentParser:
                    help="samples for EI and EI_parts (the same samples; default 100000)")
     m.add_argument("--sensitivity-samples", type=_positive, default=1000, metavar="N",
                    help="samples per input for sensitivity (default 1000)")
-    m.add_argument("--bins", type=_positive, default=64, metavar="B",
+    m.add_argument("--bins", type=_bins, default=64, metavar="B",
                    help="input and output bins (default 64, as deep-ei)")
-    m.add_argument("--in-bins", type=_positive, metavar="B", help="input bins (default: --bins)")
-    m.add_argument("--out-bins", type=_positive, metavar="B",
+    m.add_argument("--in-bins", type=_bins, metavar="B", help="input bins (default: --bins)")
+    m.add_argument("--out-bins", type=_bins, metavar="B",
                    help="output bins (default: --bins)")
     m.add_argument("--layers", metavar="NAMES",
                    help="comma-separated module names (as in model.named_modules()) to measure "
                    "(default: every Linear and Conv2d layer)")
-    m.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    m.add_argument("--seed", type=_seed, default=0, help="PRNG seed (default 0)")
     m.add_argument("--json", metavar="PATH", help="also write the settings and records as JSON")
     m.add_argument("--csv", metavar="PATH", help="also write the records as CSV")
     m.add_argument("--trust-pickle", action="store_true",

@@ -341,14 +341,13 @@ def _prepare(key, chain: Chain, params, *, in_range, out_range, in_bins, out_bin
         # sensitivity counts few samples per input, and sharded chunks count on their devices:
         # XLA's kernel serves both
         method = "scatter"
+    _checks.check_params(chain, params)  # structure, shapes, finite values: before any work
+    _checks.check_positive_int("memory_budget", memory_budget)
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
-    if len(params) != len(chain.layers):
-        raise ValueError(f"params must have one entry per layer of the chain "
-                         f"({len(chain.layers)}); got {len(params)}")
     from .layers import out_shape
     num_inputs = _num_flat(chain.in_shape)
     num_outputs = _num_flat(out_shape(chain, params))
-    if groups:
+    if not (isinstance(groups, tuple) and not groups):  # () is "no groups"; [] or None is not
         groups = _checks.check_groups(groups, num_inputs, num_outputs)
 
     in_width = (in_high - in_low) / in_bins
@@ -774,6 +773,7 @@ def _exact_matrix(measure, chain, params, in_range, out_range, in_bins, out_bins
     """(matrix, Info) by the exact method: no samples; the expected dropped fraction from the
     probability that each output falls outside out_range."""
     _checks.check_choice("policy", policy, POLICIES)
+    _checks.check_params(chain, params)
     matrix, coverage = exact.exact_for_chain(
         chain, params, measure=measure, activation=activation, in_range=in_range,
         out_range=out_range, in_bins=in_bins, out_bins=out_bins, grid_step=grid_step,
@@ -841,6 +841,9 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
         raise NotImplementedError("vector EI and groups have no exact method (it exists for "
                                   "EI_parts and sensitivity of one dense layer); use a sampling "
                                   "method: 'auto', 'scatter', 'onehot' or 'numba'")
+    if isinstance(groups, tuple) and not groups:
+        raise ValueError("groups must contain at least one (input_indices, output_indices) pair")
+    _checks.check_positive_int("state_memory_budget", state_memory_budget)
     mode = _sample_mode(samples, threshold, False, max_samples)
     if error_bars and mode != "fixed":
         raise ValueError("error_bars needs a fixed number of samples; got samples=None")
@@ -905,6 +908,7 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
 
 def _whole_layer(chain: Chain, params):
     from .layers import out_shape
+    _checks.check_params(chain, params)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return ((tuple(range(_num_flat(chain.in_shape))),
              tuple(range(_num_flat(out_shape(chain, params))))),)
@@ -991,6 +995,7 @@ def degeneracy(key, chain: Chain, params, *, ei_kind: str = "vector", sensitivit
     (`ei_kind="parts"`). Keyword arguments are those of `ei` / `ei_parts`; sensitivity uses
     `sensitivity_samples` and the same binning. Returns (float bits, (ei Info, sensitivity Info))."""
     _checks.check_choice("ei_kind", ei_kind, ("vector", "parts"))
+    _checks.check_samples("sensitivity_samples", sensitivity_samples)
     ei_key, sensitivity_key = jax.random.split(_as_key(key))
     measure = ei if ei_kind == "vector" else ei_parts
     ei_value, ei_info = measure(ei_key, chain, params, **kwargs)

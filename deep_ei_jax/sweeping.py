@@ -4,7 +4,7 @@ compiled call.
 K checkpoints of a training run (or K models of one architecture) share the chain, so one program
 serves them all: the parameters carry a leading axis K and the per-set measurement is `jax.vmap`ped
 over it. Each set sees exactly the samples a single call with the same key draws (the same chunk
-kernels `measures._step` and `measures._single_input_step` make them), so
+kernels `measures._step` and `measures._single_input_step` make them), so::
 
     result = sweep(key, chain, stacked, samples=n, sensitivity_samples=m, **binning)
     result.ei[k]          == pure.ei(key, chain, params_k, samples=n, **binning)[0]
@@ -457,6 +457,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         raise ValueError(f"stacked_params must have one entry per layer of the chain "
                          f"({len(chain.layers)}); got {got}")
     num_sets = _num_sets(stacked_params)
+    _checks.check_params(chain, stacked_params, stacked=True)  # shapes, NaN/inf in any set
     stacked_params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), stacked_params)
     params0 = jax.tree_util.tree_map(lambda a: a[0], stacked_params)
     plan, key, ranges, batch = _plan(

@@ -96,3 +96,11 @@ def test_samples_beyond_int32_counts_refused(key):
     chain = pure.Chain(layers=(pure.Dense(),), in_shape=(1,))
     with pytest.raises(ValueError, match=r"samples must be below 2\*\*31 \(int32 counts\)"):
         pure.ei_parts(key, chain, ({"w": np.ones((1, 1), np.float32)},), samples=2 ** 31)
+
+
+def test_topology_of_leaves_train_mode_buffers_unchanged():
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sigmoid()).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    dei.topology_of(net, torch.randn((8, 3)))
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), name  # running statistics untouched

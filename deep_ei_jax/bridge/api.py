@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from .. import measures
-from .._checks import check_bins, check_range
+from .._checks import check_bins, check_range, check_seed
 from ..binning import bin_indices
 from ..information import mutual_information
 from .convert import layer_chain
-from .topology import ACTIVATION_RANGES, ACTIVATIONS, topology_of  # noqa: F401 (re-export)
+from .topology import (ACTIVATION_RANGES, ACTIVATIONS, MODULES, supported_names,  # noqa: F401
+                       topology_of)
 
 _PARTS_ZERO_BELOW = 0.01  # deep-ei's ei_of_layer reports EI_parts below this as 0.0
 
@@ -29,9 +30,7 @@ def _key(seed):
     """The PRNG key: from `seed`, or drawn from torch's generator (so torch.manual_seed works)."""
     if seed is None:
         seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
-    elif isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.integer)):
-        raise TypeError(f"seed must be an int or None; got {seed!r}")
-    return jax.random.key(int(seed))
+    return jax.random.key(check_seed("seed", seed, allow_none=True))
 
 
 def _devices(device):
@@ -53,8 +52,12 @@ def _devices(device):
     if not devices:
         raise ValueError(f"device {device!r} was asked for but JAX sees no {platform} device "
                          f"(available: {[d.platform for d in jax.devices()]})")
+    suffix = name.split(":", 1)[1] if ":" in name else None
+    if suffix is not None and not suffix.isdigit():
+        raise ValueError(f"device must be 'cpu', 'cuda', 'gpu' or 'tpu' with an optional ':index' "
+                         f"(e.g. 'cuda:0'); got {device!r}")
     index = device.index if isinstance(device, torch.device) else (
-        int(name.split(":")[1]) if ":" in name else None)
+        int(suffix) if suffix is not None else None)
     if index is None:
         return devices
     if not 0 <= index < len(devices):
@@ -69,9 +72,62 @@ def _check_batch_size(batch_size):
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
 
 
+def _check_modules(layer, topology, in_layer):
+    """layer (and in_layer) are torch modules; their topology nodes were made by topology_of."""
+    for name, module in (("layer", layer), ("in_layer", in_layer)):
+        if (module is not None or name == "layer") and not isinstance(module, torch.nn.Module):
+            raise TypeError(f"{name} must be a torch module of the model (a node of topology_of's "
+                            f"graph); got {module!r}")
+        if module is not None and type(module) in ACTIVATIONS:
+            raise ValueError(f"{name} {module!r} is an activation, not a layer: pass the module "
+                             f"before it (its activation is applied after it)")
+        if module is not None and not isinstance(module, MODULES):
+            raise NotImplementedError(f"{name} {module!r} is not supported: it is not a module "
+                                      f"that can be measured. Supported modules: "
+                                      f"{supported_names()}")
+        if module is not None and hasattr(topology, "nodes") and module in topology and not {
+                "input", "output"} <= set(topology.nodes[module]):
+            raise ValueError(f"topology was not made by topology_of: its node {module!r} has no "
+                             f"'input'/'output' attributes; use topology_of(model, input)")
+        if module is not None and hasattr(topology, "nodes") and module in topology and len(
+                topology.nodes[module]["input"]["shape"]) < 2:
+            raise ValueError(f"topology_of was given an input without a batch dimension (the "
+                             f"input of {module!r} has shape "
+                             f"{topology.nodes[module]['input']['shape']}); pass a batch, e.g. "
+                             f"torch.zeros((1, n_inputs))")
+
+
+def _check_activation(activation):
+    """A callable activation other than a known torch module must map a float batch to a batch
+    of the same shape: checked now, so that a broken one fails here rather than inside a compiled
+    measurement."""
+    if activation is None or isinstance(activation, str) or not callable(activation) or \
+            type(activation) in ACTIVATIONS or type(activation) is torch.nn.Identity:
+        return  # names, known modules and non-callables are checked where they are converted
+    if not isinstance(activation, torch.nn.Module):
+        try:  # a JAX function
+            if jax.eval_shape(activation, jax.ShapeDtypeStruct((2, 3), np.float32)).shape == (2, 3):
+                return
+        except Exception:  # noqa: BLE001 - not JAX-traceable: it runs with torch
+            pass
+    try:
+        with torch.no_grad():
+            out = activation(torch.linspace(-1.0, 1.0, 6).reshape(2, 3))
+    except Exception as error:  # noqa: BLE001 - reported with the activation named
+        raise ValueError(f"activation {activation!r} cannot be applied to a batch of floats: "
+                         f"on a (2, 3) float32 tensor it raised {type(error).__name__}: "
+                         f"{error}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 3):
+        raise ValueError(f"activation {activation!r} must act elementwise (a tensor in, a tensor "
+                         f"of the same shape out); on a (2, 3) tensor it returned "
+                         f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
+
+
 def _resolve(layer, topology, in_layer, in_range, out_range, activation, batch_size):
     """The span and binning ranges with deep-ei's defaults from the topology."""
     _check_batch_size(batch_size)
+    _check_modules(layer, topology, in_layer)
+    _check_activation(activation)
     if isinstance(in_range, str) and in_range == "dynamic":
         raise ValueError("in_range cannot be 'dynamic' (only out_range can be); pass (low, high) "
                          "or None for the range of the activation before in_layer")
@@ -256,12 +312,15 @@ def MI(x, y, bins=32, range=((0, 1), (0, 1))):  # noqa: A002 (deep-ei's argument
     """Plug-in mutual information in bits between two equal-length series (torch tensors or
     arrays), binned with `bins` (int or (x_bins, y_bins)) equal-width bins over `range`.
     Pairs with a value outside its range are left out, as in every measure here."""
-    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, np.float32).ravel()
-    y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y, np.float32).ravel()
+    x, y = (_series(name, v) for name, v in (("x", x), ("y", y)))
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length; got {x.size} and {y.size}")
+    if isinstance(bins, (tuple, list)) and len(bins) != 2:
+        raise ValueError(f"bins must be an int or a pair (x_bins, y_bins); got {bins!r}")
     x_bins, y_bins = (bins, bins) if not isinstance(bins, (tuple, list)) else bins
     x_bins, y_bins = check_bins("bins", x_bins), check_bins("bins", y_bins)
+    if isinstance(range, str) or not hasattr(range, "__len__") or len(range) != 2:
+        raise ValueError(f"range must be a pair ((x_low, x_high), (y_low, y_high)); got {range!r}")
     x_range = check_range("range[0]", range[0])
     y_range = check_range("range[1]", range[1])
     xi, x_in = bin_indices(x, *x_range, x_bins)
@@ -270,6 +329,20 @@ def MI(x, y, bins=32, range=((0, 1), (0, 1))):  # noqa: A002 (deep-ei's argument
     joint = np.asarray(xi)[keep].astype(np.int64) * y_bins + np.asarray(yi)[keep]
     counts = np.bincount(joint, minlength=x_bins * y_bins).reshape(x_bins, y_bins)
     return float(mutual_information(counts))
+
+
+def _series(name, values):
+    """A flat float32 array of a tensor or array-like of numbers."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().float()
+    try:
+        array = np.asarray(values)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"dtype {array.dtype}")
+        return array.astype(np.float32).ravel()
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a series of numbers (a tensor or array); got "
+                        f"{type(values).__name__} ({error})") from None
 
 
 # deep-ei 0.7.0 names

@@ -11,7 +11,6 @@ Each layer's K parameter sets are stacked and measured in one compiled call
 from __future__ import annotations
 
 import copy
-import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -21,7 +20,9 @@ import torch
 from torch import nn
 
 from .. import sweeping
-from .._checks import check_bins, check_samples
+from ..binning import POLICIES
+from ..histogram import METHODS
+from .._checks import check_bins, check_choice, check_positive_int, check_samples, check_seed
 from .api import _resolve
 from .topology import topology_of
 
@@ -80,6 +81,11 @@ def _layer_names(model, topology, layers):
         return [names[m] for m in topology if isinstance(m, MEASURED_MODULES)], False
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
+    if not isinstance(layers, (list, tuple)):
+        raise TypeError(f"layers must be a list of module names or modules; got {layers!r}")
+    if not layers:
+        raise ValueError("layers must name at least one layer (None measures every Linear and "
+                         "Conv2d layer); got an empty list")
     chosen = []
     for layer in layers:
         if isinstance(layer, nn.Module):
@@ -96,6 +102,8 @@ def _layer_names(model, topology, layers):
             chosen.append(layer)
         else:
             raise TypeError(f"layers must be module names or modules; got {layer!r}")
+        if chosen[-1] in chosen[:-1]:
+            raise ValueError(f"layers names layer {chosen[-1]!r} more than once")
     return chosen, True
 
 
@@ -157,6 +165,21 @@ def _check_same(k, name, chain, ranges, first_params, span, span_ranges):
         raise ValueError(f"{where}: its activations give ranges {span_ranges}; expected {ranges}")
 
 
+def check_settings(*, samples, sensitivity_samples, in_bins, out_bins, seed, policy, method,
+                   max_batch=None, memory_budget=sweeping.DEFAULT_MEMORY_BUDGET):
+    """The scalar settings of a sweep (also checked by `Tracker` when it is made)."""
+    check_seed("seed", seed)
+    check_samples("samples", samples)
+    check_samples("sensitivity_samples", sensitivity_samples)
+    check_bins("in_bins", in_bins)
+    check_bins("out_bins", out_bins)
+    check_choice("policy", policy, POLICIES)
+    check_choice("method", method, METHODS)
+    if max_batch is not None:
+        check_positive_int("max_batch", max_batch)
+    check_positive_int("memory_budget", memory_budget)
+
+
 def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, model=None,
           samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
           out_bins: int = 64, seed: int = 0, steps=None, policy: str = "drop",
@@ -192,15 +215,14 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor batch; "
                         f"got {type(example_input).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.integer)):
-        raise TypeError(f"seed must be an int; got {seed!r}")
-    check_samples("samples", samples)
-    check_samples("sensitivity_samples", sensitivity_samples)
-    check_bins("in_bins", in_bins)
-    check_bins("out_bins", out_bins)
+    check_settings(samples=samples, sensitivity_samples=sensitivity_samples, in_bins=in_bins,
+                   out_bins=out_bins, seed=seed, policy=policy, method=method,
+                   max_batch=max_batch, memory_budget=memory_budget)
     names = sweeping.MEASURES if measures is None else sweeping._check_measures(measures)
     models = _models(models_or_state_dicts, model)
     if steps is not None:
+        if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
+            raise TypeError(f"steps must be a sequence of labels, one per model; got {steps!r}")
         steps = list(steps)
         if len(steps) != len(models):
             raise ValueError(f"steps must have one entry per model ({len(models)}); "

@@ -59,6 +59,8 @@ def topology_of(model: nn.Module, input: torch.Tensor) -> nx.DiGraph:
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
+    # a train-mode forward updates buffers (BatchNorm running statistics): put them back after
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         with torch.no_grad():
             model(input)
@@ -68,6 +70,9 @@ def topology_of(model: nn.Module, input: torch.Tensor) -> nx.DiGraph:
     finally:
         for handle in handles:
             handle.remove()
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     return _graph(calls, model_input=input)
 
 

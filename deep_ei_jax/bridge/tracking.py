@@ -21,10 +21,12 @@ import time
 import warnings
 
 import numpy as np
+import torch
 
 from .. import sweeping
-from .._checks import check_bins, check_samples
-from .sweeping import sweep
+from .api import _resolve
+from .sweeping import _layer_names, check_settings, sweep
+from .topology import topology_of
 
 
 def read_records(path) -> list[dict]:
@@ -34,25 +36,35 @@ def read_records(path) -> list[dict]:
 
 
 def _read(path):
-    """(records, byte length of the complete lines)."""
+    """(records, byte length of the complete lines).
+
+    Only a last line without its newline counts as torn (a record is written with one `os.write`
+    that ends with the newline, so an interruption can cut only the last line short, and what it
+    leaves starts like a record, with '{'). Anything else that is not a record, anywhere, means
+    the file is not a tracking file: it is refused and left untouched.
+    """
     try:
         with open(path, "rb") as file:
             data = file.read()
     except FileNotFoundError:
         return [], 0
+    except IsADirectoryError:
+        raise ValueError(f"path {os.fspath(path)!r} is a directory; expected a JSON-lines "
+                         f"tracking file (created if missing)") from None
     records, good = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
+    for number, line in enumerate(data.splitlines(keepends=True), start=1):
+        if not line.endswith(b"\n") and line.lstrip().startswith(b"{"):
             break  # torn by an interruption
         text = line.strip()
         if text:
             try:
-                record = json.loads(text)
-            except json.JSONDecodeError:
-                break
+                record = json.loads(text.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
             if not isinstance(record, dict) or "step" not in record or "layer" not in record:
-                raise ValueError(f"{os.fspath(path)!r} is not a tracking file: line "
-                                 f"{len(records) + 1} is not a record with 'step' and 'layer'")
+                raise ValueError(f"{os.fspath(path)!r} is not a tracking file: line {number} is "
+                                 f"not a JSON record with 'step' and 'layer' (the file is left "
+                                 f"as it is)")
             records.append(record)
         good += len(line)
     return records, good
@@ -80,10 +92,16 @@ class Tracker:
         if isinstance(every, bool) or not isinstance(every, (numbers.Integral, np.integer)) \
                 or every <= 0:
             raise ValueError(f"every must be a positive integer; got {every!r}")
-        check_samples("samples", samples)
-        check_samples("sensitivity_samples", sensitivity_samples)
-        check_bins("in_bins", in_bins)
-        check_bins("out_bins", out_bins)
+        check_settings(samples=samples, sensitivity_samples=sensitivity_samples, in_bins=in_bins,
+                       out_bins=out_bins, seed=seed, policy=policy, method=method)
+        if not isinstance(example_input, torch.Tensor):
+            raise TypeError(f"example_input must be a torch.Tensor batch; "
+                            f"got {type(example_input).__name__}")
+        if layers is not None and not isinstance(layers, (str, list, tuple, torch.nn.Module)):
+            raise TypeError(f"layers must be None or a list of module names or modules; "
+                            f"got {layers!r}")
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or os.PathLike); got {path!r}")
         self.path = os.fspath(path)
         self.every = int(every)
         self.example_input = example_input
@@ -101,6 +119,7 @@ class Tracker:
                 file.flush()
                 os.fsync(file.fileno())
         self.done = {(r["step"], r["layer"]) for r in records}
+        self._names = None
         self.last_step = max((r["step"] for r in records), default=None)
         for record in records[-1:]:
             for name in ("samples", "sensitivity_samples", "in_bins", "out_bins"):
@@ -117,19 +136,47 @@ class Tracker:
         """Measures `model` at `step` if it is a measuring step; returns the new records."""
         if isinstance(step, bool) or not isinstance(step, (numbers.Integral, np.integer)):
             raise TypeError(f"step must be an int; got {step!r}")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         step = int(step)
         if not self.should_measure(step):
             return []
-        records = sweep([model], self.example_input, steps=[step], **self.settings)
+        names = self._layer_names(model)
+        remaining = [name for name in names if (step, name) not in self.done]
+        if not remaining:  # all recorded before an interruption: nothing is measured again
+            return []
+        settings = self.settings if len(remaining) == len(names) else \
+            {**self.settings, "layers": remaining}
+        records = sweep([model], self.example_input, steps=[step], **settings)
         new = [r for r in records if (step, r["layer"]) not in self.done]
         for record in new:
             record.pop("model", None)
+            if record["layer"] in names:  # the index among all measured layers, resumed or not
+                record["layer_index"] = names.index(record["layer"])
             record["time"] = round(time.time(), 3)
             self._append(record)
             self.done.add((step, record["layer"]))
         if new:
             self.last_step = step if self.last_step is None else max(self.last_step, step)
         return new
+
+    def _layer_names(self, model) -> list:
+        """The names of the layers this tracker measures (found once, on the first call)."""
+        if self._names is None:
+            topology = topology_of(model, self.example_input)
+            names, explicit = _layer_names(model, topology, self.settings["layers"])
+            if not explicit:  # the sweep skips (with a warning) what cannot be measured
+                modules = dict(model.named_modules())
+                measurable = []
+                for name in names:
+                    try:
+                        _resolve(modules[name], topology, None, None, None, None, 1)
+                    except NotImplementedError:
+                        continue
+                    measurable.append(name)
+                names = measurable
+            self._names = names
+        return self._names
 
     def _append(self, record: dict) -> None:
         line = (json.dumps(_plain(record)) + "\n").encode()
