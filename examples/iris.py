@@ -14,15 +14,17 @@ measures vs epoch) to --out, and prints the total time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 
 import torch
 from torch import nn
 
 import deep_ei_jax as dei
-from deep_ei_jax import plotting
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import report, train  # noqa: E402 (the examples' shared helpers)
 
 
 def iris_data(seed: int = 0):
@@ -38,32 +40,6 @@ def iris_data(seed: int = 0):
 def network():
     return nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 5), nn.Sigmoid(),
                          nn.Linear(5, 3), nn.Sigmoid())
-
-
-def train(model, train_set, test_set, epochs: int, every: int):
-    """SGD on the summed squared error.
-
-    Returns:
-      ([(epoch, state_dict)], [(epoch, test accuracy)]), every `every` epochs.
-    """
-    (x, y), (x_test, y_test) = train_set, test_set
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
-    generator = torch.Generator().manual_seed(1)
-    checkpoints, accuracy = [], []
-    for epoch in range(epochs + 1):
-        if epoch % every == 0:
-            checkpoints.append((epoch, {k: v.clone() for k, v in model.state_dict().items()}))
-            with torch.no_grad():
-                correct = (model(x_test).argmax(1) == y_test.argmax(1)).float().mean().item()
-            accuracy.append((epoch, correct))
-        if epoch == epochs:
-            break
-        for batch in torch.randperm(len(x), generator=generator).split(10):
-            loss = ((model(x[batch]) - y[batch]) ** 2).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return checkpoints, accuracy
 
 
 def main(argv=None) -> int:
@@ -94,19 +70,7 @@ def main(argv=None) -> int:
     measured = time.perf_counter()
     print(f"measured {len(checkpoints)} checkpoints x 3 layers in {measured - trained:.1f} s")
 
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "records.jsonl"), "w") as file:
-        for record in records:
-            file.write(json.dumps(record) + "\n")
-    print(f"{'epoch':>6} {'layer':>5} {'EI':>8} {'EI_parts':>9} {'sensitivity':>12} "
-          f"{'degeneracy':>11}")
-    for record in records:
-        if record["step"] in (epochs[0], epochs[len(epochs) // 2], epochs[-1]):
-            print(f"{record['step']:>6} {record['layer']:>5} {record['ei']:>8.3f} "
-                  f"{record['ei_parts']:>9.3f} {record['sensitivity']:>12.3f} "
-                  f"{record['degeneracy']:>11.3f}")
-    for path in plotting.save_figures(records, args.out):
-        print("wrote", path)
+    report(records, epochs, args.out)
     print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -1,0 +1,52 @@
+"""What the training examples share: the SGD loop with checkpoints, and writing the results."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from deep_ei_jax import plotting
+
+
+def train(model, train_set, test_set, epochs: int, every: int):
+    """SGD (lr 1e-2, batches of 10) on the summed squared error.
+
+    Returns:
+      ([(epoch, state_dict)], [(epoch, test accuracy)]), every `every` epochs and at the end.
+    """
+    (x, y), (x_test, y_test) = train_set, test_set
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(1)
+    checkpoints, accuracy = [], []
+    for epoch in range(epochs + 1):
+        if epoch % every == 0 or epoch == epochs:
+            checkpoints.append((epoch, {k: v.clone() for k, v in model.state_dict().items()}))
+            with torch.no_grad():
+                correct = (model(x_test).argmax(1) == y_test.argmax(1)).float().mean().item()
+            accuracy.append((epoch, correct))
+        if epoch == epochs:
+            break
+        for batch in torch.randperm(len(x), generator=generator).split(10):
+            loss = ((model(x[batch]) - y[batch]) ** 2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return checkpoints, accuracy
+
+
+def report(records, epochs, out: str) -> None:
+    """Writes records.jsonl and the figures to `out`; prints the first, middle and last epochs."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "records.jsonl"), "w") as file:
+        for record in records:
+            file.write(json.dumps(record) + "\n")
+    print(f"{'epoch':>6} {'layer':>5} {'EI':>8} {'EI_parts':>9} {'sensitivity':>12} "
+          f"{'degeneracy':>11}")
+    for record in records:
+        if record["step"] in (epochs[0], epochs[len(epochs) // 2], epochs[-1]):
+            print(f"{record['step']:>6} {record['layer']:>5} {record['ei']:>8.3f} "
+                  f"{record['ei_parts']:>9.3f} {record['sensitivity']:>12.3f} "
+                  f"{record['degeneracy']:>11.3f}")
+    for path in plotting.save_figures(records, out):
+        print("wrote", path)
