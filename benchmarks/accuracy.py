@@ -39,6 +39,8 @@ from deep_ei_jax.estimators import ESTIMATORS, expected_plugin_mutual_informatio
 from deep_ei_jax.exact import exact_ei_parts, exact_ei_parts_tables, exact_grid_points
 from deep_ei_jax.histogram import pairwise_counts
 
+from benchmarks._timing import timed
+
 BINS = 64
 KEY = "d_20_10_sigmoid/0.weight"
 TRUTH_STEP = 2.5e-5
@@ -53,19 +55,6 @@ def load_weights() -> np.ndarray:
         if path.exists():
             return np.load(path)[KEY].T.astype(np.float64)   # torch [out, in] -> [in, out]
     raise FileNotFoundError("weights.npz not found in ../shared/reference or tests/data")
-
-
-def _timed(fn, repeats: int):
-    """(value of the last call, compile+first-call seconds, median seconds of `repeats` calls)."""
-    start = time.perf_counter()
-    value = fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return value, first, statistics.median(times)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
@@ -101,7 +90,7 @@ def run(seeds: int, sample_sizes, repeats: int):
                 "grid_points": exact_grid_points(w, grid_step=TRUTH_STEP), "bits": truth, **meta}]
     print(json.dumps(records[-1]), flush=True)
     for step in GRID_STEPS:
-        value, first, run_s = _timed(lambda: float(exact_ei_parts(w, grid_step=step, **common)),
+        value, first, run_s = timed(lambda: float(exact_ei_parts(w, grid_step=step, **common)),
                                      repeats)
         records.append({"name": f"exact step {step:g}", "method": "exact", "grid_step": step,
                         "grid_points": exact_grid_points(w, grid_step=step), "bits": value,
@@ -125,7 +114,7 @@ def run(seeds: int, sample_sizes, repeats: int):
                 estimates[name].append(float(mutual_information(counts, name).sum()))
                 estimator_times[name].append(time.perf_counter() - start)
         predicted = float(expected_plugin_mutual_information(tables, samples).sum()) - truth
-        _, _, production_s = _timed(lambda: pure.ei_parts_matrix(
+        _, _, production_s = timed(lambda: pure.ei_parts_matrix(
             jax.random.key(0), chain, params, samples=samples, **{k: v for k, v in common.items()
                                                                  if k != "activation"}), 1)
         for name in ESTIMATORS:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
+
+from benchmarks._timing import timed
 
 IRIS_WIDTHS = (4, 5, 5, 3)
 BINS = 8
@@ -52,18 +52,6 @@ def sweep(models, example, samples: int, sensitivity_samples: int) -> list[dict]
     import deep_ei_jax as dei
     return dei.sweep(models, example, samples=samples, sensitivity_samples=sensitivity_samples,
                      in_bins=BINS, out_bins=BINS, seed=0)
-
-
-def timed(fn, repeats: int):
-    start = time.perf_counter()
-    result = fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return result, first, statistics.median(times)
 
 
 def run_case(num_models: int, samples: int, sensitivity_samples: int, repeats: int) -> dict:
