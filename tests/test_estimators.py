@@ -220,7 +220,6 @@ def test_states_mutual_information_equals_table_estimator(estimator):
 # ---------------------------------------------------------------- wired into the measures
 
 def _sigmoid_layer():
-    import jax  # noqa: F401
     from deep_ei_jax import pure
     w = np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32)
     return pure, pure.Chain((pure.Dense(activation="sigmoid"),), (4,)), ({"w": w},)

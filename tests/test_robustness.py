@@ -1,7 +1,6 @@
 """Numerical edges and odd models: constant outputs, saturation at the range edge, dtypes, modes."""
 import warnings
 
-import jax
 import numpy as np
 import pytest
 import torch

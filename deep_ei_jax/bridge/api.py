@@ -8,7 +8,6 @@ arguments `seed=`, `policy=` and `return_info=` are ours.
 """
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import jax
