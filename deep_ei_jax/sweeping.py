@@ -35,6 +35,7 @@ from . import _checks, measures
 from .histogram import METHODS, state_bits
 from .information import entropy, mutual_information
 from .layers import Chain, Dense, Flatten
+from .measures import sample_mesh
 from .sampling import SAMPLE_BLOCK
 
 MEASURES = ("ei", "ei_parts", "sensitivity", "degeneracy")
@@ -419,7 +420,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
           in_bins: int = 64, out_bins: int = 64, samples: int = 100_000,
           sensitivity_samples: int = 500, measures=MEASURES, policy: str = "drop",
           method: str = "auto", activation=None, max_batch: int | None = None,
-          memory_budget: int = DEFAULT_MEMORY_BUDGET) -> SweepResult:
+          memory_budget: int = DEFAULT_MEMORY_BUDGET, devices=None) -> SweepResult:
     """EI, EI_parts, sensitivity and degeneracy of K parameter sets of one chain, compiled once.
 
     Args:
@@ -438,6 +439,11 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         the host and cannot be vmapped; all methods give identical counts).
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_batch: at most this many sets per compiled call (None: as many as memory_budget allows).
+      devices: devices to shard the sets over (None: every local device of the default backend;
+        an int n; a list of jax Devices; see `deep_ei_jax.measures.sample_mesh`). Each call's sets are split
+        along K over a 1-d mesh and the vmapped kernel runs as a sharded jit, each device
+        measuring its own sets exactly as one device would. Chains measured set by set (with
+        `lax.map`, e.g. convolutions) run on one device.
       memory_budget: bytes one call may hold; K is split into equal calls (the last one padded,
         so one program serves all) when the sets do not fit together.
 
@@ -466,6 +472,14 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         samples=samples, sensitivity_samples=sensitivity_samples, names=names,
         num_sets=num_sets, max_batch=max_batch, memory_budget=memory_budget)
 
+    mesh = sample_mesh(devices)  # checked in every case
+    if not plan.vectorized:
+        mesh = None  # chains measured set by set run on one device
+    sharding = None
+    if mesh is not None:
+        batch = -(-batch // mesh.size) * mesh.size  # whole sets per device (padding repeats one)
+        sharding = jax.sharding.NamedSharding(
+            jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
     outputs = []
     for start in range(0, num_sets, batch):
         stop = min(start + batch, num_sets)
@@ -474,6 +488,8 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         keys = jax.random.wrap_key_data(np.broadcast_to(
             np.asarray(jax.random.key_data(key)), (batch,) + jax.random.key_data(key).shape),
             impl=jax.random.key_impl(key))
+        if sharding is not None:
+            part, keys = jax.device_put((part, keys), sharding)
         result = _sweep_kernel(plan, keys, part, ranges)
         outputs.append(jax.tree_util.tree_map(lambda a: a[:stop - start], result))
     outputs = jax.device_get(outputs)

@@ -47,6 +47,23 @@ top = dei.topology_of(net, torch.zeros((1, 6)))
 t = dict(samples=20_000, in_range=(0, 1), in_bins=8, out_bins=8, seed=0)
 out["torch api"] = dei.ei_of_layer(net[0], top, **t) == dei.ei_of_layer(net[0], top, devices=1, **t)
 out["torch api cpu:2"] = dei.ei_of_layer(net[0], top, device="cpu:2", **t) == dei.ei_of_layer(net[0], top, devices=1, **t)
+sets = pure.stack_params([({"w": rng.normal(size=(6, 4)).astype(np.float32)},) for _ in range(5)])
+one = pure.sweep(jax.random.key(0), chain, sets, samples=20_000, sensitivity_samples=500,
+                 in_bins=8, out_bins=8, devices=1)
+four = pure.sweep(jax.random.key(0), chain, sets, samples=20_000, sensitivity_samples=500,
+                  in_bins=8, out_bins=8)
+# the integer counts are the same; EI and sensitivity are float32 sums of entropies over a
+# differently laid-out batch, equal to ~1e-6 bits (as the sweep is to single calls)
+out["sweep over checkpoints"] = bool(np.array_equal(one.ei_parts, four.ei_parts)) and all(
+    bool(np.allclose(getattr(one, name), getattr(four, name), rtol=0, atol=1e-5))
+    for name in ("ei", "sensitivity", "degeneracy"))
+records = dei.sweep([net.state_dict()] * 3, torch.zeros((1, 6)), model=net, samples=5000,
+                    sensitivity_samples=200, in_bins=8, out_bins=8)
+records1 = dei.sweep([net.state_dict()] * 3, torch.zeros((1, 6)), model=net, samples=5000,
+                     sensitivity_samples=200, in_bins=8, out_bins=8, devices=1)
+out["torch sweep"] = len(records) == len(records1) and all(
+    abs(a[m] - b[m]) < 1e-5 for a, b in zip(records, records1)
+    for m in ("ei", "ei_parts", "sensitivity", "degeneracy"))
 try:
     pure.ei_parts(jax.random.key(0), chain, params, devices=9, **kw)
 except ValueError as error:

@@ -184,7 +184,7 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
           samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
           out_bins: int = 64, seed: int = 0, steps=None, policy: str = "drop",
           method: str = "auto", max_batch: int | None = None,
-          memory_budget: int = sweeping.DEFAULT_MEMORY_BUDGET) -> list[dict]:
+          memory_budget: int = sweeping.DEFAULT_MEMORY_BUDGET, devices=None) -> list[dict]:
     """EI, EI_parts, sensitivity and degeneracy of every layer of many models of one architecture.
 
     Each layer's parameter sets are stacked and measured in one compiled call. Ranges come from
@@ -205,7 +205,8 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
       in_bins, out_bins: bin counts.
       seed: the PRNG seed; the same for every layer and model, as single calls with `seed=`.
       steps: optional labels, one per model (e.g. training steps), stored as 'step'.
-      policy, method, max_batch, memory_budget: as `deep_ei_jax.pure.sweep`.
+      policy, method, max_batch, memory_budget, devices: as `deep_ei_jax.pure.sweep` (devices
+        shards each layer's checkpoints over devices).
 
     Returns:
       A list of records (dicts), one per (model, layer): 'model' (index), 'step' (when given),
@@ -236,7 +237,8 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
                                 out_range=out_range, in_bins=in_bins, out_bins=out_bins,
                                 samples=samples, sensitivity_samples=sensitivity_samples,
                                 measures=names, policy=policy, method=method,
-                                max_batch=max_batch, memory_budget=memory_budget)
+                                max_batch=max_batch, memory_budget=memory_budget,
+                                devices=devices)
         for k, row in enumerate(result.records()):
             record = {"model": k}
             if steps is not None:
