@@ -50,3 +50,33 @@ def report(records, epochs, out: str) -> None:
                   f"{record['degeneracy']:>11.3f}")
     for path in plotting.save_figures(records, out):
         print("wrote", path)
+
+
+def train_and_measure(network, data, *, epochs: int, every: int, samples: int,
+                      sensitivity_samples: int, bins: int, out: str, describe: str = "") -> None:
+    """Trains `network()` on `data` = (train_set, test_set), measures every checkpoint's layers in
+    one sweep per layer, writes the results to `out` and prints the times."""
+    import time
+
+    import deep_ei_jax as dei
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    model = network()
+    train_set, test_set = data
+    checkpoints, accuracy = train(model, train_set, test_set, epochs, every)
+    trained = time.perf_counter()
+    print(f"trained {epochs} epochs{describe} in {trained - start:.1f} s; test accuracy "
+          f"{accuracy[0][1]:.2f} -> {accuracy[-1][1]:.2f}")
+    epochs_measured = [epoch for epoch, _ in checkpoints]
+    example = torch.zeros((1, train_set[0].shape[1]))
+    records = dei.sweep([state for _, state in checkpoints], example, model=network(),
+                        steps=epochs_measured, samples=samples,
+                        sensitivity_samples=sensitivity_samples, in_bins=bins, out_bins=bins,
+                        seed=0)
+    measured = time.perf_counter()
+    layers = len({record["layer"] for record in records})
+    print(f"measured {len(checkpoints)} checkpoints x {layers} layers in "
+          f"{measured - trained:.1f} s ({samples} samples, sensitivity {sensitivity_samples})")
+    report(records, epochs_measured, out)
+    print(f"total {time.perf_counter() - start:.1f} s")

@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 from torch import nn
 
-import deep_ei_jax as dei
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import report, train  # noqa: E402 (the examples' shared helpers)
+from _common import train_and_measure  # noqa: E402 (the examples' shared helpers)
 
 CLASSES = 5
 WIDTHS = (64, 6, 6, 6, CLASSES)
@@ -88,26 +86,10 @@ def main(argv=None) -> int:
     samples = args.samples or samples
     sensitivity_samples = args.sensitivity_samples or sensitivity_samples
 
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    model = network()
     train_set, test_set = digits_data()
-    checkpoints, accuracy = train(model, train_set, test_set, args.epochs, args.every)
-    trained = time.perf_counter()
-    print(f"trained {args.epochs} epochs on {len(train_set[0])} digits in {trained - start:.1f} s;"
-          f" test accuracy {accuracy[0][1]:.2f} -> {accuracy[-1][1]:.2f}")
-
-    epochs = [epoch for epoch, _ in checkpoints]
-    records = dei.sweep([state for _, state in checkpoints], torch.zeros((1, WIDTHS[0])),
-                        model=network(), steps=epochs, samples=samples,
-                        sensitivity_samples=sensitivity_samples, in_bins=args.bins,
-                        out_bins=args.bins, seed=0)
-    measured = time.perf_counter()
-    print(f"measured {len(checkpoints)} checkpoints x {len(WIDTHS) - 1} layers in "
-          f"{measured - trained:.1f} s ({samples} samples, sensitivity {sensitivity_samples})")
-
-    report(records, epochs, args.out)
-    print(f"total {time.perf_counter() - start:.1f} s")
+    train_and_measure(network, (train_set, test_set), epochs=args.epochs, every=args.every,
+                      samples=samples, sensitivity_samples=sensitivity_samples, bins=args.bins,
+                      out=args.out, describe=f" on {len(train_set[0])} digits")
     return 0
 
 

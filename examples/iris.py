@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 from torch import nn
 
-import deep_ei_jax as dei
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import report, train  # noqa: E402 (the examples' shared helpers)
+from _common import train_and_measure  # noqa: E402 (the examples' shared helpers)
 
 
 def iris_data(seed: int = 0):
@@ -54,24 +52,8 @@ def main(argv=None) -> int:
     samples, sensitivity_samples = 10 ** 7, 5000
     if args.quick:
         args.epochs, samples, sensitivity_samples = min(args.epochs, 600), 10 ** 5, 1000
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    model = network()
-    train_set, test_set = iris_data()
-    checkpoints, accuracy = train(model, train_set, test_set, args.epochs, args.every)
-    trained = time.perf_counter()
-    print(f"trained {args.epochs} epochs in {trained - start:.1f} s; test accuracy "
-          f"{accuracy[0][1]:.2f} -> {accuracy[-1][1]:.2f}")
-
-    epochs = [epoch for epoch, _ in checkpoints]
-    records = dei.sweep([state for _, state in checkpoints], torch.zeros((1, 4)), model=network(),
-                        steps=epochs, samples=samples, sensitivity_samples=sensitivity_samples,
-                        in_bins=8, out_bins=8, seed=0)
-    measured = time.perf_counter()
-    print(f"measured {len(checkpoints)} checkpoints x 3 layers in {measured - trained:.1f} s")
-
-    report(records, epochs, args.out)
-    print(f"total {time.perf_counter() - start:.1f} s")
+    train_and_measure(network, iris_data(), epochs=args.epochs, every=args.every, samples=samples,
+                      sensitivity_samples=sensitivity_samples, bins=8, out=args.out)
     return 0
 
 
