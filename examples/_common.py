@@ -1,8 +1,10 @@
 """What the training examples share: the SGD loop with checkpoints, and writing the results."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -80,3 +82,53 @@ def train_and_measure(network, data, *, epochs: int, every: int, samples: int,
           f"{measured - trained:.1f} s ({samples} samples, sensitivity {sensitivity_samples})")
     report(records, epochs_measured, out)
     print(f"total {time.perf_counter() - start:.1f} s")
+
+
+class Settings(NamedTuple):
+    """An example's run: its full-size settings and the smaller ones of --quick."""
+
+    epochs: int
+    every: int
+    samples: int
+    sensitivity_samples: int
+    quick_epochs: int
+    quick_samples: int
+    quick_sensitivity_samples: int
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def parse_args(argv, description: str, settings: Settings, out: str):
+    """The examples' command line; returns the arguments with --quick and the defaults applied
+    (`samples`, `sensitivity_samples`, `epochs` resolved)."""
+    s = settings
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"at most {s.quick_epochs} epochs, {s.quick_samples:.0e} samples, "
+                             f"sensitivity {s.quick_sensitivity_samples}")
+    parser.add_argument("--epochs", type=_positive, default=s.epochs, help="training epochs")
+    parser.add_argument("--every", type=_positive, default=s.every,
+                        help="measure every N epochs")
+    parser.add_argument("--samples", type=_positive, default=None,
+                        help=f"samples for EI and EI_parts (default {s.samples:.0e})")
+    parser.add_argument("--sensitivity-samples", type=_positive, default=None,
+                        help=f"samples per input for sensitivity (default "
+                             f"{s.sensitivity_samples})")
+    parser.add_argument("--bins", type=_positive, default=8, help="input and output bins")
+    parser.add_argument("--out", default=out, help="folder for records and figures")
+    args = parser.parse_args(argv)
+    samples, sensitivity = s.samples, s.sensitivity_samples
+    if args.quick:
+        args.epochs = min(args.epochs, s.quick_epochs)
+        samples, sensitivity = s.quick_samples, s.quick_sensitivity_samples
+    args.samples = args.samples or samples
+    args.sensitivity_samples = args.sensitivity_samples or sensitivity
+    return args

@@ -20,7 +20,6 @@ most log2(samples)); the plug-in EI_parts of a 64 -> 6 layer carries a bias of a
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -29,7 +28,11 @@ from torch import nn
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import train_and_measure  # noqa: E402 (the examples' shared helpers)
+from _common import Settings, parse_args, train_and_measure  # noqa: E402 (shared helpers)
+
+# test accuracy reaches ~0.97 by epoch 400; --quick takes about a minute
+SETTINGS = Settings(epochs=400, every=20, samples=10 ** 6, sensitivity_samples=2000,
+                    quick_epochs=300, quick_samples=10 ** 5, quick_sensitivity_samples=500)
 
 CLASSES = 5
 WIDTHS = (64, 6, 6, 6, CLASSES)
@@ -59,37 +62,12 @@ def network():
     return nn.Sequential(*modules)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="300 epochs, 1e5 samples, sensitivity 500 (about a minute)")
-    parser.add_argument("--epochs", type=_positive, default=400,
-                        help="training epochs (test accuracy reaches ~0.97 by 400)")
-    parser.add_argument("--every", type=_positive, default=20, help="measure every N epochs")
-    parser.add_argument("--samples", type=_positive, default=None,
-                        help="samples for EI and EI_parts (default 1e6; --quick 1e5)")
-    parser.add_argument("--sensitivity-samples", type=_positive, default=None,
-                        help="samples per input for sensitivity (default 2000; --quick 500)")
-    parser.add_argument("--bins", type=_positive, default=8, help="input and output bins")
-    parser.add_argument("--out", default="digits_results", help="folder for records and figures")
-    args = parser.parse_args(argv)
-    samples, sensitivity_samples = 10 ** 6, 2000
-    if args.quick:
-        args.epochs, samples, sensitivity_samples = min(args.epochs, 300), 10 ** 5, 500
-    samples = args.samples or samples
-    sensitivity_samples = args.sensitivity_samples or sensitivity_samples
-
+    args = parse_args(argv, __doc__.splitlines()[0], SETTINGS, out="digits_results")
     train_set, test_set = digits_data()
     train_and_measure(network, (train_set, test_set), epochs=args.epochs, every=args.every,
-                      samples=samples, sensitivity_samples=sensitivity_samples, bins=args.bins,
-                      out=args.out, describe=f" on {len(train_set[0])} digits")
+                      samples=args.samples, sensitivity_samples=args.sensitivity_samples,
+                      bins=args.bins, out=args.out, describe=f" on {len(train_set[0])} digits")
     return 0
 
 
