@@ -467,9 +467,13 @@ def _run_chunks(setup: _Setup, start: int, stop: int, *, offset: int = 0, pair_c
 
     def consume(outputs):
         nonlocal out_of_range
-        states, bins = outputs
+        states, bins, first = outputs
         if bins:
-            add_pairwise_counts_host(*jax.device_get(bins), static.out_bins, host_counts)
+            # only the chunk's rows in [start, stop) are counted (the others carry the sentinel)
+            chunk_start = first * SAMPLE_BLOCK
+            add_pairwise_counts_host(*jax.device_get(bins), static.out_bins, host_counts,
+                                     max(start - chunk_start, 0),
+                                     min(stop - chunk_start, bins[0].shape[1]))
         if states:
             if jax.process_count() > 1:  # the chunk's states are spread over the processes
                 states = multihost_utils.process_allgather(states, tiled=True)
@@ -485,7 +489,7 @@ def _run_chunks(setup: _Setup, start: int, stop: int, *, offset: int = 0, pair_c
                                            setup.ranges, first, start, stop, offset)
         if pending is not None:
             consume(pending)
-        pending = (states, bins)
+        pending = (states, bins, first)
     if pending is not None:
         consume(pending)
     if host_pairs:

@@ -171,15 +171,41 @@ def test_default_method_without_numba(monkeypatch):
 
 
 @pytest.mark.parametrize("parallel_from", [2 ** 26, 1])
-def test_host_counter_matches_scatter(monkeypatch, parallel_from):
+@pytest.mark.parametrize("paired_up_to", [0, 2 ** 18])  # one input at a time / inputs in pairs
+@pytest.mark.parametrize("num_in", [4, 5])  # with 5, the last input is counted alone
+def test_host_counter_matches_scatter(monkeypatch, parallel_from, paired_up_to, num_in):
     from deep_ei_jax import histogram
     from deep_ei_jax.histogram import add_pairwise_counts_host
     monkeypatch.setattr(histogram, "PARALLEL_PAIR_SAMPLES", parallel_from)  # serial and parallel
+    monkeypatch.setattr(histogram, "PAIRED_TABLE_BYTES", paired_up_to)
     rng = np.random.default_rng(9)
-    x, y, valid = random_bins(rng, 4000, 4, 3, 8, 6)
-    tables = np.zeros((4, 3, 8 * 7), np.int32)
+    x, y, valid = random_bins(rng, 4000, num_in, 3, 8, 6)
+    tables = np.zeros((num_in, 3, 8 * 7), np.int32)
     y_marked = np.where(valid, y, 6)  # the sentinel bin leaves an entry out
     add_pairwise_counts_host(x.T.astype(np.uint8), y_marked.T.astype(np.uint8), 6, tables)
     expected = pairwise_counts(x, y, valid, 8, 6, "scatter")
-    np.testing.assert_array_equal(tables.reshape(4, 3, 8, 7)[..., :6], expected)
-    assert tables.reshape(4, 3, 8, 7)[..., 6].sum() == 4 * (~valid).sum()
+    np.testing.assert_array_equal(tables.reshape(num_in, 3, 8, 7)[..., :6], expected)
+    assert tables.reshape(num_in, 3, 8, 7)[..., 6].sum() == num_in * (~valid).sum()
+
+    # a sample range counts those rows only, added to what is there
+    add_pairwise_counts_host(x.T.astype(np.uint8), y_marked.T.astype(np.uint8), 6, tables,
+                             1000, 3500)
+    expected = expected + pairwise_counts(x[1000:3500], y[1000:3500], valid[1000:3500], 8, 6,
+                                          "scatter")
+    np.testing.assert_array_equal(tables.reshape(num_in, 3, 8, 7)[..., :6], expected)
+    with pytest.raises(ValueError, match="first..stop must lie in 0..4000; got 10..4001"):
+        add_pairwise_counts_host(x.T.astype(np.uint8), y_marked.T.astype(np.uint8), 6, tables,
+                                 10, 4001)
+
+
+@pytest.mark.parametrize("shape", [(1,), (1024,), (1024, 7), (3, 5, 2)])
+def test_fast_uniform_is_jax_uniform_bit_for_bit(shape):
+    from deep_ei_jax.sampling import _uniform
+    for seed in range(3):
+        key = jax.random.fold_in(jax.random.key(seed), 11)
+        ours = jax.jit(lambda k: _uniform(k, shape, -1.5, 2.0))(key)
+        np.testing.assert_array_equal(ours, jax.random.uniform(key, shape, minval=-1.5,
+                                                               maxval=2.0))
+    other = jax.random.key(0, impl="rbg")  # other key kinds are handed to jax.random.uniform
+    np.testing.assert_array_equal(_uniform(other, shape, 0.0, 1.0),
+                                  jax.random.uniform(other, shape))
