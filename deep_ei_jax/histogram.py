@@ -180,13 +180,64 @@ def state_bits(num_values: int, bins: int) -> int:
     return 32 * full + rest * bits if full else rest * bits
 
 
+def _state_kernels():
+    """numba kernels of `StateCounts`: a masked bincount, and exact counting of 64-bit keys in an
+    open-addressing table that stores each distinct key (so two keys never share a count)."""
+    @numba.njit(nogil=True, cache=True)
+    def add_dense(words, valid, counts):
+        for s in range(words.shape[0]):
+            if valid[s]:
+                counts[words[s, 0]] += 1
+
+    @numba.njit(nogil=True, cache=True)
+    def insert(table, key, count):
+        """Adds `count` to `key`'s row of table [capacity, 2] = (key, count), probing linearly
+        from a multiplicative hash; a count of 0 marks a free row. True when the key is new."""
+        mask = table.shape[0] - 1
+        i = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+        while table[i, 1] != 0 and table[i, 0] != key:
+            i = (i + 1) & mask
+        new = table[i, 1] == 0
+        table[i, 0] = key
+        table[i, 1] += count
+        return new
+
+    @numba.njit(nogil=True, cache=True)
+    def add_hashed(words, valid, table, start, room):
+        """Inserts rows start.. until `room` new keys went in; returns (next row, new keys)."""
+        new = 0
+        for s in range(start, words.shape[0]):
+            if new == room:
+                return s, new
+            if valid[s]:
+                key = np.uint64(words[s, 0])
+                if words.shape[1] == 2:
+                    key = (key << np.uint64(32)) | np.uint64(words[s, 1])
+                if insert(table, key, np.uint64(1)):
+                    new += 1
+        return words.shape[0], new
+
+    @numba.njit(nogil=True, cache=True)
+    def rehash(table, bigger):
+        for i in range(table.shape[0]):
+            if table[i, 1] != 0:
+                insert(bigger, table[i, 0], table[i, 1])
+
+    return add_dense, add_hashed, rehash
+
+
+_state_kernel_cache: list = []
+
+
 class StateCounts:
     """Exact counts of distinct states (packed uint32 rows), accumulated on the host in int64.
 
-    Rows are buffered and merged when counts are asked for (or the buffer is large): a dense
-    `bincount` over 2**num_bits cells when `num_bits <= dense_bits`, otherwise a sort of the
-    buffered keys merged with the distinct keys so far. Keys up to 64 bits sort as integers, wider
-    ones as raw bytes; no hashing, so no collisions.
+    With numba installed and states of at most 64 bits (most uses), each chunk is counted as it
+    arrives: a dense count over 2**num_bits cells when `num_bits <= dense_bits`, otherwise an
+    open-addressing table keyed by the whole state (exact: equal counts only for equal states),
+    grown to stay at most half full. Without numba, or for wider states, rows are buffered and
+    merged when counts are asked for (or the buffer is large): a dense `bincount`, or a sort of
+    the buffered keys merged with the distinct keys so far (wide keys sort as raw bytes).
     """
 
     def __init__(self, num_bits: int, dense_bits: int = 24, buffer_rows: int = 2 ** 25):
@@ -194,11 +245,16 @@ class StateCounts:
         self.dense = num_bits <= dense_bits
         self.buffer_rows = buffer_rows
         self.total = 0
+        self.hashed = numba is not None and not self.dense and num_bits <= 64
+        if numba is not None and not _state_kernel_cache:
+            _state_kernel_cache.extend(_state_kernels())
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._dense_counts = np.zeros(2 ** num_bits if self.dense else 0, np.int64)
         self._keys: np.ndarray | None = None  # sorted distinct keys (sparse mode)
         self._counts = np.zeros(0, np.int64)
+        self._distinct = 0  # hashed mode: keys in the table
+        self._table = np.zeros((2 ** 16, 2), np.uint64) if self.hashed else None  # (key, count)
 
     @staticmethod
     def _as_keys(words: np.ndarray) -> np.ndarray:
@@ -212,7 +268,27 @@ class StateCounts:
 
     def add(self, words: np.ndarray, valid: np.ndarray) -> None:
         """Counts the rows of `words` (uint32 [S, W]) where `valid` ([S] bool) is True."""
-        keys = self._as_keys(np.asarray(words)[np.asarray(valid)])
+        words, valid = np.asarray(words), np.asarray(valid, np.bool_)
+        if numba is not None and self.dense and words.shape[1] == 1:
+            add_dense = _state_kernel_cache[0]
+            add_dense(np.ascontiguousarray(words), valid, self._dense_counts)
+            self.total += int(valid.sum())
+            return
+        if self.hashed:
+            _, add_hashed, rehash = _state_kernel_cache
+            words = np.ascontiguousarray(words)
+            row = 0
+            while row < words.shape[0]:
+                room = self._table.shape[0] // 2 - self._distinct  # keep it at most half full
+                if room == 0:
+                    bigger = np.zeros((2 * self._table.shape[0], 2), np.uint64)
+                    rehash(self._table, bigger)
+                    self._table, room = bigger, bigger.shape[0] // 2 - self._distinct
+                row, new = add_hashed(words, valid, self._table, row, room)
+                self._distinct += new
+            self.total += int(valid.sum())
+            return
+        keys = self._as_keys(words[valid])
         self.total += keys.shape[0]
         self._pending.append(keys)
         self._pending_rows += keys.shape[0]
@@ -236,7 +312,10 @@ class StateCounts:
         self._keys, self._counts = unique, np.rint(counts).astype(np.int64)
 
     def counts(self) -> np.ndarray:
-        """The nonzero counts, int64."""
+        """The nonzero counts, int64 (in no particular order)."""
+        if self.hashed:
+            counts = self._table[:, 1]
+            return counts[counts != 0].astype(np.int64)
         self._merge()
         if self.dense:
             return self._dense_counts[self._dense_counts > 0]

@@ -109,6 +109,29 @@ def test_state_counts_match_unique(width, bins):
     assert counter.total == valid.sum()
 
 
+@pytest.mark.parametrize("with_numba", [True, False])
+@pytest.mark.parametrize("bits", [27, 40])  # one word / two words per state
+def test_state_counts_exact_through_table_growth(monkeypatch, with_numba, bits):
+    """Enough distinct states to grow the open-addressing table several times (it starts with
+    room for 2**15), in uneven chunks; and the sort path without numba gives the same counts."""
+    from deep_ei_jax import histogram
+    if not with_numba:
+        monkeypatch.setattr(histogram, "numba", None)
+    rng = np.random.default_rng(6)
+    keys = rng.integers(0, 2 ** bits, 150_000, dtype=np.uint64)
+    keys = keys[rng.integers(0, keys.size, 400_000)]  # repeats, so counts above 1
+    words = np.stack([keys >> np.uint64(32), keys & np.uint64(2 ** 32 - 1)], 1).astype(np.uint32)
+    words = words[:, 1:] if bits <= 32 else words
+    valid = rng.random(keys.size) > 0.1
+    counter = StateCounts(bits)
+    assert counter.hashed == with_numba
+    for lo, hi in [(0, 1000), (1000, 250_000), (250_000, 400_000)]:
+        counter.add(words[lo:hi], valid[lo:hi])
+    _, expected = np.unique(keys[valid], return_counts=True)
+    np.testing.assert_array_equal(np.sort(counter.counts()), np.sort(expected))
+    assert counter.total == valid.sum()
+
+
 def test_join_states_distinguishes_pairs():
     x = jnp.array([[1], [2], [1]], jnp.uint32)
     y = jnp.array([[2], [1], [2]], jnp.uint32)
