@@ -260,6 +260,19 @@ def _first_blocks(start: int, stop: int, num_blocks: int):
     return range(start // SAMPLE_BLOCK, -(-stop // SAMPLE_BLOCK), num_blocks)
 
 
+def _chunks(static: _Static, start: int, stop: int):
+    """(first block, static) of each chunk covering samples [start, stop). On one device the last
+    chunk shrinks to the smallest power of two of blocks that covers what is left, so little is
+    computed past `stop` (and at most log2(num_blocks) more shapes are ever compiled)."""
+    end = -(-int(stop) // SAMPLE_BLOCK)
+    for first in _first_blocks(start, stop, static.num_blocks * _num_devices(static)):
+        left = int(end - first)
+        if static.mesh is None and left < static.num_blocks:
+            yield first, static._replace(num_blocks=1 << (left - 1).bit_length())
+        else:
+            yield first, static
+
+
 def _num_devices(static: _Static) -> int:
     return 1 if static.mesh is None else static.mesh.size
 
@@ -484,8 +497,8 @@ def _run_chunks(setup: _Setup, start: int, stop: int, *, offset: int = 0, pair_c
                     counter.add(group_words, keep)
 
     pending = None
-    for first in _first_blocks(start, stop, static.num_blocks * _num_devices(static)):
-        device_carry, states, bins = _step(static, device_carry, setup.key, setup.params,
+    for first, chunk_static in _chunks(static, start, stop):
+        device_carry, states, bins = _step(chunk_static, device_carry, setup.key, setup.params,
                                            setup.ranges, first, start, stop, offset)
         if pending is not None:
             consume(pending)

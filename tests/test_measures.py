@@ -141,6 +141,10 @@ def test_chunking_and_steps_do_not_change_results(key):
                                   activation=None, memory_budget=2**30, **kwargs)
         counts = measures._pair_block_counts(other, 0, 0, 20_000)[0]
         np.testing.assert_array_equal(measures._tables(other.static, counts), whole)
+        # steps that start and stop inside a chunk (the host counter's sample bounds)
+        part = measures._pair_block_counts(other, 0, 0, 7_000)
+        part = measures._pair_block_counts(other, 0, 7_000, 20_000, part)[0]
+        np.testing.assert_array_equal(measures._tables(other.static, part), whole)
     onehot, _ = pure.ei_parts_matrix(key, chain, params, samples=20_000, method="onehot",
                                      **kwargs)
     np.testing.assert_allclose(onehot, fixed, atol=1e-6)
