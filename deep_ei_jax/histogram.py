@@ -12,6 +12,7 @@ Two device kernels and one host accumulator:
 from __future__ import annotations
 
 import math
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -183,8 +184,8 @@ def state_bits(num_values: int, bins: int) -> int:
 
 
 def _state_kernels():
-    """numba kernels of `StateCounts`: a masked bincount, and exact counting of 64-bit keys in an
-    open-addressing table that stores each distinct key (so two keys never share a count)."""
+    """numba kernels of `StateCounts`: a masked bincount, and exact counts of 64-bit keys by a
+    radix sort and run lengths."""
     @numba.njit(nogil=True, cache=True)
     def add_dense(words, valid, counts):
         for s in range(words.shape[0]):
@@ -192,71 +193,124 @@ def _state_kernels():
                 counts[words[s, 0]] += 1
 
     @numba.njit(nogil=True, cache=True)
-    def insert(table, key, count):
-        """Adds `count` to `key`'s row of table [capacity, 2] = (key, count), probing linearly
-        from a multiplicative hash; a count of 0 marks a free row. True when the key is new."""
-        mask = table.shape[0] - 1
-        i = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
-        while table[i, 1] != 0 and table[i, 0] != key:
-            i = (i + 1) & mask
-        new = table[i, 1] == 0
-        table[i, 0] = key
-        table[i, 1] += count
-        return new
-
-    @numba.njit(nogil=True, cache=True)
-    def add_hashed(words, valid, table, start, room):
-        """Inserts rows start.. until `room` new keys went in; returns (next row, new keys)."""
-        new = 0
-        for s in range(start, words.shape[0]):
-            if new == room:
-                return s, new
+    def keys_of(words, valid):
+        """The valid rows' states (one or two uint32 words) as uint64 keys."""
+        keys = np.empty(words.shape[0], np.uint64)
+        n = 0
+        for s in range(words.shape[0]):
             if valid[s]:
                 key = np.uint64(words[s, 0])
                 if words.shape[1] == 2:
                     key = (key << np.uint64(32)) | np.uint64(words[s, 1])
-                if insert(table, key, np.uint64(1)):
-                    new += 1
-        return words.shape[0], new
+                keys[n] = key
+                n += 1
+        return keys[:n]
 
     @numba.njit(nogil=True, cache=True)
-    def rehash(table, bigger):
-        for i in range(table.shape[0]):
-            if table[i, 1] != 0:
-                insert(bigger, table[i, 0], table[i, 1])
+    def run_counts(keys, spare):
+        """(distinct keys ascending, their counts) of uint64 `keys`: a least-significant-digit
+        radix sort (10-bit digits, skipping digits that are the same for every key), then run
+        lengths. Overwrites `keys` and `spare` (uint64, at least as long)."""
+        n = keys.shape[0]
+        source, target = keys, spare[:n]
+        largest = np.uint64(0)
+        for i in range(n):
+            largest = max(largest, source[i])
+        shift = 0
+        while shift < 64 and (largest >> np.uint64(shift)) != 0:
+            starts = np.zeros(1024, np.int64)
+            for i in range(n):
+                starts[(source[i] >> np.uint64(shift)) & np.uint64(1023)] += 1
+            if starts.max() < n:  # (one digit value for every key: this pass keeps the order)
+                total = 0
+                for d in range(1024):
+                    total, starts[d] = total + starts[d], total
+                for i in range(n):
+                    d = (source[i] >> np.uint64(shift)) & np.uint64(1023)
+                    target[starts[d]] = source[i]
+                    starts[d] += 1
+                source, target = target, source
+            shift += 10
+        if n == 0:
+            return source[:0].copy(), np.zeros(0, np.int64)
+        # run lengths: distinct keys into the other buffer, counts over the sorted keys (the
+        # write position never passes the read position)
+        previous, run, m = source[0], 1, 0
+        target[0] = previous
+        for i in range(1, n):
+            key = source[i]
+            if key == previous:
+                run += 1
+            else:
+                source[m] = np.uint64(run)
+                m += 1
+                target[m] = key
+                previous, run = key, 1
+        source[m] = np.uint64(run)
+        return target[:m + 1].copy(), source[:m + 1].astype(np.int64)
 
-    return add_dense, add_hashed, rehash
+    @numba.njit(nogil=True, cache=True)
+    def merge(keys_a, counts_a, keys_b, counts_b):
+        """Two ascending (distinct keys, counts) lists merged into one."""
+        keys = np.empty(keys_a.shape[0] + keys_b.shape[0], np.uint64)
+        counts = np.empty(keys.shape[0], np.int64)
+        i = j = m = 0
+        while i < keys_a.shape[0] or j < keys_b.shape[0]:
+            if j == keys_b.shape[0] or (i < keys_a.shape[0] and keys_a[i] < keys_b[j]):
+                keys[m], counts[m] = keys_a[i], counts_a[i]
+                i += 1
+            elif i == keys_a.shape[0] or keys_b[j] < keys_a[i]:
+                keys[m], counts[m] = keys_b[j], counts_b[j]
+                j += 1
+            else:
+                keys[m], counts[m] = keys_a[i], counts_a[i] + counts_b[j]
+                i += 1
+                j += 1
+            m += 1
+        return keys[:m].copy(), counts[:m].copy()
+
+    return add_dense, keys_of, run_counts, merge
 
 
 _state_kernel_cache: list = []
+_spare_buffers = threading.local()
+
+
+def _spare(size: int) -> np.ndarray:
+    """A reused uint64 scratch buffer of at least `size` (per thread): fresh large buffers cost a
+    page fault per 4 KiB, which here outweighed the sort."""
+    buffer = getattr(_spare_buffers, "buffer", None)
+    if buffer is None or buffer.shape[0] < size:
+        buffer = _spare_buffers.buffer = np.empty(max(size, 2 ** 16), np.uint64)
+    return buffer
 
 
 class StateCounts:
     """Exact counts of distinct states (packed uint32 rows), accumulated on the host in int64.
 
-    With numba installed and states of at most 64 bits (most uses), each chunk is counted as it
-    arrives: a dense count over 2**num_bits cells when `num_bits <= dense_bits`, otherwise an
-    open-addressing table keyed by the whole state (exact: equal counts only for equal states),
-    grown to stay at most half full. Without numba, or for wider states, rows are buffered and
-    merged when counts are asked for (or the buffer is large): a dense `bincount`, or a sort of
-    the buffered keys merged with the distinct keys so far (wide keys sort as raw bytes).
+    A state space of at most `dense_bits` bits is counted densely (a count per state; with numba
+    as each chunk arrives). Otherwise rows are buffered and merged when counts are asked for (or
+    the buffer is large): sorted, each run of equal states one count, merged with the distinct
+    states so far. With numba, states of up to 64 bits sort as uint64 keys by a radix sort;
+    without it, or for wider states, `np.unique` sorts them (wide ones as raw bytes). No hashing:
+    two states share a count only when they are equal.
     """
 
-    def __init__(self, num_bits: int, dense_bits: int = 24, buffer_rows: int = 2 ** 25):
+    def __init__(self, num_bits: int, dense_bits: int | None = None, buffer_rows: int = 2 ** 25):
+        if dense_bits is None:  # a dense table pays for every state, seen or not
+            dense_bits = 16 if numba is not None else 24
         self.num_bits = num_bits
         self.dense = num_bits <= dense_bits
         self.buffer_rows = buffer_rows
         self.total = 0
-        self.hashed = numba is not None and not self.dense and num_bits <= 64
-        if numba is not None and not _state_kernel_cache:
+        self.compiled = numba is not None and num_bits <= 64
+        if self.compiled and not _state_kernel_cache:
             _state_kernel_cache.extend(_state_kernels())
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._dense_counts = np.zeros(2 ** num_bits if self.dense else 0, np.int64)
         self._keys: np.ndarray | None = None  # sorted distinct keys (sparse mode)
         self._counts = np.zeros(0, np.int64)
-        self._distinct = 0  # hashed mode: keys in the table
-        self._table = np.zeros((2 ** 16, 2), np.uint64) if self.hashed else None  # (key, count)
 
     @staticmethod
     def _as_keys(words: np.ndarray) -> np.ndarray:
@@ -271,26 +325,14 @@ class StateCounts:
     def add(self, words: np.ndarray, valid: np.ndarray) -> None:
         """Counts the rows of `words` (uint32 [S, W]) where `valid` ([S] bool) is True."""
         words, valid = np.asarray(words), np.asarray(valid, np.bool_)
-        if numba is not None and self.dense and words.shape[1] == 1:
-            add_dense = _state_kernel_cache[0]
-            add_dense(np.ascontiguousarray(words), valid, self._dense_counts)
+        if self.compiled and self.dense:
+            _state_kernel_cache[0](np.ascontiguousarray(words), valid, self._dense_counts)
             self.total += int(valid.sum())
             return
-        if self.hashed:
-            _, add_hashed, rehash = _state_kernel_cache
-            words = np.ascontiguousarray(words)
-            row = 0
-            while row < words.shape[0]:
-                room = self._table.shape[0] // 2 - self._distinct  # keep it at most half full
-                if room == 0:
-                    bigger = np.zeros((2 * self._table.shape[0], 2), np.uint64)
-                    rehash(self._table, bigger)
-                    self._table, room = bigger, bigger.shape[0] // 2 - self._distinct
-                row, new = add_hashed(words, valid, self._table, row, room)
-                self._distinct += new
-            self.total += int(valid.sum())
-            return
-        keys = self._as_keys(words[valid])
+        if self.compiled:
+            keys = _state_kernel_cache[1](np.ascontiguousarray(words), valid)
+        else:
+            keys = self._as_keys(words[valid])
         self.total += keys.shape[0]
         self._pending.append(keys)
         self._pending_rows += keys.shape[0]
@@ -305,6 +347,13 @@ class StateCounts:
         if self.dense:
             self._dense_counts += np.bincount(keys, minlength=self._dense_counts.size)
             return
+        if self.compiled:
+            _, _, run_counts, merge = _state_kernel_cache
+            unique, counts = run_counts(keys, _spare(keys.shape[0]))
+            if self._keys is not None:
+                unique, counts = merge(self._keys, self._counts, unique, counts)
+            self._keys, self._counts = unique, counts
+            return
         unique, counts = np.unique(keys, return_counts=True)
         if self._keys is not None:
             merged = np.concatenate([self._keys, unique])
@@ -313,11 +362,28 @@ class StateCounts:
             counts = np.bincount(inverse.ravel(), weights=weights, minlength=unique.size)
         self._keys, self._counts = unique, np.rint(counts).astype(np.int64)
 
+    def absorb(self, other: "StateCounts") -> None:
+        """Adds `other`'s counts (of states of the same bits) to these."""
+        other._merge()
+        self.total += other.total
+        if self.dense:
+            self._dense_counts += other._dense_counts
+        elif other._keys is not None:
+            self._merge()
+            if self._keys is None:
+                self._keys, self._counts = other._keys.copy(), other._counts.copy()
+            elif self.compiled:
+                self._keys, self._counts = _state_kernel_cache[3](self._keys, self._counts,
+                                                                  other._keys, other._counts)
+            else:
+                merged = np.concatenate([self._keys, other._keys])
+                weights = np.concatenate([self._counts, other._counts])
+                self._keys, inverse = np.unique(merged, return_inverse=True)
+                self._counts = np.rint(np.bincount(inverse.ravel(), weights=weights,
+                                                   minlength=self._keys.size)).astype(np.int64)
+
     def counts(self) -> np.ndarray:
-        """The nonzero counts, int64 (in no particular order)."""
-        if self.hashed:
-            counts = self._table[:, 1]
-            return counts[counts != 0].astype(np.int64)
+        """The nonzero counts, int64."""
         self._merge()
         if self.dense:
             return self._dense_counts[self._dense_counts > 0]

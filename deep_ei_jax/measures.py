@@ -114,10 +114,15 @@ class _Ranges(NamedTuple):
 
 # ---------------------------------------------------------------- the fused chunk kernels
 
-def _outputs(static: _Static, key, params, in_low, in_high, first_block, input_index=None):
-    """Samples one chunk of inputs and runs the chain: (x [S, n_in], y [S, padded_outputs])."""
+def _outputs(static: _Static, key, params, in_low, in_high, first_block, input_index=None,
+             inputs=None):
+    """Samples one chunk of inputs (or takes them: `inputs`, as sampled here) and runs the chain:
+    (x [S, n_in], y [S, padded_outputs])."""
     chain = static.chain
-    if static.single_input:
+    if inputs is not None:
+        x = inputs
+        y = apply(chain, params, x, final_activation=static.final_activation)
+    elif static.single_input:
         x = single_input_noise(key, first_block, static.num_blocks, static.num_inputs,
                                input_index, in_low, in_high)
         y = apply(chain, params, x.reshape((-1,) + tuple(chain.in_shape)),
@@ -176,9 +181,10 @@ def _step(static: _Static, carry, key, params, ranges: _Ranges, first_block, sta
 
 
 def _step_local(static: _Static, carry, key, params, ranges: _Ranges, first_block, start, stop,
-                offset):
-    """`_step` on one device (see there)."""
-    x, y = _outputs(static, key, params, ranges.in_low, ranges.in_high, first_block)
+                offset, inputs=None):
+    """`_step` on one device (see there); `inputs`: the chunk's inputs if already sampled."""
+    x, y = _outputs(static, key, params, ranges.in_low, ranges.in_high, first_block,
+                    inputs=inputs)
     in_chunk = sample_mask(first_block, static.num_blocks, start, stop)
     x_bins, _ = bin_indices(x, ranges.in_low, ranges.in_high, static.in_bins)
     counts, out_of_range = carry

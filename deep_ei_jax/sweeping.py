@@ -31,12 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, measures
-from .histogram import METHODS, state_bits
+from . import _checks, histogram, measures
+from . import estimators as _estimators
+from .histogram import METHODS, add_pairwise_counts_host, default_method, state_bits
 from .information import entropy, mutual_information
 from .layers import Chain, Dense, Flatten
 from .measures import sample_mesh
-from .sampling import SAMPLE_BLOCK
+from .sampling import SAMPLE_BLOCK, uniform_inputs
 
 MEASURES = ("ei", "ei_parts", "sensitivity", "degeneracy")
 DEFAULT_MEMORY_BUDGET = 1024 * 2 ** 20  # bytes one compiled call may hold, all K of it together
@@ -190,7 +191,8 @@ def _vector_pass(plan: _Plan, key, params, ranges):
         result["entropies"] = jnp.stack([
             state_entropy(flat(wx), keep, x_bits), state_entropy(flat(wy), keep, y_bits),
             state_entropy(flat(wxy), keep, x_bits + y_bits if wxy.shape[-1] == 1 else None)])
-        result["dropped"] = jnp.sum(dropped)
+        # as a single call reports it: samples dropped whole, none under policy "clip"
+        result["dropped"] = jnp.sum(dropped) * (static.policy == "drop")
     return result
 
 
@@ -232,6 +234,88 @@ def _sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
     if plan.vectorized:
         return jax.vmap(one)(keys, stacked_params)
     return jax.lax.map(lambda args: one(*args), (keys, stacked_params))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _host_chunk(static, key, stacked_params, ranges, first_block, stop):
+    """One chunk of the all-inputs intervention for every set: per set its out-of-range counts,
+    packed states and bins for the host. The inputs are sampled once (every set sees the same
+    samples) and the sets run one after another (`lax.map`), each layer computed exactly as in
+    a single call."""
+    x = uniform_inputs(key, first_block, static.num_blocks, static.chain.in_shape, ranges.in_low,
+                       ranges.in_high)
+
+    def one(params):
+        carry = (jnp.zeros((), jnp.int32), jnp.zeros(static.block_size, jnp.int32))
+        (_, out_of_range), states, bins = measures._step_local(
+            static, carry, key, params, ranges, first_block, 0, stop, 0, inputs=x)
+        return out_of_range, states, bins
+    return jax.lax.map(one, stacked_params)
+
+
+def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int) -> dict:
+    """EI and EI_parts of every set, counted on the host as a single call counts them.
+
+    The device samples, runs the layer and bins for all sets at once (one vmapped program per
+    chunk); the host's numba counters then count each set's pairwise tables and joint states,
+    while the device computes the next chunk. The counts, and the formulas applied to them, are a
+    single call's, so the results equal single calls exactly (EI) or to float32 rounding of the
+    same compiled MI (EI_parts).
+    """
+    static = plan.vector
+    n_out = static.num_outputs
+    tables = (np.zeros((num_sets,) + measures._new_pair_carry(static)[0].shape, np.int32)
+              if static.pairs else None)
+    # one (x, y, joint) triplet per set: the sweep's one group is the whole layer
+    counters = [measures._state_counters(static)[0] for _ in range(num_sets)] if static.groups \
+        else None
+    shared_x = measures._state_counters(static)[0][0] if static.groups else None
+    out_of_range = np.zeros(num_sets, np.int64)
+    dropped = np.zeros(num_sets, np.int64)
+
+    def consume(outputs, first):
+        oor, states, bins = jax.device_get(outputs)
+        if bins:
+            out_of_range[:] += oor.sum(axis=1)
+            chunk_start = first * SAMPLE_BLOCK
+            stop = min(plan.samples - chunk_start, bins[0].shape[2])
+            for k in range(num_sets):
+                add_pairwise_counts_host(bins[0][k], bins[1][k], static.out_bins, tables[k], 0,
+                                         stop)
+        if states:
+            keep, out, ((wx, wy, wxy),) = states
+            if static.policy == "drop":
+                dropped[:] += out.sum(axis=1)
+            # every set sees the same inputs: while they keep the same samples (no drops, or
+            # the same ones), their input states are counted once
+            shared = bool(np.all(keep == keep[:1]))
+            if shared:
+                shared_x.add(wx[0], keep[0])
+            for k in range(num_sets):
+                if not shared:
+                    counters[k][0].add(wx[k], keep[k])
+                counters[k][1].add(wy[k], keep[k])
+                counters[k][2].add(wxy[k], keep[k])
+
+    pending = None
+    for first, chunk_static in measures._chunks(static, 0, plan.samples):
+        outputs = _host_chunk(chunk_static, key, stacked_params, ranges, first, plan.samples)
+        if pending is not None:
+            consume(*pending)
+        pending = (outputs, first)
+    consume(*pending)
+    result = {}
+    if static.pairs:
+        parts = [measures._block_statistics(static, tables[k])[0] for k in range(num_sets)]
+        result["parts"] = np.stack(jax.device_get(parts))[:, :, :n_out]
+        result["out_of_range"] = out_of_range
+    if static.groups:
+        for cx, _, _ in counters:
+            cx.absorb(shared_x)
+        result["ei"] = np.array([_estimators.states_mutual_information(
+            cx.counts(), cy.counts(), cxy.counts()) for cx, cy, cxy in counters])
+        result["dropped"] = dropped
+    return result
 
 
 # ---------------------------------------------------------------- arguments and planning
@@ -298,13 +382,11 @@ def _num_sets(stacked_params) -> int:
 
 
 def _sweep_method(method: str) -> str:
+    """'auto': the single calls' default (numba's host counters on a CPU when installed)."""
     _checks.check_choice("method", method, METHODS)
-    if method == "numba":
-        raise ValueError("method='numba' counts on the host and cannot be vmapped; use 'auto', "
-                         "'scatter' or 'onehot'")
-    if method == "auto":
-        return "scatter" if jax.default_backend() == "cpu" else "onehot"
-    return method
+    if method == "numba" and histogram.numba is None:
+        raise ValueError("method='numba' needs numba: pip install numba (or the [fast] extra)")
+    return default_method() if method == "auto" else method
 
 
 def _check_measures(names) -> tuple:
@@ -350,6 +432,12 @@ def _per_set_bytes(plan_vector, plan_single, samples, sensitivity_samples) -> in
         total += 4 * plan_single.num_inputs * plan_single.num_outputs * plan_single.in_bins \
             * plan_single.out_bins
     return total
+
+
+def _vectorized(chain: Chain) -> bool:
+    """Whether the sets are vmapped (Dense chains: a batched matmul rounds as a single call's);
+    other chains run set by set with `lax.map`."""
+    return all(isinstance(spec, (Dense, Flatten)) for spec in chain.layers)
 
 
 def _bits(bins: int) -> int:
@@ -398,10 +486,12 @@ def _plan(key, chain, params0, *, in_range, out_range, in_bins, out_bins, policy
                          f"memory_budget={memory_budget / 2**20:.1f} MiB; use fewer samples or "
                          f"bins, or raise memory_budget")
     num_chunks = sensitivity_chunks = 0
-    vectorized = all(isinstance(spec, (Dense, Flatten)) for spec in chain.layers)
+    vectorized = _vectorized(chain)
     together = batch if vectorized else 1  # sets whose chunks are in memory at once
     if vector is not None:
-        rows = (vector.num_inputs * n if need_pairs else 0) + vector.num_inputs + n
+        rows = vector.num_inputs + n  # the bins (and states) of a sample
+        if need_pairs and vector.method != "numba":  # plus its joint indices on the device
+            rows += vector.num_inputs * n
         blocks, num_chunks = _chunk_blocks(samples, rows * together, _SCATTER_ENTRIES)
         vector = vector._replace(num_blocks=blocks)
     if single is not None:
@@ -466,13 +556,18 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
     _checks.check_params(chain, stacked_params, stacked=True)  # shapes, NaN/inf in any set
     stacked_params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), stacked_params)
     params0 = jax.tree_util.tree_map(lambda a: a[0], stacked_params)
+    method = _sweep_method(method)
+    mesh = sample_mesh(devices)  # checked in every case
+    if method == "numba" and (mesh is not None or not _vectorized(chain)):
+        # numba's host counters serve Dense chains on one device; sharded sets, and chains
+        # measured set by set, count on their devices
+        method = "scatter"
     plan, key, ranges, batch = _plan(
         key, chain, params0, in_range=in_range, out_range=out_range, in_bins=in_bins,
-        out_bins=out_bins, policy=policy, method=_sweep_method(method), activation=activation,
+        out_bins=out_bins, policy=policy, method=method, activation=activation,
         samples=samples, sensitivity_samples=sensitivity_samples, names=names,
         num_sets=num_sets, max_batch=max_batch, memory_budget=memory_budget)
 
-    mesh = sample_mesh(devices)  # checked in every case
     if not plan.vectorized:
         mesh = None  # chains measured set by set run on one device
     sharding = None
@@ -480,6 +575,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         batch = -(-batch // mesh.size) * mesh.size  # whole sets per device (padding repeats one)
         sharding = jax.sharding.NamedSharding(
             jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
+    host_counting = plan.vector is not None and plan.vector.method == "numba"
     outputs = []
     for start in range(0, num_sets, batch):
         stop = min(start + batch, num_sets)
@@ -490,7 +586,12 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
             impl=jax.random.key_impl(key))
         if sharding is not None:
             part, keys = jax.device_put((part, keys), sharding)
-        result = _sweep_kernel(plan, keys, part, ranges)
+        if host_counting:  # EI and EI_parts counted on the host; sensitivity on the device
+            result = _host_vector_pass(plan, key, part, ranges, batch)
+            if plan.single is not None:
+                result.update(_sweep_kernel(plan._replace(vector=None), keys, part, ranges))
+        else:
+            result = _sweep_kernel(plan, keys, part, ranges)
         outputs.append(jax.tree_util.tree_map(lambda a: a[:stop - start], result))
     outputs = jax.device_get(outputs)
     merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
@@ -518,6 +619,9 @@ def _assemble(names, merged, samples, sensitivity_samples) -> SweepResult:
     if "entropies" in merged:
         h = merged["entropies"].astype(np.float64)
         ei = np.maximum(h[:, 0] + h[:, 1] - h[:, 2], 0.0)
+    if "ei" in merged:
+        ei = merged["ei"].astype(np.float64)
+    if "dropped" in merged:
         dropped = merged["dropped"].astype(np.int64)
     if "parts" in merged:
         parts_matrix = merged["parts"].astype(np.float64)

@@ -112,8 +112,8 @@ def test_state_counts_match_unique(width, bins):
 @pytest.mark.parametrize("with_numba", [True, False])
 @pytest.mark.parametrize("bits", [27, 40])  # one word / two words per state
 def test_state_counts_exact_through_table_growth(monkeypatch, with_numba, bits):
-    """Enough distinct states to grow the open-addressing table several times (it starts with
-    room for 2**15), in uneven chunks; and the sort path without numba gives the same counts."""
+    """Many distinct states with repeats, in uneven chunks and merged across buffer flushes: the
+    radix-sorted counts (numba) and np.unique's (without numba) equal a direct count."""
     from deep_ei_jax import histogram
     if not with_numba:
         monkeypatch.setattr(histogram, "numba", None)
@@ -123,13 +123,36 @@ def test_state_counts_exact_through_table_growth(monkeypatch, with_numba, bits):
     words = np.stack([keys >> np.uint64(32), keys & np.uint64(2 ** 32 - 1)], 1).astype(np.uint32)
     words = words[:, 1:] if bits <= 32 else words
     valid = rng.random(keys.size) > 0.1
-    counter = StateCounts(bits)
-    assert counter.hashed == with_numba
+    counter = StateCounts(bits, buffer_rows=100_000)  # several merges
+    assert counter.compiled == with_numba
     for lo, hi in [(0, 1000), (1000, 250_000), (250_000, 400_000)]:
         counter.add(words[lo:hi], valid[lo:hi])
     _, expected = np.unique(keys[valid], return_counts=True)
     np.testing.assert_array_equal(np.sort(counter.counts()), np.sort(expected))
     assert counter.total == valid.sum()
+
+
+@pytest.mark.parametrize("with_numba", [True, False])
+@pytest.mark.parametrize("bits", [12, 30, 40])  # dense / one-word sparse / two-word sparse
+def test_state_counts_absorb_equals_counting_together(monkeypatch, with_numba, bits):
+    from deep_ei_jax import histogram
+    if not with_numba:
+        monkeypatch.setattr(histogram, "numba", None)
+    rng = np.random.default_rng(7)
+    keys = rng.integers(0, 2 ** min(bits, 14), 20_000, dtype=np.uint64) << np.uint64(bits - 14) \
+        if bits > 14 else rng.integers(0, 2 ** bits, 20_000, dtype=np.uint64)
+    words = np.stack([keys >> np.uint64(32), keys & np.uint64(2 ** 32 - 1)], 1).astype(np.uint32)
+    words = words[:, 1:] if bits <= 32 else words
+    valid = rng.random(keys.size) > 0.1
+    together, first, second, empty = (StateCounts(bits) for _ in range(4))
+    together.add(words, valid)
+    first.add(words[:7000], valid[:7000])
+    second.add(words[7000:], valid[7000:])
+    first.absorb(second)
+    empty.absorb(first)  # into a counter that has nothing yet
+    for counter in (first, empty):
+        np.testing.assert_array_equal(np.sort(counter.counts()), np.sort(together.counts()))
+        assert counter.total == together.total == valid.sum()
 
 
 def test_join_states_distinguishes_pairs():

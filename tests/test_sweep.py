@@ -51,13 +51,15 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
     return result
 
 
-def test_sweep_equals_single_calls_one_word_states(key):
+# "numba": EI and EI_parts counted on the host (the CPU default); "scatter": all on the device
+@pytest.mark.parametrize("method", ["numba", "scatter"])
+def test_sweep_equals_single_calls_one_word_states(key, method):
     # 4 -> 5 sigmoid at 8 bins: X 12 bits (dense count), Y 15 bits (dense), joint 27 bits (sort)
     rng = np.random.default_rng(1)
     chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(4,))
     result = _check_equal_to_single_calls(key, chain, _sets(rng, [(4, 5)], 3), 20_000, 700,
                                           in_range=(0, 1), out_range=(0, 1), in_bins=8,
-                                          out_bins=8)
+                                          out_bins=8, method=method)
     assert result.ei.shape == (3,) and result.ei_parts_matrix.shape == (3, 4, 5)
     assert result.sensitivity_matrix.shape == (3, 4, 5)
     assert len(set(np.round(result.ei, 6))) == 3  # three different sets, three different values
@@ -65,7 +67,8 @@ def test_sweep_equals_single_calls_one_word_states(key):
 
 @pytest.mark.filterwarnings("ignore:.*outside out_range:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:.*dropped more than 1%:RuntimeWarning")
-def test_sweep_equals_single_calls_two_layers_multiword_and_dropped(key):
+@pytest.mark.parametrize("method", ["numba", "scatter"])
+def test_sweep_equals_single_calls_two_layers_multiword_and_dropped(key, method):
     # 3 -> 4 (tanh) -> 3 (identity) at 64 in-bins / 16 out-bins, out_range narrower than the
     # outputs: X 18 bits, Y 12 bits, joint 30 bits; many samples dropped whole; then 64 out-bins
     # (joint 36 bits: two words, lexicographic sort).
@@ -73,13 +76,18 @@ def test_sweep_equals_single_calls_two_layers_multiword_and_dropped(key):
     chain = pure.Chain(layers=(pure.Dense(activation="tanh"), pure.Dense()), in_shape=(3,))
     sets = _sets(rng, [(3, 4), (4, 3)], 3)
     result = _check_equal_to_single_calls(key, chain, sets, 5000, 300, in_range=(0, 1),
-                                          out_range=(-1, 1), in_bins=64, out_bins=16)
+                                          out_range=(-1, 1), in_bins=64, out_bins=16,
+                                          method=method)
     assert np.all(result.dropped > 0)
     with pytest.warns(RuntimeWarning, match=r"3 of 3 parameter sets dropped more than 1%"):
         pure.sweep(key, chain, pure.stack_params(sets), samples=5000, sensitivity_samples=300,
-                   in_range=(0, 1), out_range=(-1, 1), in_bins=64, out_bins=16)
+                   in_range=(0, 1), out_range=(-1, 1), in_bins=64, out_bins=16, method=method)
+    clipped = pure.sweep(key, chain, pure.stack_params(sets), samples=5000, policy="clip",
+                         sensitivity_samples=300, in_range=(0, 1), out_range=(-1, 1), in_bins=64,
+                         out_bins=16, method=method)
+    np.testing.assert_array_equal(clipped.dropped, 0)  # as single calls: nothing dropped
     _check_equal_to_single_calls(key, chain, sets, 5000, 300, in_range=(0, 1), out_range=(-3, 3),
-                                 in_bins=64, out_bins=64)
+                                 in_bins=64, out_bins=64, method=method)
 
 
 def test_sweep_equals_single_calls_conv(key):
@@ -156,6 +164,15 @@ def test_stack_params_names_the_set_that_differs():
         pure.stack_params([])
 
 
+def test_sweep_method_numba_needs_numba(key, monkeypatch):
+    from deep_ei_jax import histogram
+    chain = pure.Chain(layers=(pure.Dense(),), in_shape=(2,))
+    stacked = ({"w": np.zeros((3, 2, 2), np.float32)},)
+    monkeypatch.setattr(histogram, "numba", None)
+    with pytest.raises(ValueError, match=r"method='numba' needs numba: pip install numba"):
+        pure.sweep(key, chain, stacked, method="numba", samples=100)
+
+
 def test_sweep_argument_errors(key):
     chain = pure.Chain(layers=(pure.Dense(),), in_shape=(2,))
     stacked = ({"w": np.zeros((3, 2, 2), np.float32), "b": np.zeros((2, 2), np.float32)},)
@@ -165,8 +182,6 @@ def test_sweep_argument_errors(key):
     stacked = ({"w": np.zeros((3, 2, 2), np.float32)},)
     with pytest.raises(ValueError, match="out_range must be fixed in a sweep"):
         pure.sweep(key, chain, stacked, out_range="dynamic", samples=100)
-    with pytest.raises(ValueError, match="method='numba'"):
-        pure.sweep(key, chain, stacked, method="numba", samples=100)
     with pytest.raises(ValueError, match=r"measures must be names from .*got 'vector'"):
         pure.sweep(key, chain, stacked, measures=("vector",), samples=100)
     with pytest.raises(ValueError, match=r"one entry per layer of the chain \(1\); got 2"):
