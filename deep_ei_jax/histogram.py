@@ -1,13 +1,16 @@
 """Exact integer counting: all pairwise joint tables at once, and joint-state counts of vectors.
 
-Two device kernels and one host accumulator:
+Device kernels and host counters:
 
 * `pairwise_counts`: the [n_in, n_out, in_bins, out_bins] tables of every (input, output) pair of
-  one chunk, by scatter-add of a joint index (fast on CPU) or by one-hot matmul (tensor cores on a
-  GPU). Both give identical int32 counts.
+  one chunk, by scatter-add of a joint index (XLA on a CPU) or by one-hot matmul (tensor cores on
+  a GPU). Both give identical int32 counts.
+* `add_pairwise_counts_host`: the same tables counted on the host by a numba loop (the CPU
+  default when numba is installed), inputs in pairs when their joint table is small.
 * `pack_states`: each sample's tuple of bin indices packed into uint32 words, losslessly.
 * `StateCounts`: a host-side exact counter of distinct packed states, merged across chunks in int64
-  (dense `bincount` when the state space is small, sort-based `unique` otherwise; no hashing).
+  (a dense count when the state space is small; otherwise sorted, by a numba radix sort or
+  `np.unique`, and runs counted; no hashing).
 """
 from __future__ import annotations
 
@@ -277,8 +280,8 @@ _spare_buffers = threading.local()
 
 
 def _spare(size: int) -> np.ndarray:
-    """A reused uint64 scratch buffer of at least `size` (per thread): fresh large buffers cost a
-    page fault per 4 KiB, which here outweighed the sort."""
+    """A reused uint64 scratch buffer of at least `size` (per thread): a fresh large buffer costs
+    a page fault per 4 KiB (measured here: about as long as the radix sort of 1e5 keys)."""
     buffer = getattr(_spare_buffers, "buffer", None)
     if buffer is None or buffer.shape[0] < size:
         buffer = _spare_buffers.buffer = np.empty(max(size, 2 ** 16), np.uint64)

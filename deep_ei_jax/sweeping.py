@@ -13,11 +13,15 @@ kernels `measures._step` and `measures._single_input_step` make them), so::
     result.degeneracy[k]  == result.sensitivity[k] - result.ei[k]
 
 The layer runs bit for bit as in a single call (see `_sweep_kernel`), so every count is the same
-integer; EI_parts and sensitivity agree to float32 rounding of the same MI formula. Vector EI is
-counted on the device (packed joint states sorted, runs counted) and its entropies are summed in
-float32, where a single call counts on the host and sums in float64: the two agree to about 1e-5
-bits (see `state_entropy`). Sample counts are fixed; output ranges and bin counts must be fixed
-numbers (not 'dynamic'). Note that `pure.degeneracy` splits its key in two; the sweep's degeneracy
+integer; EI_parts and sensitivity agree to float32 rounding of the same MI formula. On a CPU with
+numba (method 'auto' or 'numba', Dense chains, one device) the inputs of each chunk are sampled
+once for all sets, each set's layer runs as a single call's, and EI and EI_parts are counted on
+the host by the single calls' counters (`_host_vector_pass`): vector EI then equals the single
+call exactly. Otherwise (GPUs, 'scatter'/'onehot', convolutions, sharded sets) everything runs on
+the device: vector EI's packed joint states are sorted, runs counted, and the entropies summed in
+float32, where a single call sums in float64: the two agree to about 1e-5 bits (see
+`state_entropy`). Sample counts are fixed; output ranges and bin counts must be fixed numbers
+(not 'dynamic'). Note that `pure.degeneracy` splits its key in two; the sweep's degeneracy
 uses the same key for EI and sensitivity, as the deep-ei style calls with one `seed` do.
 """
 from __future__ import annotations
@@ -525,8 +529,8 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
       measures: which of ('ei', 'ei_parts', 'sensitivity', 'degeneracy') to compute; only the
         work they need runs.
       policy: 'drop' or 'clip' for outputs outside out_range (as the single calls).
-      method: pairwise counting kernel, 'auto' | 'scatter' | 'onehot' (not 'numba': it runs on
-        the host and cannot be vmapped; all methods give identical counts).
+      method: 'auto' (numba's host counters on a CPU when installed, else the device kernels),
+        'numba', 'scatter' or 'onehot' (all give identical counts; see the module docstring).
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_batch: at most this many sets per compiled call (None: as many as memory_budget allows).
       devices: devices to shard the sets over (None: every local device of the default backend;
