@@ -177,10 +177,7 @@ def check_params(chain, params, *, stacked: bool = False):
       TypeError / ValueError naming the layer index, the parameter and the expected and received
       shapes (or the first non-finite entry).
     """
-    import jax
-    import jax.numpy as jnp
-
-    from .layers import Conv2d, Dense, _apply_one
+    from .layers import Conv2d, Dense, layers_out_shape, param_shapes
     check_chain(chain)
     if not isinstance(params, (tuple, list)):
         raise TypeError(f"params must be a tuple with one dict of arrays per layer of the chain "
@@ -224,18 +221,16 @@ def check_params(chain, params, *, stacked: bool = False):
             _check_dense(i, name, arrays, shape)
         elif isinstance(spec, Conv2d):
             _check_conv(i, name, spec, arrays, shape)
-        abstract = {k: jax.ShapeDtypeStruct(a.shape, jnp.float32) for k, a in arrays.items()}
         try:
-            out = jax.eval_shape(lambda p, x, spec=spec: _apply_one(spec, p, x), abstract,
-                                 jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
+            out = layers_out_shape((spec,), param_shapes((arrays,)), shape)
         except Exception as error:  # noqa: BLE001 - a shape the layer cannot take
             first = str(error).strip().splitlines()
             raise ValueError(f"{name} cannot take a per-sample input of shape {shape}: "
                              f"{first[0] if first else type(error).__name__}") from None
-        if not all(out.shape[1:]):
-            raise ValueError(f"{name} gives an empty output (shape {tuple(out.shape[1:])}) for "
-                             f"a per-sample input of shape {shape}")
-        shape = tuple(out.shape[1:])
+        if not all(out):
+            raise ValueError(f"{name} gives an empty output (shape {out}) for a per-sample "
+                             f"input of shape {shape}")
+        shape = out
     return params
 
 

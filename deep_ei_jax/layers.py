@@ -9,6 +9,7 @@ Shapes are per sample and channel-first for images, as in torch: a Conv2d sees `
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Union
 
 import jax
@@ -153,10 +154,32 @@ def apply(chain: Chain, params: tuple, x: jax.Array, *, final_activation: Any = 
     return x
 
 
+def param_shapes(params) -> tuple:
+    """A hashable summary of params' structure: per layer, its sorted (name, shape) pairs."""
+    return tuple(tuple(sorted((k, tuple(np.shape(v))) for k, v in p.items() if v is not None))
+                 for p in params)
+
+
+@functools.lru_cache(maxsize=4096)
+def layers_out_shape(layers: tuple, shapes: tuple, in_shape: tuple) -> tuple:
+    """The per-sample output shape of `layers` (specs) with params of `shapes` (`param_shapes`)
+    for a per-sample input of `in_shape`: traced abstractly once per combination, then cached
+    (tracing cost ~1 ms a call, a noticeable share of a small layer's measurement). Raises
+    whatever the layers raise for shapes they cannot take."""
+    abstract = tuple({k: jax.ShapeDtypeStruct(shape, jnp.float32) for k, shape in layer}
+                     for layer in shapes)
+
+    def run(p, x):
+        for spec, q in zip(layers, p):
+            x = _apply_one(spec, q, x)
+        return x
+    x = jax.ShapeDtypeStruct((1,) + tuple(in_shape), jnp.float32)
+    return tuple(jax.eval_shape(run, abstract, x).shape[1:])
+
+
 def out_shape(chain: Chain, params: tuple) -> tuple:
     """The per-sample output shape of the chain (computed abstractly, no FLOPs)."""
-    spec = jax.ShapeDtypeStruct((1,) + tuple(chain.in_shape), jnp.float32)
-    return tuple(jax.eval_shape(lambda p, x: apply(chain, p, x), params, spec).shape[1:])
+    return layers_out_shape(tuple(chain.layers), param_shapes(params), tuple(chain.in_shape))
 
 
 def receptive_field(chain: Chain, params: tuple) -> tuple[int, int]:
