@@ -279,9 +279,15 @@ _state_kernel_cache: list = []
 _spare_buffers = threading.local()
 
 
+_SPARE_KEPT = 2 ** 22  # keys (32 MiB) of scratch kept between calls, per thread
+
+
 def _spare(size: int) -> np.ndarray:
-    """A reused uint64 scratch buffer of at least `size` (per thread): a fresh large buffer costs
-    a page fault per 4 KiB (measured here: about as long as the radix sort of 1e5 keys)."""
+    """A uint64 scratch buffer of at least `size`, reused between calls (per thread) up to
+    `_SPARE_KEPT` keys: a fresh large buffer costs a page fault per 4 KiB (measured here: about as
+    long as the radix sort of 1e5 keys). Larger requests get a buffer of their own."""
+    if size > _SPARE_KEPT:
+        return np.empty(size, np.uint64)
     buffer = getattr(_spare_buffers, "buffer", None)
     if buffer is None or buffer.shape[0] < size:
         buffer = _spare_buffers.buffer = np.empty(max(size, 2 ** 16), np.uint64)
