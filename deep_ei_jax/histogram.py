@@ -14,8 +14,10 @@ Device kernels and host counters:
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -186,8 +188,16 @@ def state_bits(num_values: int, bins: int) -> int:
     return 32 * full + rest * bits if full else rest * bits
 
 
-def _state_kernels():
-    """numba kernels of `StateCounts`: a masked bincount, and exact counts of 64-bit keys by a
+class _StateKernels(NamedTuple):
+    add_dense: Any
+    keys_of: Any
+    run_counts: Any
+    merge: Any
+
+
+@functools.lru_cache(maxsize=None)
+def _state_kernels() -> _StateKernels:
+    """numba kernels of `StateCounts` (compiled, or loaded from numba's cache, on first use): a masked bincount, and exact counts of 64-bit keys by a
     radix sort and run lengths."""
     @numba.njit(nogil=True, cache=True)
     def add_dense(words, valid, counts):
@@ -272,10 +282,9 @@ def _state_kernels():
             m += 1
         return keys[:m].copy(), counts[:m].copy()
 
-    return add_dense, keys_of, run_counts, merge
+    return _StateKernels(add_dense, keys_of, run_counts, merge)
 
 
-_state_kernel_cache: list = []
 _spare_buffers = threading.local()
 
 
@@ -313,8 +322,6 @@ class StateCounts:
         self.buffer_rows = buffer_rows
         self.total = 0
         self.compiled = numba is not None and num_bits <= 64
-        if self.compiled and not _state_kernel_cache:
-            _state_kernel_cache.extend(_state_kernels())
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._dense_counts = np.zeros(2 ** num_bits if self.dense else 0, np.int64)
@@ -335,11 +342,11 @@ class StateCounts:
         """Counts the rows of `words` (uint32 [S, W]) where `valid` ([S] bool) is True."""
         words, valid = np.asarray(words), np.asarray(valid, np.bool_)
         if self.compiled and self.dense:
-            _state_kernel_cache[0](np.ascontiguousarray(words), valid, self._dense_counts)
+            _state_kernels().add_dense(np.ascontiguousarray(words), valid, self._dense_counts)
             self.total += int(valid.sum())
             return
         if self.compiled:
-            keys = _state_kernel_cache[1](np.ascontiguousarray(words), valid)
+            keys = _state_kernels().keys_of(np.ascontiguousarray(words), valid)
         else:
             keys = self._as_keys(words[valid])
         self.total += keys.shape[0]
@@ -357,10 +364,9 @@ class StateCounts:
             self._dense_counts += np.bincount(keys, minlength=self._dense_counts.size)
             return
         if self.compiled:
-            _, _, run_counts, merge = _state_kernel_cache
-            unique, counts = run_counts(keys, _spare(keys.shape[0]))
+            unique, counts = _state_kernels().run_counts(keys, _spare(keys.shape[0]))
             if self._keys is not None:
-                unique, counts = merge(self._keys, self._counts, unique, counts)
+                unique, counts = _state_kernels().merge(self._keys, self._counts, unique, counts)
             self._keys, self._counts = unique, counts
             return
         unique, counts = np.unique(keys, return_counts=True)
@@ -382,7 +388,7 @@ class StateCounts:
             if self._keys is None:
                 self._keys, self._counts = other._keys.copy(), other._counts.copy()
             elif self.compiled:
-                self._keys, self._counts = _state_kernel_cache[3](self._keys, self._counts,
+                self._keys, self._counts = _state_kernels().merge(self._keys, self._counts,
                                                                   other._keys, other._counts)
             else:
                 merged = np.concatenate([self._keys, other._keys])

@@ -463,6 +463,20 @@ def _new_pair_carry(static: _Static):
     return counts, jnp.zeros(static.block_size, jnp.int32)
 
 
+def pipelined(chunks, dispatch, consume) -> None:
+    """For each chunk, `dispatch(chunk)` starts its (asynchronous) device work, and only then does
+    `consume(result, chunk)` take in the previous chunk's result on the host: host counting
+    overlaps the device's next chunk."""
+    pending = None
+    for chunk in chunks:
+        result = dispatch(chunk)
+        if pending is not None:
+            consume(*pending)
+        pending = (result, chunk)
+    if pending is not None:
+        consume(*pending)
+
+
 def _run_chunks(setup: _Setup, start: int, stop: int, *, offset: int = 0, pair_carry=None,
                 counters=None):
     """Runs the chunks covering samples [start, stop) once, feeding every counter they serve.
@@ -484,9 +498,15 @@ def _run_chunks(setup: _Setup, start: int, stop: int, *, offset: int = 0, pair_c
     device_carry = (jnp.zeros((), jnp.int32), pair_carry[1]) if host_pairs else pair_carry
     out_of_range = 0
 
-    def consume(outputs):
+    def dispatch(first, chunk_static):
+        nonlocal device_carry
+        device_carry, states, bins = _step(chunk_static, device_carry, setup.key, setup.params,
+                                           setup.ranges, first, start, stop, offset)
+        return states, bins
+
+    def consume(outputs, chunk):
         nonlocal out_of_range
-        states, bins, first = outputs
+        (states, bins), (first, _) = outputs, chunk
         if bins:
             # only the chunk's rows in [start, stop) are counted (the others carry the sentinel)
             chunk_start = first * SAMPLE_BLOCK
@@ -502,15 +522,7 @@ def _run_chunks(setup: _Setup, start: int, stop: int, *, offset: int = 0, pair_c
                 for counter, group_words in zip(triplet, words):
                     counter.add(group_words, keep)
 
-    pending = None
-    for first, chunk_static in _chunks(static, start, stop):
-        device_carry, states, bins = _step(chunk_static, device_carry, setup.key, setup.params,
-                                           setup.ranges, first, start, stop, offset)
-        if pending is not None:
-            consume(pending)
-        pending = (states, bins, first)
-    if pending is not None:
-        consume(pending)
+    pipelined(_chunks(static, start, stop), lambda chunk: dispatch(*chunk), consume)
     if host_pairs:
         pair_carry = (host_counts, device_carry[1])
     else:

@@ -260,9 +260,9 @@ def _host_chunk(static, key, stacked_params, ranges, first_block, stop):
 def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int) -> dict:
     """EI and EI_parts of every set, counted on the host as a single call counts them.
 
-    The device samples, runs the layer and bins for all sets at once (one vmapped program per
-    chunk); the host's numba counters then count each set's pairwise tables and joint states,
-    while the device computes the next chunk. The counts, and the formulas applied to them, are a
+    The device samples, runs the layer and bins for all sets (one program per chunk,
+    `_host_chunk`); the host's numba counters then count each set's pairwise tables and joint
+    states, while the device computes the next chunk. The counts, and the formulas applied to them, are a
     single call's, so the results equal single calls exactly (EI) or to float32 rounding of the
     same compiled MI (EI_parts).
     """
@@ -277,7 +277,8 @@ def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int) -
     out_of_range = np.zeros(num_sets, np.int64)
     dropped = np.zeros(num_sets, np.int64)
 
-    def consume(outputs, first):
+    def consume(outputs, chunk):
+        first = chunk[0]
         oor, states, bins = jax.device_get(outputs)
         if bins:
             out_of_range[:] += oor.sum(axis=1)
@@ -301,13 +302,10 @@ def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int) -
                 counters[k][1].add(wy[k], keep[k])
                 counters[k][2].add(wxy[k], keep[k])
 
-    pending = None
-    for first, chunk_static in measures._chunks(static, 0, plan.samples):
-        outputs = _host_chunk(chunk_static, key, stacked_params, ranges, first, plan.samples)
-        if pending is not None:
-            consume(*pending)
-        pending = (outputs, first)
-    consume(*pending)
+    measures.pipelined(
+        measures._chunks(static, 0, plan.samples),
+        lambda chunk: _host_chunk(chunk[1], key, stacked_params, ranges, chunk[0], plan.samples),
+        consume)
     result = {}
     if static.pairs:
         parts = [measures._block_statistics(static, tables[k])[0] for k in range(num_sets)]
