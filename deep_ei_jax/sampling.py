@@ -43,14 +43,13 @@ def _uniform(key: jax.Array, shape: tuple, low: jax.Array, high: jax.Array) -> j
     go to `jax.random.uniform` itself.
     """
     size = math.prod(shape)
-    if (jax.random.key_impl(key) != "threefry2x32" or size >= 2 ** 32
-            or not jax.config.jax_threefry_partitionable):
+    if (str(jax.random.key_impl(key)) != "threefry2x32" or size >= 2 ** 32
+            or not getattr(jax.config, "jax_threefry_partitionable", False)):
         return jax.random.uniform(key, shape, minval=low, maxval=high)
     k0, k1 = jax.random.key_data(key)
     counter = jax.lax.iota(jnp.uint32, size)  # the flat index; its high word is 0
     x0, x1 = _threefry2x32(k0, k1, jnp.zeros_like(counter), counter)
     mantissa = ((x0 ^ x1) >> jnp.uint32(32 - 23)) | jnp.uint32(np.float32(1.0).view(np.uint32))
-    # a barrier keeps XLA from fusing (and so repeating) the 20 rounds into every consumer
     unit = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
     return jnp.maximum(low, (unit * (high - low) + low).reshape(shape))

@@ -252,6 +252,8 @@ def test_fast_uniform_is_jax_uniform_bit_for_bit(shape):
         ours = jax.jit(lambda k: _uniform(k, shape, -1.5, 2.0))(key)
         np.testing.assert_array_equal(ours, jax.random.uniform(key, shape, minval=-1.5,
                                                                maxval=2.0))
+    # the default key takes the unrolled hash, not JAX's (rolled, slower on a CPU) primitive
+    assert "random_bits" not in str(jax.make_jaxpr(lambda k: _uniform(k, shape, 0.0, 1.0))(key))
     other = jax.random.key(0, impl="rbg")  # other key kinds are handed to jax.random.uniform
     np.testing.assert_array_equal(_uniform(other, shape, 0.0, 1.0),
                                   jax.random.uniform(other, shape))
