@@ -119,18 +119,15 @@ def _outputs(static: _Static, key, params, in_low, in_high, first_block, input_i
     """Samples one chunk of inputs (or takes them: `inputs`, as sampled here) and runs the chain:
     (x [S, n_in], y [S, padded_outputs])."""
     chain = static.chain
-    if inputs is not None:
-        x = inputs
-        y = apply(chain, params, x, final_activation=static.final_activation)
-    elif static.single_input:
-        x = single_input_noise(key, first_block, static.num_blocks, static.num_inputs,
-                               input_index, in_low, in_high)
-        y = apply(chain, params, x.reshape((-1,) + tuple(chain.in_shape)),
-                  final_activation=static.final_activation)
-    else:
-        x = uniform_inputs(key, first_block, static.num_blocks, chain.in_shape, in_low, in_high)
-        y = apply(chain, params, x, final_activation=static.final_activation)
-    x = x.reshape(x.shape[0], -1)
+    if inputs is None and static.single_input:
+        inputs = single_input_noise(key, first_block, static.num_blocks, static.num_inputs,
+                                    input_index, in_low, in_high)
+    elif inputs is None:
+        inputs = uniform_inputs(key, first_block, static.num_blocks, chain.in_shape, in_low,
+                                in_high)
+    y = apply(chain, params, inputs.reshape((-1,) + tuple(chain.in_shape)),
+              final_activation=static.final_activation)
+    x = inputs.reshape(inputs.shape[0], -1)
     y = y.reshape(y.shape[0], -1).astype(jnp.float32)
     pad = static.padded_outputs - static.num_outputs
     y = jnp.pad(y, ((0, 0), (0, pad)), constant_values=jnp.nan)  # padding is never in range
@@ -224,20 +221,34 @@ def _single_input_step(static: _Static, carry, key, params, ranges: _Ranges, fir
 
     Adds their [inputs, outputs, in_bins, out_bins] counts to `carry`.
     """
-    in_chunk = sample_mask(first_block, static.num_blocks, start, stop)
-
     def one_input(a):
-        real = in_chunk & (a < static.num_inputs)  # inputs past the last are padding
-        a = jnp.minimum(a, static.num_inputs - 1)
-        x, y = _outputs(static, key, params, ranges.in_low, ranges.in_high, first_block, a)
-        x_bins, _ = bin_indices(x[:, a][:, None], ranges.in_low, ranges.in_high, static.in_bins)
-        y_bins, y_in, countable = _bin_outputs(static, ranges, y, 0, static.padded_outputs)
-        counts = pairwise_counts(x_bins, y_bins, countable & real[:, None], static.in_bins,
+        x_bins, y_bins, valid, out_of_range = _single_input_bins(
+            static, key, params, ranges, first_block, start, stop, a)
+        counts = pairwise_counts(x_bins[:, None], y_bins, valid, static.in_bins,
                                  static.out_bins, static.method)[0]
-        return counts, jnp.sum(~y_in & real[:, None], axis=0, dtype=jnp.int32)
+        return counts, out_of_range
 
     counts, out_of_range = jax.vmap(one_input)(offset + jnp.arange(static.inputs_per_chunk))
     return carry[0] + counts, carry[1] + out_of_range.sum(0)
+
+
+def _single_input_bins(static: _Static, key, params, ranges: _Ranges, first_block, start, stop,
+                       a, noise=None):
+    """Input `a`'s one-input intervention over one chunk: (its bins [S], the outputs' bins
+    [S, n_out], which (sample, output) entries count, out-of-range counts per output). Inputs
+    past the last are padding and count nothing. `noise`: the chunk's inputs if already drawn."""
+    in_chunk = sample_mask(first_block, static.num_blocks, start, stop)
+    real = in_chunk & (a < static.num_inputs)
+    a = jnp.minimum(a, static.num_inputs - 1)
+    if noise is None:
+        noise = single_input_noise(key, first_block, static.num_blocks, static.num_inputs, a,
+                                   ranges.in_low, ranges.in_high)
+    _, y = _outputs(static, key, params, ranges.in_low, ranges.in_high, first_block,
+                    inputs=noise)
+    x_bins, _ = bin_indices(noise[:, a], ranges.in_low, ranges.in_high, static.in_bins)
+    y_bins, y_in, countable = _bin_outputs(static, ranges, y, 0, static.padded_outputs)
+    return (x_bins, y_bins, countable & real[:, None],
+            jnp.sum(~y_in & real[:, None], axis=0, dtype=jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -37,11 +37,12 @@ import numpy as np
 
 from . import _checks, histogram, measures
 from . import estimators as _estimators
-from .histogram import METHODS, add_pairwise_counts_host, default_method, state_bits
+from .histogram import (METHODS, add_pairwise_counts_host, default_method, host_bins_dtype,
+                        state_bits)
 from .information import entropy, mutual_information
 from .layers import Chain, Dense, Flatten
 from .measures import sample_mesh
-from .sampling import SAMPLE_BLOCK, uniform_inputs
+from .sampling import SAMPLE_BLOCK, single_input_noise, uniform_inputs
 
 MEASURES = ("ei", "ei_parts", "sensitivity", "degeneracy")
 DEFAULT_MEMORY_BUDGET = 1024 * 2 ** 20  # bytes one compiled call may hold, all K of it together
@@ -320,6 +321,57 @@ def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int) -
     return result
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _host_single_chunk(static, key, stacked_params, ranges, first_block, offset, stop):
+    """One chunk of the one-input intervention of inputs offset..offset+inputs_per_chunk for
+    every set: the noised inputs' bins [inputs, S] (shared: every set sees the same noise) and per
+    set the outputs' bins [inputs, n_out, S] for the host counter (`out_bins` marks an entry left
+    out) and the out-of-range counts [n_out]."""
+    inputs = offset + jnp.arange(static.inputs_per_chunk)
+    noise = jax.vmap(lambda a: single_input_noise(
+        key, first_block, static.num_blocks, static.num_inputs,
+        jnp.minimum(a, static.num_inputs - 1), ranges.in_low, ranges.in_high))(inputs)
+    dtype = host_bins_dtype(static.in_bins, static.out_bins)
+
+    def one(params):
+        def per_input(a, x):
+            x_bins, y_bins, valid, out_of_range = measures._single_input_bins(
+                static, key, params, ranges, first_block, 0, stop, a, noise=x)
+            return x_bins, jnp.where(valid, y_bins, static.out_bins).T.astype(dtype), out_of_range
+        x_bins, y_bins, out_of_range = jax.vmap(per_input)(inputs, noise)
+        return x_bins.astype(dtype), y_bins, out_of_range.sum(0)
+    x_bins, y_bins, out_of_range = jax.lax.map(one, stacked_params)
+    return x_bins[0], y_bins, out_of_range
+
+
+def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int) -> dict:
+    """The sensitivity matrices of every set, counted on the host (numba) as `_host_vector_pass`
+    counts EI_parts: the noise drawn once for all sets, each set's layer run as a single call's,
+    the same integer counts, MI by the same float32 formula."""
+    static = plan.single
+    n_in, n_out = static.num_inputs, static.num_outputs
+    cells = static.in_bins * (static.out_bins + 1)
+    tables = np.zeros((num_sets, n_in, n_out, cells), np.int32)
+    for offset in range(0, n_in, static.inputs_per_chunk):
+        def consume(outputs, chunk, offset=offset):
+            x_bins, y_bins, _ = jax.device_get(outputs)
+            stop = min(plan.sensitivity_samples - chunk[0] * SAMPLE_BLOCK, x_bins.shape[1])
+            for i, a in enumerate(range(offset, min(offset + static.inputs_per_chunk, n_in))):
+                for k in range(num_sets):
+                    add_pairwise_counts_host(x_bins[i][None], y_bins[k, i], static.out_bins,
+                                             tables[k, a][None], 0, stop)
+        measures.pipelined(
+            measures._chunks(static, 0, plan.sensitivity_samples),
+            lambda chunk, offset=offset: _host_single_chunk(
+                chunk[1], key, stacked_params, ranges, chunk[0], offset, plan.sensitivity_samples),
+            consume)
+    counts = tables.reshape(num_sets, n_in, n_out, static.in_bins, static.out_bins + 1)
+    return {"sensitivity": np.asarray(_table_mutual_information(counts[..., :static.out_bins]))}
+
+
+_table_mutual_information = jax.jit(mutual_information)
+
+
 # ---------------------------------------------------------------- arguments and planning
 
 def _leaves_with_paths(params):
@@ -467,9 +519,10 @@ def _plan(key, chain, params0, *, in_range, out_range, in_bins, out_bins, policy
         single = setup.static
     if need_states or need_pairs:
         whole = measures._whole_layer(chain, params0) if need_states else ()
+        # devices=1: a sweep shards its sets (`sweep`), never one set's samples
         vector_setup = measures._prepare(key, chain, params0, samples_hint=samples,
                                          single_input=False, pairs=need_pairs, groups=whole,
-                                         memory_budget=memory_budget, **common)
+                                         memory_budget=memory_budget, devices=1, **common)
         vector = vector_setup.static
         vector = vector._replace(padded_outputs=vector.num_outputs, block_size=vector.num_outputs)
         if setup is None:
@@ -577,7 +630,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         batch = -(-batch // mesh.size) * mesh.size  # whole sets per device (padding repeats one)
         sharding = jax.sharding.NamedSharding(
             jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
-    host_counting = plan.vector is not None and plan.vector.method == "numba"
+    host_counting = method == "numba" and (plan.vector is None or plan.vector.method == "numba")
     outputs = []
     for start in range(0, num_sets, batch):
         stop = min(start + batch, num_sets)
@@ -588,10 +641,12 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
             impl=jax.random.key_impl(key))
         if sharding is not None:
             part, keys = jax.device_put((part, keys), sharding)
-        if host_counting:  # EI and EI_parts counted on the host; sensitivity on the device
-            result = _host_vector_pass(plan, key, part, ranges, batch)
+        if host_counting:  # every count on the host
+            result = {}
+            if plan.vector is not None:
+                result.update(_host_vector_pass(plan, key, part, ranges, batch))
             if plan.single is not None:
-                result.update(_sweep_kernel(plan._replace(vector=None), keys, part, ranges))
+                result.update(_host_sensitivity_pass(plan, key, part, ranges, batch))
         else:
             result = _sweep_kernel(plan, keys, part, ranges)
         outputs.append(jax.tree_util.tree_map(lambda a: a[:stop - start], result))

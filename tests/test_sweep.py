@@ -111,8 +111,9 @@ def test_chunking_over_k_gives_identical_results(key, monkeypatch):
     whole = pure.sweep(key, chain, stacked, **binning)
     by_two = pure.sweep(key, chain, stacked, max_batch=2, **binning)      # 2 + 2 + 1 (padded)
     calls = []
-    kernel = sweeping._sweep_kernel
-    monkeypatch.setattr(sweeping, "_sweep_kernel", lambda *a: calls.append(1) or kernel(*a))
+    for name in ("_sweep_kernel", "_host_vector_pass"):  # the device and the host (CPU) paths
+        batch = getattr(sweeping, name)
+        monkeypatch.setattr(sweeping, name, lambda *a, batch=batch: calls.append(1) or batch(*a))
     tight = pure.sweep(key, chain, stacked, memory_budget=1_000_000, **binning)
     assert len(calls) > 1  # the budget split K over several calls
     for other in (by_two, tight):
@@ -130,9 +131,11 @@ def test_measures_subset_and_no_recompile_for_new_weights(key):
     first = pure.sweep(key, chain, pure.stack_params(_sets(rng, [(2, 2)], 2)), **binning)
     assert first.ei is None and first.ei_parts is None and first.degeneracy is None
     assert first.sensitivity.shape == (2,)
-    traces = sweeping._sweep_kernel._cache_size()
+    programs = (sweeping._sweep_kernel, sweeping._host_single_chunk)  # device / host paths
+    traces = [program._cache_size() for program in programs]
+    assert sum(traces) > 0
     pure.sweep(key, chain, pure.stack_params(_sets(rng, [(2, 2)], 2)), **binning)
-    assert sweeping._sweep_kernel._cache_size() == traces
+    assert [program._cache_size() for program in programs] == traces
 
 
 @pytest.mark.parametrize("num_words_bits", [(1, 10), (1, 27), (1, 32), (2, 40)])
