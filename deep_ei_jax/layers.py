@@ -35,7 +35,14 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
 
 
 class Dense(NamedTuple):
-    """y = x @ w + b over the last axis. Params: `w` [n_in, n_out], optional `b` [n_out]."""
+    """y = x @ w + b over the last axis. Params: `w` [n_in, n_out], optional `b` [n_out].
+
+    A fan-in of at most `ELEMENTWISE_FAN_IN` is computed as a chain of elementwise
+    multiply-adds in input order (x_0 w_0 + x_1 w_1 + ... then + b) instead of a matmul: several
+    times faster for such skinny products on a CPU, and every output is then the same sequence of
+    float operations whatever the batch or a `vmap` around it (a sweep's sets round exactly as
+    single calls do).
+    """
 
     activation: Activation = "identity"
 
@@ -76,6 +83,9 @@ class Flatten(NamedTuple):
     activation: Activation = "identity"
 
 
+# Dense layers with at most this many inputs multiply-add elementwise (see `Dense`).
+ELEMENTWISE_FAN_IN = 16
+
 LayerSpec = Union[Dense, Conv2d, AvgPool2d, MaxPool2d, Flatten]
 LAYER_TYPES = (Dense, Conv2d, AvgPool2d, MaxPool2d, Flatten)
 
@@ -107,7 +117,13 @@ def activation_fn(activation: Activation) -> Callable[[jax.Array], jax.Array]:
 def _apply_one(spec: LayerSpec, params: dict, x: jax.Array) -> jax.Array:
     """Applies one layer (without its activation) to a batch `x` of shape [N, *in_shape]."""
     if isinstance(spec, Dense):
-        y = x @ params["w"]
+        w = params["w"]
+        if w.shape[0] <= ELEMENTWISE_FAN_IN:
+            y = x[..., 0, None] * w[0]
+            for i in range(1, w.shape[0]):
+                y = y + x[..., i, None] * w[i]
+        else:
+            y = x @ w
         return y + params["b"] if params.get("b") is not None else y
     if isinstance(spec, Conv2d):
         y = jax.lax.conv_general_dilated(
