@@ -373,30 +373,66 @@ def expected_plugin_mutual_information(probabilities, num_samples: int):
         return np.asarray(values.reshape(shape[:-2]), np.float64)
 
 
-def entropy(counts, estimator: str = "plugin"):
-    """Entropy in bits of the distribution given by 1-d `counts` (NumPy, float64), by estimator.
+def count_spectrum(counts) -> tuple[np.ndarray, np.ndarray]:
+    """(c, m): the distinct values c of nonnegative integer `counts` (ascending, zeros left out)
+    and how many counts take each, both int64. Entropies computed from it (`spectrum_entropy`) do
+    not depend on the order the counts come in."""
+    counts = np.asarray(counts)
+    if counts.size and (not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0):
+        raise ValueError(f"counts must be nonnegative integers; got dtype {counts.dtype}")
+    multiplicity = np.bincount(counts.astype(np.int64, copy=False).ravel())
+    values = np.flatnonzero(multiplicity)
+    values = values[values > 0]
+    return values.astype(np.int64), multiplicity[values].astype(np.int64)
 
-    Miller-Madow adds (m - 1) / (2 N ln 2), m the occupied cells. The jackknife, in closed form
-    as for `mutual_information`: removing one sample of cell i changes only c_i and N, which gives
-    H_plugin + [sum_i (c_i / N) psi(c_i) - psi(N)] / ln 2. `I = H(X) + H(Y) - H(X, Y)` with each
-    entropy corrected this way equals `mutual_information` on the joint table, for every estimator.
+
+def spectrum_entropy(values, multiplicity, estimator: str = "plugin") -> float:
+    """Entropy in bits of the distribution whose cells hold the counts described by
+    (`values`, `multiplicity`) (see `count_spectrum`: multiplicity[i] cells hold values[i] samples
+    each), by estimator.
+
+    Plug-in: log2 N - sum_c m_c c log2(c) / N. Miller-Madow adds (m - 1) / (2 N ln 2), m the occupied
+    cells. The jackknife, in closed form as for `mutual_information`: removing one sample of a
+    cell holding c changes only c and N, which gives H_plugin + [sum_c m_c (c / N) psi(c) -
+    psi(N)] / ln 2. `I = H(X) + H(Y) - H(X, Y)` with each entropy corrected this way equals
+    `mutual_information` on the joint table, for every estimator. The sum runs over ascending c, so
+    equal spectra give bit-identical entropies however they were counted.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
-    counts = np.asarray(counts, np.float64)
-    total = counts.sum()
-    plugin = float(information.entropy(counts))
-    if total == 0 or estimator == "plugin":
+    values = np.asarray(values, np.int64)
+    multiplicity = np.asarray(multiplicity, np.int64)
+    total = int(np.dot(values, multiplicity))
+    if total == 0:
+        return 0.0
+    c = values.astype(np.float64)
+    weight = multiplicity * values  # samples in cells of each count (exact integers)
+    plugin = max(math.log2(total) - float((weight * np.log2(c)).sum()) / total, 0.0)
+    if estimator == "plugin":
         return plugin
     if estimator == "miller_madow":
-        return plugin + (np.count_nonzero(counts) - 1) / (2 * total * _LN2)
-    return plugin + float((counts * _psi(np, counts)).sum() / total - _psi(np, total)) / _LN2
+        return plugin + (int(multiplicity.sum()) - 1) / (2 * total * _LN2)
+    return plugin + float((weight * _psi(np, c)).sum() / total - _psi(np, float(total))) / _LN2
+
+
+def entropy(counts, estimator: str = "plugin"):
+    """Entropy in bits of the distribution given by 1-d integer `counts` (the cells' counts, in
+    any order), by estimator: `spectrum_entropy` of their `count_spectrum`."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
+    return spectrum_entropy(*count_spectrum(counts), estimator)
 
 
 def states_mutual_information(x_counts, y_counts, joint_counts, estimator: str = "plugin"):
     """I(X; Y) = H(X) + H(Y) - H(X, Y) in bits from the counts of each variable's distinct states
     (vector EI and groups), by estimator. Plug-in is clipped at 0 (rounding); the corrected ones
     are not."""
-    value = (entropy(x_counts, estimator) + entropy(y_counts, estimator)
-             - entropy(joint_counts, estimator))
+    return spectra_mutual_information(count_spectrum(x_counts), count_spectrum(y_counts),
+                                      count_spectrum(joint_counts), estimator)
+
+
+def spectra_mutual_information(x_spectrum, y_spectrum, joint_spectrum, estimator: str = "plugin"):
+    """`states_mutual_information` from the three variables' count spectra (`count_spectrum`)."""
+    value = (spectrum_entropy(*x_spectrum, estimator) + spectrum_entropy(*y_spectrum, estimator)
+             - spectrum_entropy(*joint_spectrum, estimator))
     return max(value, 0.0) if estimator == "plugin" else value

@@ -193,6 +193,9 @@ class _StateKernels(NamedTuple):
     keys_of: Any
     run_counts: Any
     merge: Any
+    state_keys: Any
+    sorted_order: Any
+    spectra: Any
 
 
 @functools.lru_cache(maxsize=None)
@@ -282,7 +285,165 @@ def _state_kernels() -> _StateKernels:
             m += 1
         return keys[:m].copy(), counts[:m].copy()
 
-    return _StateKernels(add_dense, keys_of, run_counts, merge)
+    @numba.njit(nogil=True, cache=True)
+    def state_keys(codes, stop, bits, sentinel):
+        """One uint32 key per sample 0..stop-1 of bin codes [n, S] (value j at bits j*bits..,
+        as `pack_states` packs one word), or _INVALID_KEY where any code equals `sentinel`."""
+        keys = np.zeros(stop, np.uint32)
+        invalid = np.uint32(_INVALID_KEY)
+        for j in range(codes.shape[0]):
+            row, shift = codes[j], np.uint32(j * bits)
+            for s in range(stop):
+                code = row[s]
+                if code == sentinel or keys[s] == invalid:
+                    keys[s] = invalid
+                else:
+                    keys[s] |= np.uint32(code) << shift
+        return keys
+
+    @numba.njit(nogil=True, cache=True)
+    def sorted_order(keys, bits):
+        """(keys ascending, the sample order that sorts them) of uint32 keys below 2**bits
+        (bits <= 32): one counting sort for up to 16 bits, else two by 16-bit digits (stable)."""
+        n = keys.shape[0]
+        order = np.empty(n, np.int32)
+        ordered = np.empty(n, np.uint32)
+        digit_bits = bits if bits <= 16 else 16
+        passes = 1 if bits <= 16 else 2
+        mask = np.uint32((1 << digit_bits) - 1)
+        source = np.arange(n).astype(np.int32)
+        for p in range(passes):
+            shift = np.uint32(p * digit_bits)
+            starts = np.zeros((1 << digit_bits) + 1, np.int64)
+            for s in range(n):
+                starts[((keys[s] >> shift) & mask) + 1] += 1
+            for d in range(1 << digit_bits):
+                starts[d + 1] += starts[d]
+            target = order if p == passes - 1 else np.empty(n, np.int32)
+            for t in range(n):
+                s = source[t]
+                d = (keys[s] >> shift) & mask
+                target[starts[d]] = s
+                starts[d] += 1
+            source = target
+        for t in range(n):
+            ordered[t] = keys[order[t]]
+        return ordered, order
+
+    @numba.njit(nogil=True, cache=True)
+    def compact(spectrum, largest):
+        """(values, multiplicities) of the nonzero entries 1..largest of `spectrum`, which is
+        zeroed there for the next use."""
+        m = 0
+        for c in range(1, largest + 1):
+            if spectrum[c]:
+                m += 1
+        values, multiplicity = np.empty(m, np.int64), np.empty(m, np.int64)
+        m = 0
+        for c in range(1, largest + 1):
+            if spectrum[c]:
+                values[m], multiplicity[m] = c, spectrum[c]
+                spectrum[c] = 0
+                m += 1
+        return values, multiplicity
+
+    @numba.njit(nogil=True, cache=True)
+    def spectra(x_sorted, order, y_keys, table, spectrum):
+        """Count spectra (`estimators.count_spectrum`) of the input states, the output states and
+        the joint states of the samples whose y key is valid, exactly, without sorting y: the
+        samples are walked in input-state order (`sorted_order`), so each input state's samples
+        are consecutive and their output states are counted in the dense `table` (int32 over
+        every y key, all zero, left zero), then read back and cleared. `spectrum`: int64
+        [3, samples + 1] zeros, left zero."""
+        n = order.shape[0]
+        invalid = np.uint32(_INVALID_KEY)
+        largest_x = largest_y = largest_xy = 0
+        for s in range(n):
+            key = y_keys[s]
+            if key != invalid:
+                table[key] += 1
+        for s in range(n):
+            key = y_keys[s]
+            if key != invalid and table[key] != 0:
+                c = table[key]
+                spectrum[1, c] += 1
+                largest_y = max(largest_y, c)
+                table[key] = 0
+        t = 0
+        while t < n:
+            first, x = t, x_sorted[t]
+            while t < n and x_sorted[t] == x:
+                t += 1
+            if t - first == 1:  # one sample: a state of its own (common with wide inputs)
+                if y_keys[order[first]] != invalid:
+                    spectrum[0, 1] += 1
+                    spectrum[2, 1] += 1
+                    largest_x, largest_xy = max(largest_x, 1), max(largest_xy, 1)
+                continue
+            kept = 0
+            for u in range(first, t):
+                key = y_keys[order[u]]
+                if key != invalid:
+                    table[key] += 1
+                    kept += 1
+            for u in range(first, t):
+                key = y_keys[order[u]]
+                if key != invalid and table[key] != 0:
+                    c = table[key]
+                    spectrum[2, c] += 1
+                    largest_xy = max(largest_xy, c)
+                    table[key] = 0
+            if kept:
+                spectrum[0, kept] += 1
+                largest_x = max(largest_x, kept)
+        return (compact(spectrum[0], largest_x), compact(spectrum[1], largest_y),
+                compact(spectrum[2], largest_xy))
+
+    return _StateKernels(add_dense, keys_of, run_counts, merge, state_keys, sorted_order,
+                         spectra)
+
+
+_INVALID_KEY = 0xFFFFFFFF  # a sample left out (some output out of range); never a real key
+# SortedInputs: input keys of up to 31 bits (sorted), output keys of up to this many (a dense
+# int32 table of 2**bits per counter: 64 MiB at 24)
+SORTED_OUTPUT_BITS = 24
+
+
+def sorted_inputs_fit(num_inputs: int, in_bins: int, num_outputs: int, out_bins: int) -> bool:
+    """Whether `SortedInputs` can count these states (numba installed, keys narrow enough)."""
+    return (numba is not None and num_inputs * bits_per_value(in_bins) <= 31
+            and num_outputs * bits_per_value(out_bins) <= SORTED_OUTPUT_BITS)
+
+
+class SortedInputs:
+    """One chunk's input states sorted once, to count the joint states of many output codings of
+    the same samples (a sweep's parameter sets) against: per set the count spectra of X, Y and
+    (X, Y), exact, in O(samples) without sorting (numba).
+
+    Args:
+      x_codes: input bins [n_in, S] (uint8/16), every one valid.
+      stop: only samples 0..stop-1 count.
+      in_bins: the input bins (sets the key layout).
+    """
+
+    def __init__(self, x_codes: np.ndarray, stop: int, in_bins: int, out_bits: int):
+        kernels = _state_kernels()
+        self.stop = int(stop)
+        self.bits = bits_per_value(in_bins)
+        key_bits = x_codes.shape[0] * self.bits
+        keys = kernels.state_keys(np.ascontiguousarray(x_codes), self.stop, self.bits, -1)
+        self.x_sorted, self.order = kernels.sorted_order(keys, key_bits)
+        self._table = np.zeros(2 ** out_bits, np.int32)
+        self._spectrum = np.zeros((3, self.stop + 1), np.int64)
+
+    def spectra(self, y_codes: np.ndarray, out_bins: int):
+        """((values, multiplicities) of X, of Y, of (X, Y)) over the samples whose every output
+        code is below `out_bins` (the sentinel `out_bins` marks an output left out: the whole
+        sample is then left out, the drop policy of vector EI)."""
+        kernels = _state_kernels()
+        keys = kernels.state_keys(np.ascontiguousarray(y_codes), self.stop,
+                                  bits_per_value(out_bins), out_bins)
+        return kernels.spectra(self.x_sorted, self.order, keys, self._table, self._spectrum)
 
 
 _spare_buffers = threading.local()

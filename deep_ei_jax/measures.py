@@ -201,17 +201,24 @@ def _step_local(static: _Static, carry, key, params, ranges: _Ranges, first_bloc
     if static.groups:
         y_bins, y_in, _ = _bin_outputs(static, ranges, y, 0, static.padded_outputs)
         real = jnp.arange(static.padded_outputs) < static.num_outputs
-        sample_in = jnp.all(y_in | ~real, axis=1)
-        keep = in_chunk & (sample_in if static.policy == "drop" else True)
-        x_state_bits = y_state_bits = None
-        for inputs, outputs in static.groups:
-            wx = pack_states(x_bins[:, list(inputs)], static.in_bins)
-            wy = pack_states(y_bins[:, list(outputs)], static.out_bins)
-            x_state_bits = state_bits(len(inputs), static.in_bins)
-            y_state_bits = state_bits(len(outputs), static.out_bins)
-            states += ((wx, wy, join_states(wx, x_state_bits, wy, y_state_bits)),)
-        states = (keep, in_chunk & ~sample_in, states)
+        states = _packed_states(static, x_bins, y_bins, y_in | ~real, in_chunk)
     return (counts, out_of_range), states, host_bins
+
+
+def _packed_states(static: _Static, x_bins, y_bins, y_in, in_chunk):
+    """(samples kept [S], samples with an output out of range [S], per group its packed (x, y,
+    joint) states) of one chunk: under policy "drop" a sample with any output out of range is
+    left out whole."""
+    sample_in = jnp.all(y_in, axis=1)
+    keep = in_chunk & (sample_in if static.policy == "drop" else True)
+    states = ()
+    for inputs, outputs in static.groups:
+        wx = pack_states(x_bins[:, list(inputs)], static.in_bins)
+        wy = pack_states(y_bins[:, list(outputs)], static.out_bins)
+        x_state_bits = state_bits(len(inputs), static.in_bins)
+        y_state_bits = state_bits(len(outputs), static.out_bins)
+        states += ((wx, wy, join_states(wx, x_state_bits, wy, y_state_bits)),)
+    return keep, in_chunk & ~sample_in, states
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)

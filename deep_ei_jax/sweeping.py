@@ -37,17 +37,19 @@ import numpy as np
 
 from . import _checks, histogram, measures
 from . import estimators as _estimators
-from .histogram import (METHODS, add_pairwise_counts_host, default_method, host_bins_dtype,
-                        state_bits)
+from .binning import bin_indices
+from .histogram import (METHODS, SortedInputs, add_pairwise_counts_host, default_method,
+                        host_bins_dtype, sorted_inputs_fit, state_bits)
 from .information import entropy, mutual_information
-from .layers import Chain, Dense, Flatten
+from .layers import ELEMENTWISE_FAN_IN, Chain, Dense, Flatten
 from .measures import sample_mesh
-from .sampling import SAMPLE_BLOCK, single_input_noise, uniform_inputs
+from .sampling import SAMPLE_BLOCK, sample_mask, single_input_noise, uniform_inputs
 
 MEASURES = ("ei", "ei_parts", "sensitivity", "degeneracy")
 DEFAULT_MEMORY_BUDGET = 1024 * 2 ** 20  # bytes one compiled call may hold, all K of it together
 _SCATTER_ENTRIES = 2 ** 23              # joint indices per chunk (all K of a call together)
 _DENSE_BITS = 20                        # count states densely up to 2**20 of them
+_HOST_CALL_ENTRIES = 2 ** 25            # bins one host-counted call returns (all its sets)
 
 
 class SweepResult(NamedTuple):
@@ -106,6 +108,8 @@ class _Plan(NamedTuple):
     vector: Any          # measures._Static of the all-inputs intervention, or None
     single: Any          # measures._Static of the sensitivity intervention, or None
     vectorized: bool     # vmap over the sets (Dense chains), else lax.map
+    exact_vmap: bool     # a vmap over the sets rounds as single calls (elementwise Dense layers)
+    sorted_states: bool  # host EI by `SortedInputs`: all samples in one chunk, narrow states
     samples: int
     num_chunks: int
     sensitivity_samples: int
@@ -241,92 +245,143 @@ def _sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
     return jax.lax.map(lambda args: one(*args), (keys, stacked_params))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _host_chunk(static, key, stacked_params, ranges, first_block, stop):
-    """One chunk of the all-inputs intervention for every set: per set its out-of-range counts,
-    packed states and bins for the host. The inputs are sampled once (every set sees the same
-    samples) and the sets run one after another (`lax.map`), each layer computed exactly as in
-    a single call."""
+def _over_sets(fn, stacked_params, exact_vmap: bool):
+    """`fn(params)` for every set: vmapped where each set then rounds exactly as a single call
+    (`_Plan.exact_vmap`), else one set after another (`lax.map`, each a single call's program)."""
+    return jax.vmap(fn)(stacked_params) if exact_vmap else jax.lax.map(fn, stacked_params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _host_chunk(static, exact_vmap, pack, key, stacked_params, ranges, first_block, stop):
+    """One chunk of the all-inputs intervention for every set, for the host's counters.
+
+    Returns the inputs' bins [n_in, S] (sampled once: every set sees the same samples), and per
+    set its outputs' bins [n_out, S] with the sentinel `out_bins` on every entry a single call
+    leaves out (past `stop`; outside out_range under policy "drop"), its out-of-range counts
+    [n_out] and, with `pack`, its packed states for `StateCounts` (`measures._packed_states`).
+    Each set's layer runs exactly as in a single call.
+    """
     x = uniform_inputs(key, first_block, static.num_blocks, static.chain.in_shape, ranges.in_low,
                        ranges.in_high)
+    in_chunk = sample_mask(first_block, static.num_blocks, 0, stop)
+    x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
+                            static.in_bins)
+    dtype = host_bins_dtype(static.in_bins, static.out_bins)
 
     def one(params):
-        carry = (jnp.zeros((), jnp.int32), jnp.zeros(static.block_size, jnp.int32))
-        (_, out_of_range), states, bins = measures._step_local(
-            static, carry, key, params, ranges, first_block, 0, stop, 0, inputs=x)
-        return out_of_range, states, bins
-    return jax.lax.map(one, stacked_params)
+        _, y = measures._outputs(static, key, params, ranges.in_low, ranges.in_high,
+                                 first_block, inputs=x)
+        y_bins, y_in, countable = measures._bin_outputs(static, ranges, y, 0,
+                                                        static.num_outputs)
+        codes = jnp.where(countable & in_chunk[:, None], y_bins, static.out_bins)
+        # under "drop" the host counts these from the sentinels (the tables' spare cells)
+        out_of_range = jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32) \
+            if static.policy == "clip" else ()
+        states = measures._packed_states(static, x_bins, y_bins, y_in, in_chunk) if pack else ()
+        return codes.T.astype(dtype), out_of_range, states
+    codes, out_of_range, states = _over_sets(one, stacked_params, exact_vmap)
+    return x_bins.T.astype(dtype), codes, out_of_range, states
 
 
-def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int) -> dict:
-    """EI and EI_parts of every set, counted on the host as a single call counts them.
+def _batches(stacked_params, num_sets: int, batch: int):
+    """(first set, sets, their params padded to `batch` sets by repeating the last) per call:
+    every call has one shape, so one program serves them all."""
+    for start in range(0, num_sets, batch):
+        index = np.minimum(np.arange(start, start + batch), num_sets - 1)
+        yield start, range(start, min(start + batch, num_sets)), \
+            jax.tree_util.tree_map(lambda a: a[index], stacked_params)
 
-    The device samples, runs the layer and bins for all sets (one program per chunk,
-    `_host_chunk`); the host's numba counters then count each set's pairwise tables and joint
-    states, while the device computes the next chunk. The counts, and the formulas applied to them, are a
-    single call's, so the results equal single calls exactly (EI) or to float32 rounding of the
-    same compiled MI (EI_parts).
+
+def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
+                      batch: int) -> dict:
+    """EI and EI_parts of every set, counted on the host (numba), `batch` sets per device call.
+
+    The device samples each chunk once, runs every set's layer as a single call does and bins
+    (`_host_chunk`); the host counts, while the device computes the next call. EI_parts: the
+    single calls' pairwise counter. EI: with `plan.sorted_states` (all samples in one chunk,
+    narrow states) the chunk's input states are sorted once and every set's joint states are
+    counted against that order (`histogram.SortedInputs`), giving the count spectra a single
+    call's `StateCounts` give; otherwise each set gets the single calls' `StateCounts`. Either way
+    the counts and the formula are a single call's, so EI is equal exactly, EI_parts to float32
+    rounding of the same compiled MI.
     """
     static = plan.vector
-    n_out = static.num_outputs
-    tables = (np.zeros((num_sets,) + measures._new_pair_carry(static)[0].shape, np.int32)
-              if static.pairs else None)
-    # one (x, y, joint) triplet per set: the sweep's one group is the whole layer
-    counters = [measures._state_counters(static)[0] for _ in range(num_sets)] if static.groups \
-        else None
-    shared_x = measures._state_counters(static)[0][0] if static.groups else None
+    n_in, n_out = static.num_inputs, static.num_outputs
+    tables = np.zeros((num_sets, n_in, n_out, static.in_bins * (static.out_bins + 1)),
+                      np.int32) if static.pairs else None
     out_of_range = np.zeros(num_sets, np.int64)
+    ei = np.zeros(num_sets)
     dropped = np.zeros(num_sets, np.int64)
+    pack = bool(static.groups) and not plan.sorted_states
+    counters: dict = {}
+    chunks = list(measures._chunks(static, 0, plan.samples))
 
-    def consume(outputs, chunk):
-        first = chunk[0]
-        oor, states, bins = jax.device_get(outputs)
-        if bins:
-            out_of_range[:] += oor.sum(axis=1)
-            chunk_start = first * SAMPLE_BLOCK
-            stop = min(plan.samples - chunk_start, bins[0].shape[2])
-            for k in range(num_sets):
-                add_pairwise_counts_host(bins[0][k], bins[1][k], static.out_bins, tables[k], 0,
+    def dispatch(item):
+        (_, _, params), (first, chunk_static) = item
+        return _host_chunk(chunk_static, plan.exact_vmap, pack, key, params, ranges, first,
+                           plan.samples)
+
+    def consume(outputs, item):
+        (_, sets, _), (first, _) = item
+        x_codes, y_codes, oor, states = jax.device_get(outputs)
+        stop = min(plan.samples - first * SAMPLE_BLOCK, x_codes.shape[1])
+        if static.policy == "clip":
+            out_of_range[sets] += oor[:len(sets)].sum(axis=1)
+        if static.pairs:
+            for i, k in enumerate(sets):
+                add_pairwise_counts_host(x_codes, y_codes[i], static.out_bins, tables[k], 0,
                                          stop)
-        if states:
-            keep, out, ((wx, wy, wxy),) = states
-            if static.policy == "drop":
-                dropped[:] += out.sum(axis=1)
-            # every set sees the same inputs: while they keep the same samples (no drops, or
-            # the same ones), their input states are counted once
-            shared = bool(np.all(keep == keep[:1]))
-            if shared:
-                shared_x.add(wx[0], keep[0])
-            for k in range(num_sets):
-                if not shared:
-                    counters[k][0].add(wx[k], keep[k])
-                counters[k][1].add(wy[k], keep[k])
-                counters[k][2].add(wxy[k], keep[k])
+        if static.groups and plan.sorted_states:  # the whole sample range in this one chunk
+            inputs = SortedInputs(x_codes, stop, static.in_bins,
+                                  n_out * _bits(static.out_bins))
+            for i, k in enumerate(sets):
+                spectra = inputs.spectra(y_codes[i], static.out_bins)
+                ei[k] = _estimators.spectra_mutual_information(*spectra)
+                dropped[k] = stop - int(np.dot(*spectra[0]))  # samples left out whole
+        elif static.groups:
+            _count_states(static, counters, sets, states)
+            if first == chunks[-1][0]:  # the sets' last chunk
+                for k in sets:
+                    cx, cy, cxy, lost = counters.pop(k)
+                    ei[k] = _estimators.states_mutual_information(cx.counts(), cy.counts(),
+                                                                  cxy.counts())
+                    dropped[k] = lost
 
-    measures.pipelined(
-        measures._chunks(static, 0, plan.samples),
-        lambda chunk: _host_chunk(chunk[1], key, stacked_params, ranges, chunk[0], plan.samples),
-        consume)
+    measures.pipelined(((batch_, chunk) for batch_ in _batches(stacked_params, num_sets, batch)
+                        for chunk in chunks), dispatch, consume)
     result = {}
     if static.pairs:
-        parts = [measures._block_statistics(static, tables[k])[0] for k in range(num_sets)]
-        result["parts"] = np.stack(jax.device_get(parts))[:, :, :n_out]
+        counts = tables.reshape(num_sets, n_in, n_out, static.in_bins, static.out_bins + 1)
+        result["parts"] = np.asarray(_table_mutual_information(counts[..., :static.out_bins]))
+        if static.policy == "drop":  # the entries left out: out of range (input 0's tables)
+            out_of_range = counts[:, 0, :, :, static.out_bins].sum(axis=(1, 2), dtype=np.int64)
         result["out_of_range"] = out_of_range
     if static.groups:
-        for cx, _, _ in counters:
-            cx.absorb(shared_x)
-        result["ei"] = np.array([_estimators.states_mutual_information(
-            cx.counts(), cy.counts(), cxy.counts()) for cx, cy, cxy in counters])
-        result["dropped"] = dropped
+        result["ei"] = ei
+        result["dropped"] = dropped if static.policy == "drop" else np.zeros_like(dropped)
     return result
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _host_single_chunk(static, key, stacked_params, ranges, first_block, offset, stop):
+def _count_states(static, counters: dict, sets, states) -> None:
+    """Adds one chunk's packed states of `sets` to their `StateCounts` (x, y, joint, dropped)."""
+    keep, out, ((wx, wy, wxy),) = states
+    for i, k in enumerate(sets):
+        if k not in counters:
+            counters[k] = tuple(measures._state_counters(static)[0]) + (0,)
+        cx, cy, cxy, lost = counters[k]
+        cx.add(wx[i], keep[i])
+        cy.add(wy[i], keep[i])
+        cxy.add(wxy[i], keep[i])
+        counters[k] = (cx, cy, cxy, lost + int(out[i].sum()))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _host_single_chunk(static, exact_vmap, key, stacked_params, ranges, first_block, offset,
+                       stop):
     """One chunk of the one-input intervention of inputs offset..offset+inputs_per_chunk for
     every set: the noised inputs' bins [inputs, S] (shared: every set sees the same noise) and per
     set the outputs' bins [inputs, n_out, S] for the host counter (`out_bins` marks an entry left
-    out) and the out-of-range counts [n_out]."""
+    out)."""
     inputs = offset + jnp.arange(static.inputs_per_chunk)
     noise = jax.vmap(lambda a: single_input_noise(
         key, first_block, static.num_blocks, static.num_inputs,
@@ -335,36 +390,41 @@ def _host_single_chunk(static, key, stacked_params, ranges, first_block, offset,
 
     def one(params):
         def per_input(a, x):
-            x_bins, y_bins, valid, out_of_range = measures._single_input_bins(
+            x_bins, y_bins, valid, _ = measures._single_input_bins(
                 static, key, params, ranges, first_block, 0, stop, a, noise=x)
-            return x_bins, jnp.where(valid, y_bins, static.out_bins).T.astype(dtype), out_of_range
-        x_bins, y_bins, out_of_range = jax.vmap(per_input)(inputs, noise)
-        return x_bins.astype(dtype), y_bins, out_of_range.sum(0)
-    x_bins, y_bins, out_of_range = jax.lax.map(one, stacked_params)
-    return x_bins[0], y_bins, out_of_range
+            return x_bins, jnp.where(valid, y_bins, static.out_bins).T.astype(dtype)
+        return jax.vmap(per_input)(inputs, noise)
+    x_bins, y_bins = _over_sets(one, stacked_params, exact_vmap)
+    return x_bins[0].astype(dtype), y_bins
 
 
-def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int) -> dict:
+def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
+                           batch: int) -> dict:
     """The sensitivity matrices of every set, counted on the host (numba) as `_host_vector_pass`
     counts EI_parts: the noise drawn once for all sets, each set's layer run as a single call's,
     the same integer counts, MI by the same float32 formula."""
     static = plan.single
     n_in, n_out = static.num_inputs, static.num_outputs
-    cells = static.in_bins * (static.out_bins + 1)
-    tables = np.zeros((num_sets, n_in, n_out, cells), np.int32)
-    for offset in range(0, n_in, static.inputs_per_chunk):
-        def consume(outputs, chunk, offset=offset):
-            x_bins, y_bins, _ = jax.device_get(outputs)
-            stop = min(plan.sensitivity_samples - chunk[0] * SAMPLE_BLOCK, x_bins.shape[1])
-            for i, a in enumerate(range(offset, min(offset + static.inputs_per_chunk, n_in))):
-                for k in range(num_sets):
-                    add_pairwise_counts_host(x_bins[i][None], y_bins[k, i], static.out_bins,
-                                             tables[k, a][None], 0, stop)
-        measures.pipelined(
-            measures._chunks(static, 0, plan.sensitivity_samples),
-            lambda chunk, offset=offset: _host_single_chunk(
-                chunk[1], key, stacked_params, ranges, chunk[0], offset, plan.sensitivity_samples),
-            consume)
+    tables = np.zeros((num_sets, n_in, n_out, static.in_bins * (static.out_bins + 1)), np.int32)
+    work = [(batch_, offset, chunk) for batch_ in _batches(stacked_params, num_sets, batch)
+            for offset in range(0, n_in, static.inputs_per_chunk)
+            for chunk in measures._chunks(static, 0, plan.sensitivity_samples)]
+
+    def dispatch(item):
+        (_, _, params), offset, (first, chunk_static) = item
+        return _host_single_chunk(chunk_static, plan.exact_vmap, key, params, ranges, first,
+                                  offset, plan.sensitivity_samples)
+
+    def consume(outputs, item):
+        (_, sets, _), offset, (first, _) = item
+        x_bins, y_bins = jax.device_get(outputs)
+        stop = min(plan.sensitivity_samples - first * SAMPLE_BLOCK, x_bins.shape[1])
+        for i, a in enumerate(range(offset, min(offset + static.inputs_per_chunk, n_in))):
+            for j, k in enumerate(sets):
+                add_pairwise_counts_host(x_bins[i][None], y_bins[j, i], static.out_bins,
+                                         tables[k, a][None], 0, stop)
+
+    measures.pipelined(work, dispatch, consume)
     counts = tables.reshape(num_sets, n_in, n_out, static.in_bins, static.out_bins + 1)
     return {"sensitivity": np.asarray(_table_mutual_information(counts[..., :static.out_bins]))}
 
@@ -494,6 +554,14 @@ def _vectorized(chain: Chain) -> bool:
     return all(isinstance(spec, (Dense, Flatten)) for spec in chain.layers)
 
 
+def _exact_vmap(chain: Chain, params0) -> bool:
+    """Whether a vmap over the sets computes every set's outputs bit for bit as a single call
+    does: Dense layers small enough to multiply-add elementwise (`layers.Dense`), and Flatten."""
+    return all(isinstance(spec, Flatten) or (isinstance(spec, Dense) and np.shape(p["w"])[0]
+                                             <= ELEMENTWISE_FAN_IN)
+               for spec, p in zip(chain.layers, params0))
+
+
 def _bits(bins: int) -> int:
     return max(1, math.ceil(math.log2(bins)))
 
@@ -542,8 +610,19 @@ def _plan(key, chain, params0, *, in_range, out_range, in_bins, out_bins, policy
                          f"bins, or raise memory_budget")
     num_chunks = sensitivity_chunks = 0
     vectorized = _vectorized(chain)
+    exact_vmap = _exact_vmap(chain, params0)
+    sorted_states = False
+    if vector is not None and vector.method == "numba" and need_states and sorted_inputs_fit(
+            vector.num_inputs, vector.in_bins, n, vector.out_bins):
+        # the host counts EI against sorted input states: every sample in one chunk, as many
+        # sets per call as fit `_HOST_CALL_ENTRIES` (the shared inputs' and each set's bins)
+        blocks = -(-samples // SAMPLE_BLOCK)
+        fit = (_HOST_CALL_ENTRIES // (blocks * SAMPLE_BLOCK) - vector.num_inputs) // n
+        if fit >= 1:
+            sorted_states, batch, num_chunks = True, min(batch, fit), 1
+            vector = vector._replace(num_blocks=blocks)
     together = batch if vectorized else 1  # sets whose chunks are in memory at once
-    if vector is not None:
+    if vector is not None and not sorted_states:
         rows = vector.num_inputs + n  # the bins (and states) of a sample
         if need_pairs and vector.method != "numba":  # plus its joint indices on the device
             rows += vector.num_inputs * n
@@ -553,7 +632,8 @@ def _plan(key, chain, params0, *, in_range, out_range, in_bins, out_bins, policy
         rows = single.inputs_per_chunk * (single.num_inputs + n)
         blocks, sensitivity_chunks = _chunk_blocks(sensitivity_samples, rows * together, 2 ** 24)
         single = single._replace(num_blocks=blocks)
-    plan = _Plan(vector=vector, single=single, vectorized=vectorized, samples=samples,
+    plan = _Plan(vector=vector, single=single, vectorized=vectorized, exact_vmap=exact_vmap,
+                 sorted_states=sorted_states, samples=samples,
                  num_chunks=num_chunks,
                  sensitivity_samples=sensitivity_samples, sensitivity_chunks=sensitivity_chunks)
     return plan, setup.key, ranges, batch
@@ -631,25 +711,24 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         sharding = jax.sharding.NamedSharding(
             jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
     host_counting = method == "numba" and (plan.vector is None or plan.vector.method == "numba")
-    outputs = []
-    for start in range(0, num_sets, batch):
-        stop = min(start + batch, num_sets)
-        index = np.minimum(np.arange(start, start + batch), num_sets - 1)  # pad with the last set
-        part = jax.tree_util.tree_map(lambda a: a[index], stacked_params)
-        keys = jax.random.wrap_key_data(np.broadcast_to(
-            np.asarray(jax.random.key_data(key)), (batch,) + jax.random.key_data(key).shape),
-            impl=jax.random.key_impl(key))
-        if sharding is not None:
-            part, keys = jax.device_put((part, keys), sharding)
-        if host_counting:  # every count on the host
-            result = {}
-            if plan.vector is not None:
-                result.update(_host_vector_pass(plan, key, part, ranges, batch))
-            if plan.single is not None:
-                result.update(_host_sensitivity_pass(plan, key, part, ranges, batch))
-        else:
+    if host_counting:  # every count on the host; the passes split K into calls themselves
+        merged = {}
+        if plan.vector is not None:
+            merged.update(_host_vector_pass(plan, key, stacked_params, ranges, num_sets, batch))
+        if plan.single is not None:
+            merged.update(_host_sensitivity_pass(plan, key, stacked_params, ranges, num_sets,
+                                                 batch))
+        outputs = [merged]
+    else:
+        outputs = []
+        for start, sets, part in _batches(stacked_params, num_sets, batch):
+            keys = jax.random.wrap_key_data(np.broadcast_to(
+                np.asarray(jax.random.key_data(key)), (batch,) + jax.random.key_data(key).shape),
+                impl=jax.random.key_impl(key))
+            if sharding is not None:
+                part, keys = jax.device_put((part, keys), sharding)
             result = _sweep_kernel(plan, keys, part, ranges)
-        outputs.append(jax.tree_util.tree_map(lambda a: a[:stop - start], result))
+            outputs.append(jax.tree_util.tree_map(lambda a: a[:len(sets)], result))
     outputs = jax.device_get(outputs)
     merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
     result = _assemble(names, merged, samples, sensitivity_samples)

@@ -41,7 +41,7 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
                         sensitivity_samples=sensitivity_samples, **binning)
     for k, params in enumerate(sets):
         ei, info = pure.ei(key, chain, params, samples=samples, **binning)
-        parts, _ = pure.ei_parts(key, chain, params, samples=samples, **binning)
+        parts, parts_info = pure.ei_parts(key, chain, params, samples=samples, **binning)
         sens, _ = pure.sensitivity(key, chain, params, samples=sensitivity_samples, **binning)
         assert abs(result.ei[k] - ei) < EI_TOL, (k, result.ei[k], ei)
         if binning.get("method") == "numba":  # the single call's counts and float64 formula
@@ -51,6 +51,7 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
         assert abs(result.sensitivity[k] - sens) <= parts_tol(pairs, sensitivity_samples)
         assert result.degeneracy[k] == result.sensitivity[k] - result.ei[k]
         assert result.dropped[k] == info.dropped
+        assert result.out_of_range[k] == parts_info.out_of_range
     return result
 
 
@@ -111,11 +112,13 @@ def test_chunking_over_k_gives_identical_results(key, monkeypatch):
     whole = pure.sweep(key, chain, stacked, **binning)
     by_two = pure.sweep(key, chain, stacked, max_batch=2, **binning)      # 2 + 2 + 1 (padded)
     calls = []
-    for name in ("_sweep_kernel", "_host_vector_pass"):  # the device and the host (CPU) paths
+    for name in ("_sweep_kernel", "_host_chunk"):  # the device and the host (CPU) paths' calls
         batch = getattr(sweeping, name)
         monkeypatch.setattr(sweeping, name, lambda *a, batch=batch: calls.append(1) or batch(*a))
+    pure.sweep(key, chain, stacked, **binning)
+    unsplit, calls[:] = len(calls), []
     tight = pure.sweep(key, chain, stacked, memory_budget=1_000_000, **binning)
-    assert len(calls) > 1  # the budget split K over several calls
+    assert len(calls) > unsplit  # the budget split K over several calls
     for other in (by_two, tight):
         for name in ("ei", "ei_parts", "sensitivity", "degeneracy", "ei_parts_matrix",
                      "sensitivity_matrix", "dropped"):
