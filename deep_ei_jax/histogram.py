@@ -82,38 +82,65 @@ def host_bins_dtype(in_bins: int, out_bins: int):
 
 
 def _host_pairwise_kernel(parallel: bool):
-    def add_counts(x_bins, y_bins, row_bins, tables, first, stop, paired):
+    def add_counts(x_bins, y_bins, row_bins, tables, first, stop, x_pairs, y_pairs):
         num_in, num_out = x_bins.shape[0], y_bins.shape[0]
         in_bins = tables.shape[2] // row_bins
-        # Indices are kept unsigned so that numba leaves out its negative-index wraparound (1.5x
-        # here). Paired: inputs 2g and 2g+1 share one joint code, and one pass over the samples
-        # counts (code, y) in a small scratch table that is then summed into both inputs' tables:
-        # half the scattered increments, which are the cost.
-        groups = num_in // 2 if paired else 0
-        width, row = np.uint32(in_bins), np.uint32(row_bins)
-        codes = np.empty((groups, stop - first), np.uint32)  # code * row_bins
-        for g in numba.prange(groups):
-            x0, x1, code = x_bins[2 * g, first:stop], x_bins[2 * g + 1, first:stop], codes[g]
-            for s in range(stop - first):
-                code[s] = (np.uint32(x0[s]) * width + np.uint32(x1[s])) * row
-        for task in numba.prange(groups * num_out):
-            g, b = task // num_out, task % num_out
-            code, yb = codes[g], y_bins[b, first:stop]
-            joint = np.zeros(in_bins * in_bins * row_bins, np.int32)
-            for s in range(stop - first):
-                joint[code[s] + np.uint32(yb[s])] += 1
-            left, right = tables[2 * g, b], tables[2 * g + 1, b]
-            for i in range(in_bins):
-                for j in range(in_bins):
-                    cell = (i * in_bins + j) * row_bins
-                    for c in range(row_bins):
-                        left[i * row_bins + c] += joint[cell + c]
-                        right[j * row_bins + c] += joint[cell + c]
-        for pair in numba.prange((num_in - 2 * groups) * num_out):
-            a, b = 2 * groups + pair // num_out, pair % num_out
-            table, xa, yb = tables[a, b], x_bins[a, first:stop], y_bins[b, first:stop]
-            for s in range(stop - first):
-                table[np.uint32(xa[s]) * row + np.uint32(yb[s])] += 1
+        n = stop - first
+        # The scattered increments are the cost. Inputs (x_pairs) and outputs (y_pairs) are
+        # counted two at a time where asked: one pass over the samples counts a group's joint
+        # code in a small scratch table (cache-resident), which is then summed into the tables
+        # of every (input, output) pair it holds: a quarter of the increments with both.
+        # Indices are kept unsigned so that numba leaves out its negative-index wraparound.
+        x_groups = (num_in + 1) // 2 if x_pairs else num_in
+        y_groups = (num_out + 1) // 2 if y_pairs else num_out
+        x_codes = np.empty((x_groups, n), np.uint32)
+        y_codes = np.empty((y_groups, n), np.uint32)
+        x_width, row = np.uint32(in_bins), np.uint32(row_bins)
+        for g in numba.prange(x_groups + y_groups):
+            if g < x_groups:
+                a, step, width, bins, codes = (2 * g if x_pairs else g), x_pairs, x_width, \
+                    x_bins, x_codes[g]
+                count = num_in
+            else:
+                a, step, width, bins, codes = (2 * (g - x_groups) if y_pairs else g - x_groups), \
+                    y_pairs, row, y_bins, y_codes[g - x_groups]
+                count = num_out
+            low = bins[a, first:stop]
+            if step and a + 1 < count:
+                high = bins[a + 1, first:stop]
+                for s in range(n):
+                    codes[s] = np.uint32(low[s]) * width + np.uint32(high[s])
+            else:
+                for s in range(n):
+                    codes[s] = np.uint32(low[s])
+        for task in numba.prange(x_groups * y_groups):
+            g, h = task // y_groups, task % y_groups
+            a = 2 * g if x_pairs else g
+            b = 2 * h if y_pairs else h
+            x_two = x_pairs and a + 1 < num_in
+            y_two = y_pairs and b + 1 < num_out
+            x_cells = in_bins * in_bins if x_two else in_bins
+            y_cells = row_bins * row_bins if y_two else row_bins
+            joint = np.zeros(x_cells * y_cells, np.int32)
+            xc, yc, stride = x_codes[g], y_codes[h], np.uint32(y_cells)
+            for s in range(n):
+                joint[xc[s] * stride + yc[s]] += 1
+            x_second = in_bins if x_two else 1
+            y_second = row_bins if y_two else 1
+            cell = 0
+            for xa in range(in_bins):
+                for xb in range(x_second):
+                    for ya in range(row_bins):
+                        for yb in range(y_second):
+                            count = joint[cell]
+                            cell += 1
+                            tables[a, b, xa * row_bins + ya] += count
+                            if y_two:
+                                tables[a, b + 1, xa * row_bins + yb] += count
+                            if x_two:
+                                tables[a + 1, b, xb * row_bins + ya] += count
+                                if y_two:
+                                    tables[a + 1, b + 1, xb * row_bins + yb] += count
     return numba.njit(parallel=parallel, nogil=True, cache=True)(add_counts)
 
 
@@ -126,6 +153,9 @@ PARALLEL_PAIR_SAMPLES = 2 ** 26
 # int32) stays this small (cache-resident); measured here: 2.5x faster at 16 bins, slower once the
 # table spills out of the core's fast caches.
 PAIRED_TABLE_BYTES = 2 ** 17
+# Outputs too when the scratch table of a group (in_bins^(1 or 2) x (out_bins + 1)^2 int32)
+# stays within a core's L1 data cache (8 bins, inputs paired: 20 KiB).
+PAIRED_OUTPUTS_BYTES = 2 ** 15
 
 
 def add_pairwise_counts_host(x_bins_t: np.ndarray, y_bins_t: np.ndarray, out_bins: int,
@@ -147,12 +177,13 @@ def add_pairwise_counts_host(x_bins_t: np.ndarray, y_bins_t: np.ndarray, out_bin
     if not 0 <= first <= stop <= num_samples:
         raise ValueError(f"samples first..stop must lie in 0..{num_samples}; got {first}..{stop}")
     in_bins = tables.shape[2] // (out_bins + 1)
-    paired = 4 * in_bins * in_bins * (out_bins + 1) <= PAIRED_TABLE_BYTES
+    x_pairs = 4 * in_bins * in_bins * (out_bins + 1) <= PAIRED_TABLE_BYTES
+    y_pairs = 4 * in_bins ** (2 if x_pairs else 1) * (out_bins + 1) ** 2 <= PAIRED_OUTPUTS_BYTES
     parallel = x_bins_t.shape[0] * y_bins_t.shape[0] * (stop - first) >= PARALLEL_PAIR_SAMPLES
     if parallel not in _host_kernels:
         _host_kernels[parallel] = _host_pairwise_kernel(parallel)
     _host_kernels[parallel](np.ascontiguousarray(x_bins_t), np.ascontiguousarray(y_bins_t),
-                            out_bins + 1, tables, first, stop, paired)
+                            out_bins + 1, tables, first, stop, x_pairs, y_pairs)
 
 
 def bits_per_value(bins: int) -> int:
@@ -195,6 +226,7 @@ class _StateKernels(NamedTuple):
     merge: Any
     state_keys: Any
     sorted_order: Any
+    group_bounds: Any
     spectra: Any
 
 
@@ -348,16 +380,29 @@ def _state_kernels() -> _StateKernels:
         return values, multiplicity
 
     @numba.njit(nogil=True, cache=True)
-    def spectra(x_sorted, order, y_keys, table, spectrum):
+    def group_bounds(x_sorted):
+        """Where each run of equal sorted keys starts, and the end: int64 [runs + 1]."""
+        n = x_sorted.shape[0]
+        bounds = np.empty(n + 1, np.int64)
+        m = 0
+        for t in range(n):
+            if t == 0 or x_sorted[t] != x_sorted[t - 1]:
+                bounds[m] = t
+                m += 1
+        bounds[m] = n
+        return bounds[:m + 1].copy()
+
+    @numba.njit(nogil=True, cache=True)
+    def spectra(bounds, order, y_keys, table, spectrum):
         """Count spectra (`estimators.count_spectrum`) of the input states, the output states and
         the joint states of the samples whose y key is valid, exactly, without sorting y: the
-        samples are walked in input-state order (`sorted_order`), so each input state's samples
-        are consecutive and their output states are counted in the dense `table` (int32 over
-        every y key, all zero, left zero), then read back and cleared. `spectrum`: int64
-        [3, samples + 1] zeros, left zero."""
+        samples are walked in input-state order (`sorted_order`; `bounds` from `group_bounds`),
+        so each input state's samples are consecutive, and their output states are counted in
+        the dense `table` (int32 over every y key, all zero, left zero), then read back and
+        cleared. `spectrum`: int64 [3, samples + 1] zeros, left zero."""
         n = order.shape[0]
         invalid = np.uint32(_INVALID_KEY)
-        largest_x = largest_y = largest_xy = 0
+        largest_x = largest_y = largest_xy = 1
         for s in range(n):
             key = y_keys[s]
             if key != invalid:
@@ -369,25 +414,36 @@ def _state_kernels() -> _StateKernels:
                 spectrum[1, c] += 1
                 largest_y = max(largest_y, c)
                 table[key] = 0
-        t = 0
-        while t < n:
-            first, x = t, x_sorted[t]
-            while t < n and x_sorted[t] == x:
-                t += 1
-            if t - first == 1:  # one sample: a state of its own (common with wide inputs)
-                if y_keys[order[first]] != invalid:
+        gathered = np.empty(n, np.uint32)  # y keys in input-state order
+        for t in range(n):
+            gathered[t] = y_keys[order[t]]
+        for g in range(bounds.shape[0] - 1):
+            first, end = bounds[g], bounds[g + 1]
+            if end - first == 1:  # one sample: a state of its own (common with wide inputs)
+                if gathered[first] != invalid:
                     spectrum[0, 1] += 1
                     spectrum[2, 1] += 1
-                    largest_x, largest_xy = max(largest_x, 1), max(largest_xy, 1)
+                continue
+            if end - first == 2:
+                a, b = gathered[first], gathered[first + 1]
+                kept = (a != invalid) + (b != invalid)
+                if kept == 2 and a == b:
+                    spectrum[2, 2] += 1
+                    largest_xy = max(largest_xy, 2)
+                else:
+                    spectrum[2, 1] += kept
+                if kept:
+                    spectrum[0, kept] += 1
+                    largest_x = max(largest_x, kept)
                 continue
             kept = 0
-            for u in range(first, t):
-                key = y_keys[order[u]]
+            for u in range(first, end):
+                key = gathered[u]
                 if key != invalid:
                     table[key] += 1
                     kept += 1
-            for u in range(first, t):
-                key = y_keys[order[u]]
+            for u in range(first, end):
+                key = gathered[u]
                 if key != invalid and table[key] != 0:
                     c = table[key]
                     spectrum[2, c] += 1
@@ -400,7 +456,7 @@ def _state_kernels() -> _StateKernels:
                 compact(spectrum[2], largest_xy))
 
     return _StateKernels(add_dense, keys_of, run_counts, merge, state_keys, sorted_order,
-                         spectra)
+                         group_bounds, spectra)
 
 
 _INVALID_KEY = 0xFFFFFFFF  # a sample left out (some output out of range); never a real key
@@ -432,7 +488,8 @@ class SortedInputs:
         self.bits = bits_per_value(in_bins)
         key_bits = x_codes.shape[0] * self.bits
         keys = kernels.state_keys(np.ascontiguousarray(x_codes), self.stop, self.bits, -1)
-        self.x_sorted, self.order = kernels.sorted_order(keys, key_bits)
+        x_sorted, self.order = kernels.sorted_order(keys, key_bits)
+        self.bounds = kernels.group_bounds(x_sorted)
         self._table = np.zeros(2 ** out_bits, np.int32)
         self._spectrum = np.zeros((3, self.stop + 1), np.int64)
 
@@ -443,7 +500,7 @@ class SortedInputs:
         kernels = _state_kernels()
         keys = kernels.state_keys(np.ascontiguousarray(y_codes), self.stop,
                                   bits_per_value(out_bins), out_bins)
-        return kernels.spectra(self.x_sorted, self.order, keys, self._table, self._spectrum)
+        return kernels.spectra(self.bounds, self.order, keys, self._table, self._spectrum)
 
 
 _spare_buffers = threading.local()

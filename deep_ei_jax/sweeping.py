@@ -50,6 +50,7 @@ DEFAULT_MEMORY_BUDGET = 1024 * 2 ** 20  # bytes one compiled call may hold, all 
 _SCATTER_ENTRIES = 2 ** 23              # joint indices per chunk (all K of a call together)
 _DENSE_BITS = 20                        # count states densely up to 2**20 of them
 _HOST_CALL_ENTRIES = 2 ** 25            # bins one host-counted call returns (all its sets)
+_HOST_CALLS = 4                         # host-counted sweeps split K into at least this many calls
 
 
 class SweepResult(NamedTuple):
@@ -619,6 +620,9 @@ def _plan(key, chain, params0, *, in_range, out_range, in_bins, out_bins, policy
         blocks = -(-samples // SAMPLE_BLOCK)
         fit = (_HOST_CALL_ENTRIES // (blocks * SAMPLE_BLOCK) - vector.num_inputs) // n
         if fit >= 1:
+            # and at least _HOST_CALLS calls where K allows: the device computes a call while
+            # the host counts the previous one
+            fit = min(fit, -(-num_sets // _HOST_CALLS))
             sorted_states, batch, num_chunks = True, min(batch, fit), 1
             vector = vector._replace(num_blocks=blocks)
     together = batch if vectorized else 1  # sets whose chunks are in memory at once

@@ -217,28 +217,33 @@ def test_default_method_without_numba(monkeypatch):
 
 
 @pytest.mark.parametrize("parallel_from", [2 ** 26, 1])
-@pytest.mark.parametrize("paired_up_to", [0, 2 ** 18])  # one input at a time / inputs in pairs
+# inputs / outputs one at a time or in pairs (the scratch-table limits that allow each)
+@pytest.mark.parametrize("inputs_paired_up_to", [0, 2 ** 18])
+@pytest.mark.parametrize("outputs_paired_up_to", [0, 2 ** 15])
 @pytest.mark.parametrize("num_in", [4, 5])  # with 5, the last input is counted alone
-def test_host_counter_matches_scatter(monkeypatch, parallel_from, paired_up_to, num_in):
+@pytest.mark.parametrize("num_out", [3, 4])  # with 3, the last output is counted alone
+def test_host_counter_matches_scatter(monkeypatch, parallel_from, inputs_paired_up_to,
+                                      outputs_paired_up_to, num_in, num_out):
     from deep_ei_jax import histogram
     from deep_ei_jax.histogram import add_pairwise_counts_host
     monkeypatch.setattr(histogram, "PARALLEL_PAIR_SAMPLES", parallel_from)  # serial and parallel
-    monkeypatch.setattr(histogram, "PAIRED_TABLE_BYTES", paired_up_to)
+    monkeypatch.setattr(histogram, "PAIRED_TABLE_BYTES", inputs_paired_up_to)
+    monkeypatch.setattr(histogram, "PAIRED_OUTPUTS_BYTES", outputs_paired_up_to)
     rng = np.random.default_rng(9)
-    x, y, valid = random_bins(rng, 4000, num_in, 3, 8, 6)
-    tables = np.zeros((num_in, 3, 8 * 7), np.int32)
+    x, y, valid = random_bins(rng, 4000, num_in, num_out, 8, 6)
+    tables = np.zeros((num_in, num_out, 8 * 7), np.int32)
     y_marked = np.where(valid, y, 6)  # the sentinel bin leaves an entry out
     add_pairwise_counts_host(x.T.astype(np.uint8), y_marked.T.astype(np.uint8), 6, tables)
     expected = pairwise_counts(x, y, valid, 8, 6, "scatter")
-    np.testing.assert_array_equal(tables.reshape(num_in, 3, 8, 7)[..., :6], expected)
-    assert tables.reshape(num_in, 3, 8, 7)[..., 6].sum() == num_in * (~valid).sum()
+    np.testing.assert_array_equal(tables.reshape(num_in, num_out, 8, 7)[..., :6], expected)
+    assert tables.reshape(num_in, num_out, 8, 7)[..., 6].sum() == num_in * (~valid).sum()
 
     # a sample range counts those rows only, added to what is there
     add_pairwise_counts_host(x.T.astype(np.uint8), y_marked.T.astype(np.uint8), 6, tables,
                              1000, 3500)
     expected = expected + pairwise_counts(x[1000:3500], y[1000:3500], valid[1000:3500], 8, 6,
                                           "scatter")
-    np.testing.assert_array_equal(tables.reshape(num_in, 3, 8, 7)[..., :6], expected)
+    np.testing.assert_array_equal(tables.reshape(num_in, num_out, 8, 7)[..., :6], expected)
     with pytest.raises(ValueError, match="first..stop must lie in 0..4000; got 10..4001"):
         add_pairwise_counts_host(x.T.astype(np.uint8), y_marked.T.astype(np.uint8), 6, tables,
                                  10, 4001)
