@@ -424,17 +424,30 @@ def _state_kernels() -> _StateKernels:
                     spectrum[0, 1] += 1
                     spectrum[2, 1] += 1
                 continue
-            if end - first == 2:
-                a, b = gathered[first], gathered[first + 1]
-                kept = (a != invalid) + (b != invalid)
-                if kept == 2 and a == b:
-                    spectrum[2, 2] += 1
-                    largest_xy = max(largest_xy, 2)
-                else:
-                    spectrum[2, 1] += kept
+            if end - first <= 4:  # a few samples (most states of wide inputs): sorted in
+                # registers by a min/max network, left-out samples (the largest key) last
+                v0, v1 = gathered[first], gathered[first + 1]
+                v2 = gathered[first + 2] if end - first > 2 else invalid
+                v3 = gathered[first + 3] if end - first > 3 else invalid
+                v0, v1 = min(v0, v1), max(v0, v1)
+                v2, v3 = min(v2, v3), max(v2, v3)
+                v0, v2 = min(v0, v2), max(v0, v2)
+                v1, v3 = min(v1, v3), max(v1, v3)
+                v1, v2 = min(v1, v2), max(v1, v2)
+                kept = (v0 != invalid) + (v1 != invalid) + (v2 != invalid) + (v3 != invalid)
                 if kept:
                     spectrum[0, kept] += 1
                     largest_x = max(largest_x, kept)
+                    run = 1
+                    for i in range(1, kept):
+                        same = (v1 == v0) if i == 1 else (v2 == v1) if i == 2 else (v3 == v2)
+                        if same:
+                            run += 1
+                        else:
+                            spectrum[2, run] += 1
+                            run = 1
+                    spectrum[2, run] += 1
+                    largest_xy = max(largest_xy, run)
                 continue
             kept = 0
             for u in range(first, end):

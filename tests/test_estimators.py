@@ -339,3 +339,20 @@ def test_confidence_intervals_cover_the_exact_value():
         low, high = info.confidence_interval
         covered += low <= truth <= high
     assert 0.904 <= covered / 200 <= 0.996, covered
+
+
+def test_spectrum_entropy_is_order_free_and_equals_plugin():
+    from deep_ei_jax.estimators import count_spectrum, entropy, spectrum_entropy
+    from deep_ei_jax.information import entropy as table_entropy
+    rng = np.random.default_rng(3)
+    counts = rng.geometric(0.01, size=20_000)
+    first = entropy(counts)
+    for _ in range(3):  # any order: bit-identical
+        assert entropy(rng.permutation(counts)) == first
+    assert abs(first - float(table_entropy(counts.astype(np.float64)))) < 1e-12 * first
+    values, multiplicity = count_spectrum([3, 0, 1, 3, 5, 1, 3])
+    np.testing.assert_array_equal(values, [1, 3, 5])
+    np.testing.assert_array_equal(multiplicity, [2, 3, 1])
+    assert spectrum_entropy([7], [1]) == 0.0 and entropy(np.zeros(0, np.int64)) == 0.0
+    with pytest.raises(ValueError, match="counts must be nonnegative integers"):
+        count_spectrum(np.array([1.5, 2.0]))

@@ -262,3 +262,64 @@ def test_fast_uniform_is_jax_uniform_bit_for_bit(shape):
     other = jax.random.key(0, impl="rbg")  # other key kinds are handed to jax.random.uniform
     np.testing.assert_array_equal(_uniform(other, shape, 0.0, 1.0),
                                   jax.random.uniform(other, shape))
+
+
+def _spectrum_of(states):
+    """(values, multiplicities) of the counts of the distinct rows of `states`, by NumPy."""
+    from deep_ei_jax.estimators import count_spectrum
+    if len(states) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    _, counts = np.unique(states, axis=0, return_counts=True)
+    return count_spectrum(counts)
+
+
+@pytest.mark.parametrize("num_in, in_bins, samples", [
+    (4, 8, 5000),    # 12-bit input states, ~1 sample each: the small-group path
+    (2, 8, 5000),    # 64 input states, ~80 samples each: the dense-table path
+    (3, 64, 3000),   # 18-bit keys: the two-digit radix sort
+    (1, 2, 7),       # tiny
+])
+def test_sorted_inputs_spectra_match_unique(num_in, in_bins, samples):
+    from deep_ei_jax.histogram import SortedInputs
+    rng = np.random.default_rng(num_in + samples)
+    num_out, out_bins = 3, 4
+    x = rng.integers(0, in_bins, (num_in, samples)).astype(np.uint8)
+    # few distinct outputs (as saturating activations give), some samples left out
+    y = rng.integers(0, 2, (num_out, samples)).astype(np.uint8)
+    y[rng.random((num_out, samples)) < 0.03] = out_bins
+    inputs = SortedInputs(x, samples - 2, in_bins, num_out * 2)
+    for trial in range(2):  # the scratch tables are left clean for the next set
+        codes = y if trial == 0 else np.roll(y, 1, axis=1)
+        got = inputs.spectra(codes, out_bins)
+        stop = samples - 2
+        keep = np.all(codes[:, :stop] < out_bins, axis=0)
+        xs, ys = x[:, :stop].T[keep], codes[:, :stop].T[keep]
+        for have, want in zip(got, (_spectrum_of(xs), _spectrum_of(ys),
+                                    _spectrum_of(np.concatenate([xs, ys], axis=1)))):
+            np.testing.assert_array_equal(have[0], want[0])
+            np.testing.assert_array_equal(have[1], want[1])
+
+
+def test_sorted_inputs_fit_limits():
+    from deep_ei_jax.histogram import sorted_inputs_fit
+    assert sorted_inputs_fit(10, 8, 8, 8)           # 30-bit inputs, 24-bit outputs
+    assert not sorted_inputs_fit(11, 8, 5, 8)       # 33-bit inputs
+    assert not sorted_inputs_fit(4, 8, 9, 8)        # 27-bit outputs
+
+
+def test_dense_elementwise_rounds_the_same_under_vmap():
+    from deep_ei_jax import pure
+    from deep_ei_jax.layers import ELEMENTWISE_FAN_IN
+    rng = np.random.default_rng(5)
+    x = rng.random((4096, 5), dtype=np.float32)
+    chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(5,))
+    w = (3 * rng.normal(size=(7, 5, 4))).astype(np.float32)
+    b = rng.normal(size=(7, 4)).astype(np.float32)
+    single = jax.jit(lambda p: pure.apply(chain, p, x))
+    batched = jax.jit(jax.vmap(lambda w, b: pure.apply(chain, ({"w": w, "b": b},), x)))(w, b)
+    for k in range(7):
+        one = np.asarray(single(({"w": w[k], "b": b[k]},)))
+        np.testing.assert_array_equal(np.asarray(batched[k]), one)  # bit for bit
+        # and the matmul's value to float32 rounding of 5 products
+        np.testing.assert_allclose(one, 1 / (1 + np.exp(-(x @ w[k] + b[k]))), rtol=0, atol=1e-5)
+    assert ELEMENTWISE_FAN_IN >= 5

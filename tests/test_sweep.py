@@ -9,7 +9,7 @@ evaluated in differently fused code:
 * EI: counted on the device ("scatter"), the three entropies are summed in float32 (a single call
   sums in float64 on the host); each carries ~1e-6 bits (test_state_entropy_matches_numpy_oracle
   checks 1e-5), so EI_TOL = 1e-4 bits leaves a wide margin. Counted on the host ("numba", the CPU
-  default) with the single call's counters and formula, EI is equal exactly.
+  default) with the single call's counts and formulas, EI and EI_parts are equal exactly.
 """
 import math
 
@@ -44,8 +44,9 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
         parts, parts_info = pure.ei_parts(key, chain, params, samples=samples, **binning)
         sens, _ = pure.sensitivity(key, chain, params, samples=sensitivity_samples, **binning)
         assert abs(result.ei[k] - ei) < EI_TOL, (k, result.ei[k], ei)
-        if binning.get("method") == "numba":  # the single call's counts and float64 formula
+        if binning.get("method") == "numba":  # the single call's counts and compiled formulas
             assert result.ei[k] == ei
+            assert result.ei_parts[k] == parts
         pairs = result.ei_parts_matrix[k].size
         assert abs(result.ei_parts[k] - parts) <= parts_tol(pairs, samples)
         assert abs(result.sensitivity[k] - sens) <= parts_tol(pairs, sensitivity_samples)
@@ -55,10 +56,17 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
     return result
 
 
-# "numba": EI and EI_parts counted on the host (the CPU default); "scatter": all on the device
-@pytest.mark.parametrize("method", ["numba", "scatter"])
-def test_sweep_equals_single_calls_one_word_states(key, method):
+# "numba": EI and EI_parts counted on the host (the CPU default), EI against sorted input states
+# or (samples beyond one call) by each set's StateCounts; "scatter": all on the device
+@pytest.mark.parametrize("method", ["numba", "numba-state-counts", "scatter"])
+def test_sweep_equals_single_calls_one_word_states(key, method, monkeypatch):
     # 4 -> 5 sigmoid at 8 bins: X 12 bits (dense count), Y 15 bits (dense), joint 27 bits (sort)
+    sorted_calls = []
+    real = sweeping.SortedInputs
+    monkeypatch.setattr(sweeping, "SortedInputs", lambda *a: sorted_calls.append(1) or real(*a))
+    if method == "numba-state-counts":
+        monkeypatch.setattr(sweeping, "_HOST_CALL_ENTRIES", 1)  # no call holds every sample
+        method = "numba"
     rng = np.random.default_rng(1)
     chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(4,))
     result = _check_equal_to_single_calls(key, chain, _sets(rng, [(4, 5)], 3), 20_000, 700,
@@ -67,6 +75,7 @@ def test_sweep_equals_single_calls_one_word_states(key, method):
     assert result.ei.shape == (3,) and result.ei_parts_matrix.shape == (3, 4, 5)
     assert result.sensitivity_matrix.shape == (3, 4, 5)
     assert len(set(np.round(result.ei, 6))) == 3  # three different sets, three different values
+    assert bool(sorted_calls) == (method == "numba" and sweeping._HOST_CALL_ENTRIES > 1)
 
 
 @pytest.mark.filterwarnings("ignore:.*outside out_range:RuntimeWarning")
@@ -117,7 +126,7 @@ def test_chunking_over_k_gives_identical_results(key, monkeypatch):
         monkeypatch.setattr(sweeping, name, lambda *a, batch=batch: calls.append(1) or batch(*a))
     pure.sweep(key, chain, stacked, **binning)
     unsplit, calls[:] = len(calls), []
-    tight = pure.sweep(key, chain, stacked, memory_budget=1_000_000, **binning)
+    tight = pure.sweep(key, chain, stacked, memory_budget=500_000, **binning)
     assert len(calls) > unsplit  # the budget split K over several calls
     for other in (by_two, tight):
         for name in ("ei", "ei_parts", "sensitivity", "degeneracy", "ei_parts_matrix",
