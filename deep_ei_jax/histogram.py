@@ -82,6 +82,11 @@ def host_bins_dtype(in_bins: int, out_bins: int):
 
 
 def _host_pairwise_kernel(parallel: bool):
+    @numba.njit(nogil=True, cache=True)
+    def count_joint(x_codes, y_codes, stride, joint):
+        for s in range(x_codes.shape[0]):
+            joint[np.uint32(x_codes[s]) * stride + np.uint32(y_codes[s])] += 1
+
     def add_counts(x_bins, y_bins, row_bins, tables, first, stop, x_pairs, y_pairs):
         num_in, num_out = x_bins.shape[0], y_bins.shape[0]
         in_bins = tables.shape[2] // row_bins
@@ -90,41 +95,42 @@ def _host_pairwise_kernel(parallel: bool):
         # counted two at a time where asked: one pass over the samples counts a group's joint
         # code in a small scratch table (cache-resident), which is then summed into the tables
         # of every (input, output) pair it holds: a quarter of the increments with both.
-        # Indices are kept unsigned so that numba leaves out its negative-index wraparound.
+        # Indices are kept unsigned so that numba leaves out its negative-index wraparound; a
+        # group of one streams its own narrow row.
         x_groups = (num_in + 1) // 2 if x_pairs else num_in
         y_groups = (num_out + 1) // 2 if y_pairs else num_out
-        x_codes = np.empty((x_groups, n), np.uint32)
-        y_codes = np.empty((y_groups, n), np.uint32)
-        x_width, row = np.uint32(in_bins), np.uint32(row_bins)
-        for g in numba.prange(x_groups + y_groups):
-            if g < x_groups:
-                a, step, width, bins, codes = (2 * g if x_pairs else g), x_pairs, x_width, \
-                    x_bins, x_codes[g]
-                count = num_in
+        x_codes = np.empty((num_in // 2 if x_pairs else 0, n), np.uint32)
+        y_codes = np.empty((num_out // 2 if y_pairs else 0, n), np.uint32)
+        for g in numba.prange(x_codes.shape[0] + y_codes.shape[0]):
+            if g < x_codes.shape[0]:
+                low, high = x_bins[2 * g, first:stop], x_bins[2 * g + 1, first:stop]
+                codes, width = x_codes[g], np.uint32(in_bins)
             else:
-                a, step, width, bins, codes = (2 * (g - x_groups) if y_pairs else g - x_groups), \
-                    y_pairs, row, y_bins, y_codes[g - x_groups]
-                count = num_out
-            low = bins[a, first:stop]
-            if step and a + 1 < count:
-                high = bins[a + 1, first:stop]
-                for s in range(n):
-                    codes[s] = np.uint32(low[s]) * width + np.uint32(high[s])
-            else:
-                for s in range(n):
-                    codes[s] = np.uint32(low[s])
+                h = g - x_codes.shape[0]
+                low, high = y_bins[2 * h, first:stop], y_bins[2 * h + 1, first:stop]
+                codes, width = y_codes[h], np.uint32(row_bins)
+            for s in range(n):
+                codes[s] = np.uint32(low[s]) * width + np.uint32(high[s])
         for task in numba.prange(x_groups * y_groups):
             g, h = task // y_groups, task % y_groups
             a = 2 * g if x_pairs else g
             b = 2 * h if y_pairs else h
             x_two = x_pairs and a + 1 < num_in
             y_two = y_pairs and b + 1 < num_out
+            if not (x_two or y_two):  # one input, one output: straight into its table
+                count_joint(x_bins[a, first:stop], y_bins[b, first:stop], np.uint32(row_bins),
+                            tables[a, b])
+                continue
             x_cells = in_bins * in_bins if x_two else in_bins
             y_cells = row_bins * row_bins if y_two else row_bins
             joint = np.zeros(x_cells * y_cells, np.int32)
-            xc, yc, stride = x_codes[g], y_codes[h], np.uint32(y_cells)
-            for s in range(n):
-                joint[xc[s] * stride + yc[s]] += 1
+            stride = np.uint32(y_cells)
+            if x_two and y_two:
+                count_joint(x_codes[g], y_codes[h], stride, joint)
+            elif x_two:
+                count_joint(x_codes[g], y_bins[b, first:stop], stride, joint)
+            else:
+                count_joint(x_bins[a, first:stop], y_codes[h], stride, joint)
             x_second = in_bins if x_two else 1
             y_second = row_bins if y_two else 1
             cell = 0

@@ -14,13 +14,16 @@ kernels `measures._step` and `measures._single_input_step` make them), so::
 
 The layer runs bit for bit as in a single call (see `_sweep_kernel`), so every count is the same
 integer; EI_parts and sensitivity agree to float32 rounding of the same MI formula. On a CPU with
-numba (method 'auto' or 'numba', Dense chains, one device) the inputs of each chunk are sampled
-once for all sets, each set's layer runs as a single call's, and EI and EI_parts are counted on
-the host by the single calls' counters (`_host_vector_pass`): vector EI then equals the single
-call exactly. Otherwise (GPUs, 'scatter'/'onehot', convolutions, sharded sets) everything runs on
-the device: vector EI's packed joint states are sorted, runs counted, and the entropies summed in
-float32, where a single call sums in float64: the two agree to about 1e-5 bits (see
-`state_entropy`). Sample counts are fixed; output ranges and bin counts must be fixed numbers
+numba (method 'auto' or 'numba', Dense chains, one device) the inputs are sampled once for all
+sets of a call, each set's layer runs as a single call's (vmapped where that rounds the same:
+`layers.Dense` multiply-adds small fan-ins elementwise), and everything is counted on the host
+(`_host_vector_pass`, `_host_sensitivity_pass`): EI_parts and sensitivity by the single calls'
+pairwise counter, EI, when every sample fits one call and the states are narrow, against the
+input states sorted once per call (`histogram.SortedInputs`, exact count spectra), else by each
+set's `StateCounts` as a single call counts. EI and EI_parts then equal the single call exactly.
+Otherwise (GPUs, 'scatter'/'onehot', convolutions, sharded sets) everything runs on the device:
+vector EI's packed joint states are sorted, runs counted, and the entropies summed in float32,
+where a single call sums in float64: the two agree to about 1e-5 bits (see `state_entropy`). Sample counts are fixed; output ranges and bin counts must be fixed numbers
 (not 'dynamic'). Note that `pure.degeneracy` splits its key in two; the sweep's degeneracy
 uses the same key for EI and sensitivity, as the deep-ei style calls with one `seed` do.
 """
