@@ -9,7 +9,8 @@ evaluated in differently fused code:
 * EI: counted on the device ("scatter"), the three entropies are summed in float32 (a single call
   sums in float64 on the host); each carries ~1e-6 bits (test_state_entropy_matches_numpy_oracle
   checks 1e-5), so EI_TOL = 1e-4 bits leaves a wide margin. Counted on the host ("numba", the CPU
-  default) with the single call's counts and formulas, EI and EI_parts are equal exactly.
+  default) with the single call's counts and formulas, EI, EI_parts and sensitivity are equal
+  exactly.
 """
 import math
 
@@ -47,6 +48,7 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
         if binning.get("method") == "numba":  # the single call's counts and compiled formulas
             assert result.ei[k] == ei
             assert result.ei_parts[k] == parts
+            assert result.sensitivity[k] == sens
         pairs = result.ei_parts_matrix[k].size
         assert abs(result.ei_parts[k] - parts) <= parts_tol(pairs, samples)
         assert abs(result.sensitivity[k] - sens) <= parts_tol(pairs, sensitivity_samples)
