@@ -256,22 +256,28 @@ def _over_sets(fn, stacked_params, exact_vmap: bool):
     return jax.vmap(fn)(stacked_params) if exact_vmap else jax.lax.map(fn, stacked_params)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _host_chunk(static, exact_vmap, pack, key, stacked_params, ranges, first_block, stop):
-    """One chunk of the all-inputs intervention for every set, for the host's counters.
-
-    Returns the inputs' bins [n_in, S] (sampled once: every set sees the same samples), and per
-    set its outputs' bins [n_out, S] with the sentinel `out_bins` on every entry a single call
-    leaves out (past `stop`; outside out_range under policy "drop"), its out-of-range counts
-    [n_out] and, with `pack`, its packed states for `StateCounts` (`measures._packed_states`).
-    Each set's layer runs exactly as in a single call.
-    """
+@functools.partial(jax.jit, static_argnums=0)
+def _host_inputs(static, key, ranges, first_block):
+    """One chunk's inputs (as a single call samples them) and their bins [n_in, S] for the host;
+    every set of a sweep sees these samples."""
     x = uniform_inputs(key, first_block, static.num_blocks, static.chain.in_shape, ranges.in_low,
                        ranges.in_high)
-    in_chunk = sample_mask(first_block, static.num_blocks, 0, stop)
     x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
                             static.in_bins)
-    dtype = host_bins_dtype(static.in_bins, static.out_bins)
+    return x, x_bins.T.astype(host_bins_dtype(static.in_bins, static.out_bins))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _host_chunk(static, exact_vmap, pack, key, x, stacked_params, ranges, first_block, stop):
+    """One chunk of the all-inputs intervention for every set, for the host's counters.
+
+    Takes the chunk's inputs `x` (`_host_inputs`) and returns per set its outputs' bins [n_out, S]
+    with the sentinel `out_bins` on every entry a single call leaves out (past `stop`; outside
+    out_range under policy "drop"), its out-of-range counts [n_out] under policy "clip" and,
+    with `pack`, its packed states for `StateCounts` (`measures._packed_states`). Each set's
+    layer runs exactly as in a single call.
+    """
+    in_chunk = sample_mask(first_block, static.num_blocks, 0, stop)
 
     def one(params):
         _, y = measures._outputs(static, key, params, ranges.in_low, ranges.in_high,
@@ -282,10 +288,14 @@ def _host_chunk(static, exact_vmap, pack, key, stacked_params, ranges, first_blo
         # under "drop" the host counts these from the sentinels (the tables' spare cells)
         out_of_range = jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32) \
             if static.policy == "clip" else ()
-        states = measures._packed_states(static, x_bins, y_bins, y_in, in_chunk) if pack else ()
-        return codes.T.astype(dtype), out_of_range, states
-    codes, out_of_range, states = _over_sets(one, stacked_params, exact_vmap)
-    return x_bins.T.astype(dtype), codes, out_of_range, states
+        states = ()
+        if pack:
+            x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
+                                    static.in_bins)
+            states = measures._packed_states(static, x_bins, y_bins, y_in, in_chunk)
+        return codes.T.astype(host_bins_dtype(static.in_bins, static.out_bins)), \
+            out_of_range, states
+    return _over_sets(one, stacked_params, exact_vmap)
 
 
 def _batches(stacked_params, num_sets: int, batch: int):
@@ -319,16 +329,23 @@ def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
     dropped = np.zeros(num_sets, np.int64)
     pack = bool(static.groups) and not plan.sorted_states
     counters: dict = {}
+    sorted_inputs: list = []
     chunks = list(measures._chunks(static, 0, plan.samples))
+
+    sampled: dict = {}  # the last chunk's inputs: with one chunk, sampled once for all calls
 
     def dispatch(item):
         (_, _, params), (first, chunk_static) = item
-        return _host_chunk(chunk_static, plan.exact_vmap, pack, key, params, ranges, first,
-                           plan.samples)
+        if first not in sampled:
+            sampled.clear()
+            sampled[first] = _host_inputs(chunk_static, key, ranges, first)
+        x, x_codes = sampled[first]
+        return x_codes, _host_chunk(chunk_static, plan.exact_vmap, pack, key, x, params, ranges,
+                                    first, plan.samples)
 
     def consume(outputs, item):
         (_, sets, _), (first, _) = item
-        x_codes, y_codes, oor, states = jax.device_get(outputs)
+        x_codes, (y_codes, oor, states) = jax.device_get(outputs)
         stop = min(plan.samples - first * SAMPLE_BLOCK, x_codes.shape[1])
         if static.policy == "clip":
             out_of_range[sets] += oor[:len(sets)].sum(axis=1)
@@ -342,8 +359,10 @@ def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
         elif static.pairs:
             count_pairs()
         if static.groups and plan.sorted_states:  # the whole sample range in this one chunk
-            inputs = SortedInputs(x_codes, stop, static.in_bins,
-                                  n_out * _bits(static.out_bins))
+            if not sorted_inputs:  # every call samples the same inputs: sorted once
+                sorted_inputs.append(SortedInputs(x_codes, stop, static.in_bins,
+                                                  n_out * _bits(static.out_bins)))
+            inputs = sorted_inputs[0]
             for i, k in enumerate(sets):
                 spectra = inputs.spectra(y_codes[i], static.out_bins)
                 ei[k] = _estimators.spectra_mutual_information(*spectra)
