@@ -81,12 +81,35 @@ def host_bins_dtype(in_bins: int, out_bins: int):
         if max(in_bins, out_bins + 1) <= 65536 else np.uint32
 
 
-def _host_pairwise_kernel(parallel: bool):
-    @numba.njit(nogil=True, cache=True)
-    def count_joint(x_codes, y_codes, stride, joint):
-        for s in range(x_codes.shape[0]):
-            joint[np.uint32(x_codes[s]) * stride + np.uint32(y_codes[s])] += 1
+def _count_joint(x_codes, y_codes, stride, joint):
+    """joint[x * stride + y] += 1 over the samples (unsigned, so no wraparound checks)."""
+    for s in range(x_codes.shape[0]):
+        joint[np.uint32(x_codes[s]) * stride + np.uint32(y_codes[s])] += 1
 
+
+def _compact(spectrum, largest):
+    """(values, multiplicities) of the nonzero entries 1..largest of `spectrum`, which is zeroed
+    there for the next use."""
+    m = 0
+    for c in range(1, largest + 1):
+        if spectrum[c]:
+            m += 1
+    values, multiplicity = np.empty(m, np.int64), np.empty(m, np.int64)
+    m = 0
+    for c in range(1, largest + 1):
+        if spectrum[c]:
+            values[m], multiplicity[m] = c, spectrum[c]
+            spectrum[c] = 0
+            m += 1
+    return values, multiplicity
+
+
+if numba is not None:  # module-level helpers, so that the kernels calling them are cached on disk
+    _count_joint = numba.njit(nogil=True, cache=True)(_count_joint)
+    _compact = numba.njit(nogil=True, cache=True)(_compact)
+
+
+def _host_pairwise_kernel(parallel: bool):
     def add_counts(x_bins, y_bins, row_bins, tables, first, stop, x_pairs, y_pairs):
         num_in, num_out = x_bins.shape[0], y_bins.shape[0]
         in_bins = tables.shape[2] // row_bins
@@ -118,19 +141,19 @@ def _host_pairwise_kernel(parallel: bool):
             x_two = x_pairs and a + 1 < num_in
             y_two = y_pairs and b + 1 < num_out
             if not (x_two or y_two):  # one input, one output: straight into its table
-                count_joint(x_bins[a, first:stop], y_bins[b, first:stop], np.uint32(row_bins),
-                            tables[a, b])
+                _count_joint(x_bins[a, first:stop], y_bins[b, first:stop], np.uint32(row_bins),
+                             tables[a, b])
                 continue
             x_cells = in_bins * in_bins if x_two else in_bins
             y_cells = row_bins * row_bins if y_two else row_bins
             joint = np.zeros(x_cells * y_cells, np.int32)
             stride = np.uint32(y_cells)
             if x_two and y_two:
-                count_joint(x_codes[g], y_codes[h], stride, joint)
+                _count_joint(x_codes[g], y_codes[h], stride, joint)
             elif x_two:
-                count_joint(x_codes[g], y_bins[b, first:stop], stride, joint)
+                _count_joint(x_codes[g], y_bins[b, first:stop], stride, joint)
             else:
-                count_joint(x_bins[a, first:stop], y_codes[h], stride, joint)
+                _count_joint(x_bins[a, first:stop], y_codes[h], stride, joint)
             x_second = in_bins if x_two else 1
             y_second = row_bins if y_two else 1
             cell = 0
@@ -369,23 +392,6 @@ def _state_kernels() -> _StateKernels:
         return ordered, order
 
     @numba.njit(nogil=True, cache=True)
-    def compact(spectrum, largest):
-        """(values, multiplicities) of the nonzero entries 1..largest of `spectrum`, which is
-        zeroed there for the next use."""
-        m = 0
-        for c in range(1, largest + 1):
-            if spectrum[c]:
-                m += 1
-        values, multiplicity = np.empty(m, np.int64), np.empty(m, np.int64)
-        m = 0
-        for c in range(1, largest + 1):
-            if spectrum[c]:
-                values[m], multiplicity[m] = c, spectrum[c]
-                spectrum[c] = 0
-                m += 1
-        return values, multiplicity
-
-    @numba.njit(nogil=True, cache=True)
     def group_bounds(x_sorted):
         """Where each run of equal sorted keys starts, and the end: int64 [runs + 1]."""
         n = x_sorted.shape[0]
@@ -471,8 +477,8 @@ def _state_kernels() -> _StateKernels:
             if kept:
                 spectrum[0, kept] += 1
                 largest_x = max(largest_x, kept)
-        return (compact(spectrum[0], largest_x), compact(spectrum[1], largest_y),
-                compact(spectrum[2], largest_xy))
+        return (_compact(spectrum[0], largest_x), _compact(spectrum[1], largest_y),
+                _compact(spectrum[2], largest_xy))
 
     return _StateKernels(add_dense, keys_of, run_counts, merge, state_keys, sorted_order,
                          group_bounds, spectra)

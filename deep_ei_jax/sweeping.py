@@ -13,19 +13,21 @@ kernels `measures._step` and `measures._single_input_step` make them), so::
     result.degeneracy[k]  == result.sensitivity[k] - result.ei[k]
 
 The layer runs bit for bit as in a single call (see `_sweep_kernel`), so every count is the same
-integer; EI_parts and sensitivity agree to float32 rounding of the same MI formula. On a CPU with
-numba (method 'auto' or 'numba', Dense chains, one device) the inputs are sampled once for all
-sets of a call, each set's layer runs as a single call's (vmapped where that rounds the same:
-`layers.Dense` multiply-adds small fan-ins elementwise), and everything is counted on the host
-(`_host_vector_pass`, `_host_sensitivity_pass`): EI_parts and sensitivity by the single calls'
-pairwise counter, EI, when every sample fits one call and the states are narrow, against the
-input states sorted once per call (`histogram.SortedInputs`, exact count spectra), else by each
-set's `StateCounts` as a single call counts. EI and EI_parts then equal the single call exactly.
-Otherwise (GPUs, 'scatter'/'onehot', convolutions, sharded sets) everything runs on the device:
-vector EI's packed joint states are sorted, runs counted, and the entropies summed in float32,
-where a single call sums in float64: the two agree to about 1e-5 bits (see `state_entropy`). Sample counts are fixed; output ranges and bin counts must be fixed numbers
-(not 'dynamic'). Note that `pure.degeneracy` splits its key in two; the sweep's degeneracy
-uses the same key for EI and sensitivity, as the deep-ei style calls with one `seed` do.
+integer. On a CPU with numba (method 'auto' or 'numba', Dense chains, one device) the inputs are
+sampled once for all sets of a call, each set's layer runs as a single call's (vmapped where that
+rounds the same: `layers.Dense` multiply-adds small fan-ins elementwise), and everything is
+counted on the host (`_host_vector_pass`, `_host_sensitivity_pass`): EI_parts and sensitivity by
+the single calls' pairwise counter and compiled statistics; EI, when every sample fits one call
+and the states are narrow, against the input states sorted once (`histogram.SortedInputs`, exact
+count spectra), else by each set's `StateCounts` as a single call counts. EI, EI_parts and
+sensitivity then equal the single call exactly. Otherwise (GPUs, 'scatter'/'onehot',
+convolutions, sharded sets) everything runs on the device: EI_parts and sensitivity agree to
+float32 rounding of the same MI formula (differently fused), and vector EI's packed joint states
+are sorted, runs counted, and the entropies summed in float32, where a single call sums in
+float64: the two agree to about 1e-5 bits (see `state_entropy`). Sample counts are fixed; output
+ranges and bin counts must be fixed numbers (not 'dynamic'). Note that `pure.degeneracy` splits
+its key in two; the sweep's degeneracy uses the same key for EI and sensitivity, as the deep-ei
+style calls with one `seed` do.
 """
 from __future__ import annotations
 
@@ -311,14 +313,15 @@ def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
                       batch: int) -> dict:
     """EI and EI_parts of every set, counted on the host (numba), `batch` sets per device call.
 
-    The device samples each chunk once, runs every set's layer as a single call does and bins
-    (`_host_chunk`); the host counts, while the device computes the next call. EI_parts: the
-    single calls' pairwise counter. EI: with `plan.sorted_states` (all samples in one chunk,
-    narrow states) the chunk's input states are sorted once and every set's joint states are
+    The device samples each chunk's inputs once for all calls (`_host_inputs`), runs every set's
+    layer as a single call does and bins (`_host_chunk`); the host counts, while the device
+    computes the next call. EI_parts: the single calls' pairwise counter. EI: with
+    `plan.sorted_states` (all samples in one chunk, narrow states) the input states are sorted
+    once and every set's joint states are
     counted against that order (`histogram.SortedInputs`), giving the count spectra a single
     call's `StateCounts` give; otherwise each set gets the single calls' `StateCounts`. Either way
-    the counts and the formula are a single call's, so EI is equal exactly, EI_parts to float32
-    rounding of the same compiled MI.
+    the counts and the formulas are a single call's (EI_parts: its compiled `_block_statistics`),
+    so EI and EI_parts equal the single call's exactly.
     """
     static = plan.vector
     n_in, n_out = static.num_inputs, static.num_outputs
@@ -349,6 +352,7 @@ def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
         stop = min(plan.samples - first * SAMPLE_BLOCK, x_codes.shape[1])
         if static.policy == "clip":
             out_of_range[sets] += oor[:len(sets)].sum(axis=1)
+
         def count_pairs():
             for i, k in enumerate(sets):
                 add_pairwise_counts_host(x_codes, y_codes[i], static.out_bins, tables[k], 0,

@@ -6,7 +6,8 @@
 
 Each layer's K parameter sets are stacked and measured in one compiled call
 (`deep_ei_jax.pure.sweep`); a record equals what the single calls give with the same `seed`
-(`vector_and_pairwise_ei`, `sensitivity_of_layer`, ...), EI up to float32 rounding.
+(`vector_and_pairwise_ei`, `sensitivity_of_layer`, ...): exactly on a CPU with numba, EI to float32
+rounding of its entropies on the device.
 """
 from __future__ import annotations
 
