@@ -67,7 +67,7 @@ def test_sweep_equals_single_calls_one_word_states(key, method, monkeypatch):
     real = sweeping.SortedInputs
     monkeypatch.setattr(sweeping, "SortedInputs", lambda *a: sorted_calls.append(1) or real(*a))
     if method == "numba-state-counts":
-        monkeypatch.setattr(sweeping, "_HOST_CALL_ENTRIES", 1)  # no call holds every sample
+        monkeypatch.setattr(sweeping, "_sorted_call_sets", lambda *a: 0)  # no call holds all
         method = "numba"
     rng = np.random.default_rng(1)
     chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(4,))
@@ -77,7 +77,7 @@ def test_sweep_equals_single_calls_one_word_states(key, method, monkeypatch):
     assert result.ei.shape == (3,) and result.ei_parts_matrix.shape == (3, 4, 5)
     assert result.sensitivity_matrix.shape == (3, 4, 5)
     assert len(set(np.round(result.ei, 6))) == 3  # three different sets, three different values
-    assert bool(sorted_calls) == (method == "numba" and sweeping._HOST_CALL_ENTRIES > 1)
+    assert bool(sorted_calls) == (method == "numba" and sweeping._sorted_call_sets(1, 1, 1, 99) > 0)
 
 
 @pytest.mark.filterwarnings("ignore:.*outside out_range:RuntimeWarning")
@@ -312,3 +312,21 @@ def test_bridge_sweep_skips_unmeasurable_layers_with_a_warning():
         records = dei.sweep([model], torch.zeros((2, 3)), measures=["ei_parts"], samples=1000,
                             in_bins=4, out_bins=4)
     assert [r["layer"] for r in records] == ["0"]
+
+
+def test_host_plan_holds_every_sample_within_the_memory_budget(key):
+    # the paper's 1e7 samples of a 5 -> 5 layer: one set per call within the default 1 GiB (its
+    # estimate ~0.8 GB; measured peak RSS 1.39 GB with the ~0.4 GB process); a budget that cannot
+    # hold the shared inputs and one set (780 MiB) falls back to StateCounts over chunks
+    chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(5,))
+    params0 = ({"w": np.ones((5, 5), np.float32)},)
+    plan = lambda budget: sweeping._plan(
+        key, chain, params0, in_range=(0, 1), out_range=(0, 1), in_bins=8, out_bins=8,
+        policy="drop", method="numba", activation=None, samples=10 ** 7,
+        sensitivity_samples=100, names=sweeping.MEASURES, num_sets=50, max_batch=None,
+        memory_budget=budget)
+    big, _, _, batch = plan(sweeping.DEFAULT_MEMORY_BUDGET)
+    assert big.sorted_states and batch == 1 and big.num_chunks == 1
+    small, _, _, _ = plan(780 * 2 ** 20)
+    assert not small.sorted_states and small.num_chunks > 1
+    assert sweeping._sorted_call_sets(10 ** 5, 4, 5, 2 ** 30) > 50
