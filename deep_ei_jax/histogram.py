@@ -104,9 +104,30 @@ def _compact(spectrum, largest):
     return values, multiplicity
 
 
+def _table_spectrum(keys, first, end, invalid, table, spectrum):
+    """Adds to `spectrum` (count -> states) the counts of the distinct keys of keys[first:end]
+    other than `invalid`, counted in the dense `table` (zero, left zero): each key is counted,
+    then read back once and cleared. Returns (keys counted, the largest count)."""
+    kept, largest = 0, 1
+    for u in range(first, end):
+        key = keys[u]
+        if key != invalid:
+            table[key] += 1
+            kept += 1
+    for u in range(first, end):
+        key = keys[u]
+        if key != invalid and table[key] != 0:
+            count = table[key]
+            spectrum[count] += 1
+            largest = max(largest, count)
+            table[key] = 0
+    return kept, largest
+
+
 if numba is not None:  # module-level helpers, so that the kernels calling them are cached on disk
     _count_joint = numba.njit(nogil=True, cache=True)(_count_joint)
     _compact = numba.njit(nogil=True, cache=True)(_compact)
+    _table_spectrum = numba.njit(nogil=True, cache=True)(_table_spectrum)
 
 
 def _host_pairwise_kernel(parallel: bool):
@@ -414,18 +435,8 @@ def _state_kernels() -> _StateKernels:
         cleared. `spectrum`: int64 [3, samples + 1] zeros, left zero."""
         n = order.shape[0]
         invalid = ~y_keys.dtype.type(0)
-        largest_x = largest_y = largest_xy = 1
-        for s in range(n):
-            key = y_keys[s]
-            if key != invalid:
-                table[key] += 1
-        for s in range(n):
-            key = y_keys[s]
-            if key != invalid and table[key] != 0:
-                c = table[key]
-                spectrum[1, c] += 1
-                largest_y = max(largest_y, c)
-                table[key] = 0
+        largest_x = largest_xy = 1
+        _, largest_y = _table_spectrum(y_keys, 0, n, invalid, table, spectrum[1])
         gathered = np.empty(n, y_keys.dtype)  # y keys in input-state order
         for t in range(n):
             gathered[t] = y_keys[order[t]]
@@ -461,19 +472,8 @@ def _state_kernels() -> _StateKernels:
                     spectrum[2, run] += 1
                     largest_xy = max(largest_xy, run)
                 continue
-            kept = 0
-            for u in range(first, end):
-                key = gathered[u]
-                if key != invalid:
-                    table[key] += 1
-                    kept += 1
-            for u in range(first, end):
-                key = gathered[u]
-                if key != invalid and table[key] != 0:
-                    c = table[key]
-                    spectrum[2, c] += 1
-                    largest_xy = max(largest_xy, c)
-                    table[key] = 0
+            kept, largest = _table_spectrum(gathered, first, end, invalid, table, spectrum[2])
+            largest_xy = max(largest_xy, largest)
             if kept:
                 spectrum[0, kept] += 1
                 largest_x = max(largest_x, kept)
