@@ -164,23 +164,6 @@ def test_device_argument():
     assert dei.ei_of_layer(net[0], top, device=torch.device("cpu"), **kwargs) == value
 
 
-def test_persistent_compilation_cache(tmp_path):
-    code = ("import jax, numpy as np, deep_ei_jax as d; from deep_ei_jax import pure;"
-            "c = pure.Chain((pure.Dense(),), (2,));"
-            "pure.ei_parts(jax.random.key(0), c, ({'w': np.eye(2, dtype='float32')},), samples=100,"
-            " in_bins=4, out_bins=4);"
-            "print(d.COMPILATION_CACHE_DIR)")
-    env = {**__import__("os").environ, "DEEP_EI_JAX_COMPILATION_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True)
-    assert out.stdout.strip() == str(tmp_path / "cache")
-    assert any((tmp_path / "cache").iterdir())  # compiled programs were written
-    env["DEEP_EI_JAX_COMPILATION_CACHE"] = "0"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True)
-    assert out.stdout.strip() == "None"
-
-
 def test_extrapolate_recovers_infinite_sample_value():
     # SPEC anchor: a 1 -> 1 sigmoid layer with weight 3, 8 bins: 1.690 bits as N -> infinity
     net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Sigmoid())
