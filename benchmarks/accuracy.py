@@ -39,7 +39,7 @@ from deep_ei_jax.estimators import ESTIMATORS, expected_plugin_mutual_informatio
 from deep_ei_jax.exact import exact_ei_parts, exact_ei_parts_tables, exact_grid_points
 from deep_ei_jax.histogram import pairwise_counts
 
-from benchmarks._timing import timed
+from benchmarks._timing import timed, use_compilation_cache
 
 BINS = 64
 KEY = "d_20_10_sigmoid/0.weight"
@@ -160,6 +160,7 @@ def main(argv=None) -> int:
                         help="comma-separated sample sizes")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    use_compilation_cache()
     sizes = [int(float(s)) for s in args.samples.split(",")]
     records = run(args.seeds, sizes, args.repeats)
     print_table(records)

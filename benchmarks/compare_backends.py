@@ -34,6 +34,7 @@ import tempfile
 import time
 
 from benchmarks import _cases
+from benchmarks._timing import use_compilation_cache
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEEP_EI_PYTHON = REPO / "benchmarks" / ".deep_ei_venv" / "bin" / "python"
@@ -185,6 +186,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    use_compilation_cache()
     backends = list(args.backends)
     if "deep_ei" in backends and not DEEP_EI_PYTHON.exists():
         note(f"deep_ei backend skipped: no {DEEP_EI_PYTHON.relative_to(REPO)} "
