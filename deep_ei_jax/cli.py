@@ -228,7 +228,7 @@ def _model_dtype(model, torch):
 def _measurable_layers(model, topology, requested, measured_modules):
     """The layer names to measure: the requested ones (each must be measurable), or every
     Linear/Conv2d layer that can be measured, the others reported on stderr and skipped."""
-    from .bridge.api import _resolve
+    from .bridge.api import resolve_span
     names = {module: name for name, module in model.named_modules()}
     modules = dict(model.named_modules())
     candidates = requested if requested else \
@@ -247,7 +247,7 @@ def _measurable_layers(model, topology, requested, measured_modules):
         if name in chosen:
             raise UserError(f"--layers names layer {name!r} more than once")
         try:
-            _resolve(module, topology, None, None, None, None, 1)
+            resolve_span(module, topology)
         except NotImplementedError as error:
             why = str(error).replace("; pass activation= explicitly", "")
             if requested:
