@@ -119,7 +119,8 @@ def _format(x, digits=4) -> str:
 
 def summary_table(records: list, backends: list) -> str:
     """case | quantity | deep-ei s | ours 1st s | ours s | ratio | values, one row per quantity."""
-    ours = [b for b in backends if b != "deep_ei"]  # deep_ei's columns come first, whatever the order
+    # deep_ei's columns come first, whatever the order
+    ours = [b for b in backends if b != "deep_ei"]
     header = ["case", "quantity", "deep-ei s"]
     for b in ours:
         header += [f"{b} 1st s", f"{b} s", f"deep-ei/{b}"]

@@ -236,8 +236,8 @@ _ADAPTIVE = ("samples", None)
 
 @_deep_ei_measure(measures.ei_parts, leading=(_THRESHOLD, _ADAPTIVE, ("extrapolate", False)))
 def ei_of_layer(value):
-    """EI_parts of a layer: the sum over (input A, output B) pairs of I(x_A; y_B) under uniform noise
-    on every input (deep-ei 0.6.4 `ei_of_layer`, 0.7.0 `ei_parts`).
+    """EI_parts of a layer: the sum over (input A, output B) pairs of I(x_A; y_B) under uniform
+    noise on every input (deep-ei 0.6.4 `ei_of_layer`, 0.7.0 `ei_parts`).
 
     Args:
       layer: the module (a node of `topology`) that ends the layer.
@@ -293,7 +293,8 @@ def sensitivity_of_layer_matrix(value):
 @_deep_ei_measure(measures.ei, leading=(_THRESHOLD, _ADAPTIVE))
 def vector_ei_of_layer(value):
     """Vector EI: I(X; Y) between the whole binned input and output vectors (0.7.0 `ei`).
-    `samples=None` doubles until an estimate moves by less than `threshold` bits (deep-ei's rule)."""
+    `samples=None` doubles until an estimate moves by less than `threshold` bits (deep-ei's
+    rule)."""
     return value
 
 
