@@ -5,6 +5,10 @@ deep-ei user changes one import. Differences, all deliberate (README, "Migrating
 `batch_size` is accepted and ignored (chunks are sized for speed); samples with an out-of-range
 output are dropped consistently (deep-ei kept some in vector EI); Conv2d spans work; extra keyword
 arguments `seed=`, `policy=` and `return_info=` are ours.
+
+The eight layer measures are made by one specification (`_deep_ei_measure` and the parameter
+tables before it): each states only its pure-JAX measure, its own parameters and how its value is
+returned; the full signature (`inspect.signature`, `help()`, Sphinx) is built from that.
 """
 from __future__ import annotations
 
