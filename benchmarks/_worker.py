@@ -26,6 +26,7 @@ import time
 import torch
 
 from benchmarks import _cases
+from benchmarks._timing import use_compilation_cache
 
 
 def _rss_mb() -> float:
@@ -66,6 +67,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    use_compilation_cache()
 
     api = importlib.import_module(args.library)
     case = _cases.CASES[args.case]

@@ -34,6 +34,7 @@ import tempfile
 import time
 
 from benchmarks import _cases
+from benchmarks._timing import use_compilation_cache
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEEP_EI_PYTHON = REPO / "benchmarks" / ".deep_ei_venv" / "bin" / "python"
@@ -118,7 +119,8 @@ def _format(x, digits=4) -> str:
 
 def summary_table(records: list, backends: list) -> str:
     """case | quantity | deep-ei s | ours 1st s | ours s | ratio | values, one row per quantity."""
-    ours = [b for b in backends if b != "deep_ei"]  # deep_ei's columns come first, whatever the order
+    # deep_ei's columns come first, whatever the order
+    ours = [b for b in backends if b != "deep_ei"]
     header = ["case", "quantity", "deep-ei s"]
     for b in ours:
         header += [f"{b} 1st s", f"{b} s", f"deep-ei/{b}"]
@@ -185,6 +187,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    use_compilation_cache()
     backends = list(args.backends)
     if "deep_ei" in backends and not DEEP_EI_PYTHON.exists():
         note(f"deep_ei backend skipped: no {DEEP_EI_PYTHON.relative_to(REPO)} "

@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+from benchmarks._timing import use_compilation_cache
+
 CHILD = r"""
 import json, statistics, sys, time
 import jax, numpy as np
@@ -46,6 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--platform", default="cpu", choices=("cpu", "gpu"))
     args = parser.parse_args(argv)
+    use_compilation_cache()
     counts = [int(c) for c in args.devices.split(",")]
     base = None
     for count in counts:

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks._timing import use_compilation_cache
+
 SWEEPS = {
     # name: list of (n_in, n_out, bins, samples)
     "samples": [(20, 10, 64, n) for n in (10 ** 4, 10 ** 5, 10 ** 6, 4 * 10 ** 6)],
@@ -79,6 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sweeps", default=",".join(SWEEPS), help="comma-separated sweep names")
     parser.add_argument("--child", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    use_compilation_cache()
     if args.child:
         print(json.dumps(run_case(*args.child, repeats=args.repeats)))
         return 0

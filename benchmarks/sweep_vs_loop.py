@@ -16,7 +16,7 @@ import argparse
 import json
 import platform
 
-from benchmarks._timing import timed
+from benchmarks._timing import timed, use_compilation_cache
 
 IRIS_WIDTHS = (4, 5, 5, 3)
 BINS = 8
@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sensitivity-samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    use_compilation_cache()
     if args.quick:
         args.models, args.samples, args.repeats = 10, "10000", 1
     for samples in (int(s) for s in args.samples.split(",")):

@@ -7,16 +7,21 @@ Two APIs:
 * The deep-ei 0.6.4 API on torch models, at the top level (`topology_of`, `ei_of_layer`, ...,
   and the 0.7.0 names `ei`, `ei_parts`, ...). It lives in `deep_ei_jax.bridge` and is loaded on
   first use, so `import deep_ei_jax` never imports torch.
+
+`import deep_ei_jax` changes no global state; `enable_compilation_cache()` (or the environment
+variable `DEEP_EI_JAX_COMPILATION_CACHE`) turns on JAX's persistent compilation cache.
 """
 from __future__ import annotations
 
 import importlib
 
-from . import pure
+from . import _cache, pure
 from ._cache import enable_compilation_cache
 from .information import nats_to_bits
 
-COMPILATION_CACHE_DIR = enable_compilation_cache()
+# JAX's persistent compilation cache is opt-in: this changes JAX's settings only when
+# DEEP_EI_JAX_COMPILATION_CACHE asks for it (see `enable_compilation_cache`).
+_cache.enable_from_environment()
 
 __version__ = "0.1.0"
 
@@ -32,7 +37,7 @@ _BRIDGE_NAMES = (
     "degeneracy_of_layer", "layer_chain", "sweep", "to_dataframe", "Tracker",
 )
 
-__all__ = ["pure", "nats_to_bits", *_BRIDGE_NAMES]
+__all__ = ["enable_compilation_cache", "pure", "nats_to_bits", *_BRIDGE_NAMES]
 
 
 def __getattr__(name):

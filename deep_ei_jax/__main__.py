@@ -1,4 +1,4 @@
 """`python -m deep_ei_jax`: the deep-ei-jax command line (see deep_ei_jax.cli)."""
-from .cli import main
+from .cli import console_main
 
-raise SystemExit(main())
+raise SystemExit(console_main())

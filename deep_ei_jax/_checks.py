@@ -65,10 +65,38 @@ def check_choice(name: str, value, choices):
     return value
 
 
+def check_measures(names, choices) -> tuple:
+    """Measure names: one name or a non-empty sequence of names, each one of `choices`.
+
+    Args:
+      names: a name (str) or a sequence of names.
+      choices: the names allowed (e.g. `sweeping.MEASURES`).
+
+    Returns:
+      The names as a tuple, in the order given.
+    """
+    choices = tuple(choices)
+    if isinstance(names, str):
+        names = (names,)
+    try:
+        names = tuple(names)
+    except TypeError:
+        raise TypeError(f"measures must be a sequence of names from {choices}; "
+                        f"got {names!r}") from None
+    for name in names:
+        if name not in choices:
+            raise ValueError(f"measures must be names from {choices}; got {name!r}")
+    if not names:
+        raise ValueError(f"measures must name at least one of {choices}; got an empty sequence")
+    return names
+
+
 def check_groups(groups, num_inputs: int, num_outputs: int):
-    """A list of (input indices, output indices) pairs, each a non-empty tuple of distinct in-bounds ints."""
+    """A list of (input indices, output indices) pairs, each a non-empty tuple of distinct
+    in-bounds ints."""
     if isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
-        raise TypeError(f"groups must be a list of (input_indices, output_indices) pairs; got {groups!r}")
+        raise TypeError(f"groups must be a list of (input_indices, output_indices) pairs; "
+                        f"got {groups!r}")
     checked = []
     for g, group in enumerate(groups):
         try:
@@ -89,8 +117,8 @@ def check_groups(groups, num_inputs: int, num_outputs: int):
                 if isinstance(i, bool) or not isinstance(i, (numbers.Integral, np.integer)):
                     raise TypeError(f"groups[{g}] {side} indices must be ints; got {i!r}")
                 if not 0 <= i < size:
-                    raise ValueError(f"groups[{g}] {side} index {i} is out of bounds: the layer has "
-                                     f"{size} {side}s (valid 0..{size - 1})")
+                    raise ValueError(f"groups[{g}] {side} index {i} is out of bounds: the layer "
+                                     f"has {size} {side}s (valid 0..{size - 1})")
             if len(set(indices)) != len(indices):
                 raise ValueError(f"groups[{g}] {side} indices must be distinct; got {indices}")
             pair.append(tuple(int(i) for i in indices))

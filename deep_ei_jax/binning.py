@@ -2,8 +2,8 @@
 
 A value equal to `high` falls in the last bin (a sigmoid that rounds to exactly 1.0 counts). Values
 outside the range (and NaN) are *out of range*: with `policy="drop"` they are flagged invalid and
-the caller leaves them out of the counts; with `policy="clip"` they go to the nearest end bin. Either
-way the caller can count them from the returned mask.
+the caller leaves them out of the counts; with `policy="clip"` they go to the nearest end bin.
+Either way the caller can count them from the returned mask.
 """
 from __future__ import annotations
 

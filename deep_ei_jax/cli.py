@@ -7,7 +7,8 @@
 Errors in what the user gave (a missing file, a file that is not a model, a module that cannot be
 measured, a bad option) print one line on stderr and exit with status 2, without a traceback.
 Output files are written whole or not at all (a temporary file in the same folder, then renamed),
-so an interruption (Ctrl-C: status 130) never leaves a half-written file.
+so an interruption (Ctrl-C: status 130) never leaves a half-written file. The program turns on
+JAX's persistent compilation cache (`DEEP_EI_JAX_COMPILATION_CACHE=0` turns it off).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import os
 import sys
 import tempfile
 import zipfile
+
+from ._cache import enable_from_environment
 
 MEASURE_COLUMNS = ("ei", "ei_parts", "sensitivity", "degeneracy")
 EXIT_USAGE = 2
@@ -225,7 +228,7 @@ def _model_dtype(model, torch):
 def _measurable_layers(model, topology, requested, measured_modules):
     """The layer names to measure: the requested ones (each must be measurable), or every
     Linear/Conv2d layer that can be measured, the others reported on stderr and skipped."""
-    from .bridge.api import _resolve
+    from .bridge.api import resolve_span
     names = {module: name for name, module in model.named_modules()}
     modules = dict(model.named_modules())
     candidates = requested if requested else \
@@ -244,7 +247,7 @@ def _measurable_layers(model, topology, requested, measured_modules):
         if name in chosen:
             raise UserError(f"--layers names layer {name!r} more than once")
         try:
-            _resolve(module, topology, None, None, None, None, 1)
+            resolve_span(module, topology)
         except NotImplementedError as error:
             why = str(error).replace("; pass activation= explicitly", "")
             if requested:
@@ -460,7 +463,19 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def console_main() -> int:
+    """The `deep-ei-jax` program (and `python -m deep_ei_jax`): `main` with JAX's persistent
+    compilation cache turned on, so a second run reuses compiled programs, unless
+    DEEP_EI_JAX_COMPILATION_CACHE says otherwise (0 turns it off, a folder moves it)."""
+    enable_from_environment(default=True)
+    return main()
+
+
 def main(argv=None) -> int:
+    """Runs the command line on `argv` (default: sys.argv[1:]); returns the exit status.
+
+    It leaves JAX's settings alone; `console_main` is the program that also turns on the
+    compilation cache."""
     args = parser().parse_args(argv)
     try:
         return args.run(args)
@@ -480,4 +495,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

@@ -13,9 +13,9 @@ the joint distribution of (bin of x_A, bin of y_B) *conditioned on y_B in out_ra
 fraction). `policy="clip"` instead counts them in the end bins, as the sampled measures' clip.
 
 EI_parts, pair (A, B). The pre-activation is z = w_AB x_A + s with s = b_B + sum_{k != A} w_kB x_k,
-a shifted sum of independent uniforms of widths abs(w_kB) (in_high - in_low). Because act is monotone,
-y_B < e  <=>  z < t(e) for a threshold t(e) = act^-1(e) (+-inf where e lies beyond the activation's
-range; ReLU maps all z <= 0 to 0, so the bin holding 0 takes all that mass). Hence
+a shifted sum of independent uniforms of widths abs(w_kB) (in_high - in_low). Because act is
+monotone, y_B < e  <=>  z < t(e) for a threshold t(e) = act^-1(e) (+-inf where e lies beyond the
+activation's range; ReLU maps all z <= 0 to 0, so the bin holding 0 takes all that mass). Hence
 
     P(x_A in bin i, y_B < e) = (1 / D) * integral over bin i of F_s(t(e) - w x) dx
                              = (G_s(t - w x_i) - G_s(t - w x_{i+1})) / (w D),

@@ -11,9 +11,6 @@ import sys
 
 # Document the working tree's package, not whatever version is installed elsewhere.
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-# Importing deep_ei_jax turns on a persistent JAX compilation cache; a docs build compiles
-# nothing worth keeping.
-os.environ.setdefault("DEEP_EI_JAX_COMPILATION_CACHE", "0")
 
 project = "deep_ei_jax"
 author = "deep_ei_jax contributors"

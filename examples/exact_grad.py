@@ -47,7 +47,8 @@ def main():
     # EI_parts has sharp ridges (a column dominated by one input is nearly deterministic and its
     # pair terms jump as bin edges pass), so the step is halved whenever it would lose information.
     learning_rate = 0.5
-    print(f"\n{'step':>4} {'EI_parts':>10} {'sensitivity':>12} {'|w|':>8} {'rate':>7} {'seconds':>8}")
+    print(f"\n{'step':>4} {'EI_parts':>10} {'sensitivity':>12} {'|w|':>8} {'rate':>7} "
+          f"{'seconds':>8}")
     value, grad = value_and_grad(w)
     value, grad = float(value), np.asarray(grad)
     for iteration in range(1, 31):

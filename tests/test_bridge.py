@@ -164,23 +164,6 @@ def test_device_argument():
     assert dei.ei_of_layer(net[0], top, device=torch.device("cpu"), **kwargs) == value
 
 
-def test_persistent_compilation_cache(tmp_path):
-    code = ("import jax, numpy as np, deep_ei_jax as d; from deep_ei_jax import pure;"
-            "c = pure.Chain((pure.Dense(),), (2,));"
-            "pure.ei_parts(jax.random.key(0), c, ({'w': np.eye(2, dtype='float32')},), samples=100,"
-            " in_bins=4, out_bins=4);"
-            "print(d.COMPILATION_CACHE_DIR)")
-    env = {**__import__("os").environ, "DEEP_EI_JAX_COMPILATION_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True)
-    assert out.stdout.strip() == str(tmp_path / "cache")
-    assert any((tmp_path / "cache").iterdir())  # compiled programs were written
-    env["DEEP_EI_JAX_COMPILATION_CACHE"] = "0"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True)
-    assert out.stdout.strip() == "None"
-
-
 def test_extrapolate_recovers_infinite_sample_value():
     # SPEC anchor: a 1 -> 1 sigmoid layer with weight 3, 8 bins: 1.690 bits as N -> infinity
     net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Sigmoid())
@@ -193,3 +176,110 @@ def test_extrapolate_recovers_infinite_sample_value():
     # the fit removes the plug-in bias (49/(2N ln2) = 2.5e-4 at 1e5); what is left is sampling
     # noise of the points at 0.5M-2M (se < 0.001) and SPEC's rounding (0.0005)
     assert value == pytest.approx(1.690, abs=0.003)
+
+
+# deep-ei 0.6.4's positional parameters (its source, deep_ei/__init__.py), in order, with defaults
+DEEP_EI_0_6_4 = {
+    "ei_of_layer": ("layer", "topology", ("threshold", 0.05), ("samples", None),
+                    ("extrapolate", False), ("batch_size", 20), ("in_layer", None),
+                    ("in_range", None), ("in_bins", 64), ("out_range", None), ("out_bins", 64),
+                    ("activation", None), ("device", "cpu")),
+    "ei_of_layer_matrix": ("layer", "topology", ("samples", None), ("batch_size", 20),
+                           ("in_layer", None), ("in_range", None), ("in_bins", 64),
+                           ("out_range", None), ("out_bins", 64), ("activation", None),
+                           ("device", "cpu")),
+    "sensitivity_of_layer": ("layer", "topology", ("samples", 500), ("batch_size", 20),
+                             ("in_layer", None), ("in_range", None), ("in_bins", 64),
+                             ("out_range", None), ("out_bins", 64), ("activation", None),
+                             ("device", "cpu")),
+}
+DEEP_EI_0_6_4["sensitivity_of_layer_matrix"] = DEEP_EI_0_6_4["sensitivity_of_layer"]
+OURS_KEYWORD_ONLY = (("seed", None), ("policy", "drop"), ("devices", None), ("return_info", False))
+# the other layer measures (ours, or deep-ei's later names): (positional, own keyword-only)
+SHARED_TAIL = DEEP_EI_0_6_4["ei_of_layer"][5:]
+OTHERS = {
+    "vector_ei_of_layer": (("layer", "topology", ("threshold", 0.05), ("samples", None),
+                            *SHARED_TAIL), ()),
+    "eis_between_groups": (("layer", "topology", "groups", ("samples", None), *SHARED_TAIL),
+                           (("threshold", 0.05),)),
+    "vector_and_pairwise_ei": (("layer", "topology", ("samples", None), *SHARED_TAIL),
+                               (("threshold", 0.05),)),
+    "degeneracy_of_layer": (("layer", "topology", ("threshold", 0.05), ("samples", None),
+                             ("sensitivity_samples", 500), *SHARED_TAIL),
+                            (("ei_kind", "vector"),)),
+}
+
+
+def parameters(function, kinds):
+    import inspect
+    return tuple(p.name if p.default is inspect.Parameter.empty else (p.name, p.default)
+                 for p in inspect.signature(function).parameters.values() if p.kind.name in kinds)
+
+
+@pytest.mark.parametrize("name", [*DEEP_EI_0_6_4, *OTHERS])
+def test_signatures_are_deep_eis(name):
+    """help() and Sphinx show each measure's full signature, made from one specification."""
+    import inspect
+    function = getattr(dei, name)
+    if name in DEEP_EI_0_6_4:
+        positional = DEEP_EI_0_6_4[name]
+        keyword_only = (("threshold", 0.05),) if name == "ei_of_layer_matrix" else ()
+    else:
+        positional, keyword_only = OTHERS[name]
+    assert parameters(function, {"POSITIONAL_OR_KEYWORD"}) == positional
+    assert parameters(function, {"KEYWORD_ONLY"}) == (*keyword_only, *OURS_KEYWORD_ONLY)
+    assert list(inspect.signature(function).parameters)[-1] == "options"
+    assert function.__name__ == name and function.__module__ == "deep_ei_jax.bridge.api"
+    assert function.__doc__ and str(inspect.signature(function)) in \
+        __import__("pydoc").render_doc(function)
+
+
+def test_positional_and_keyword_calls_agree():
+    net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.Sigmoid())
+    top = dei.topology_of(net, torch.zeros((1, 3)))
+    # every deep-ei positional argument given by position (samples fixed, threshold unused)
+    positional = dei.ei_of_layer(net[0], top, 0.05, 3000, False, 20, None, (0, 1), 8, (0, 1), 8,
+                                 None, "cpu", seed=2)
+    keyword = dei.ei_of_layer(layer=net[0], topology=top, samples=3000, in_range=(0, 1),
+                              in_bins=8, out_range=(0, 1), out_bins=8, seed=2)
+    assert positional == keyword > 0
+    groups = [((0, 1), (0,))]
+    assert dei.eis_between_groups(net[0], top, groups, 3000, seed=2, in_bins=8, out_bins=8) == \
+        dei.eis_between_groups(net[0], top, groups=groups, samples=3000, seed=2, in_bins=8,
+                               out_bins=8)
+    value, info = dei.degeneracy_of_layer(net[0], top, 0.05, 3000, 400, seed=2, in_bins=8,
+                                          out_bins=8, ei_kind="parts", return_info=True)
+    assert value == dei.degeneracy_of_layer(net[0], top, samples=3000, sensitivity_samples=400,
+                                            seed=2, in_bins=8, out_bins=8, ei_kind="parts")
+    assert info is not None
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda top, layer: dei.ei_of_layer(), "ei_of_layer(): missing a required argument: 'layer'"),
+    (lambda top, layer: dei.eis_between_groups(layer, top),
+     "eis_between_groups(): missing a required argument: 'groups'"),
+    (lambda top, layer: dei.sensitivity_of_layer(layer, top, *range(10)),
+     "sensitivity_of_layer(): too many positional arguments"),
+    (lambda top, layer: dei.vector_ei_of_layer(layer, top, 0.05, threshold=0.1),
+     "vector_ei_of_layer(): multiple values for argument 'threshold'"),
+    (lambda top, layer: dei.sensitivity_of_layer(layer, top, threshold=0.1),
+     "threshold"),  # not a sensitivity parameter: the pure measure refuses it
+])
+def test_bad_calls_name_the_measure(call, message):
+    net = nn.Sequential(nn.Linear(3, 2), nn.Sigmoid())
+    top = dei.topology_of(net, torch.zeros((1, 3)))
+    with pytest.raises(TypeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call(top, net[0])
+
+
+def test_resolve_span_fills_deep_eis_ranges():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2), nn.ReLU())
+    top = dei.topology_of(net, torch.zeros((1, 3)))
+    span, in_range, out_range = dei.bridge.resolve_span(net[2], top)
+    assert (in_range, out_range) == ((-1, 1), (0, 10))  # Tanh before, ReLU after
+    assert span.chain.in_shape == (4,)
+    span, in_range, out_range = dei.bridge.resolve_span(net[2], top, in_layer=net[0],
+                                                        in_range=(0, 2))
+    assert in_range == (0, 2) and out_range == (0, 10) and span.chain.in_shape == (3,)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        dei.bridge.resolve_span(net[2], top, batch_size=0)

@@ -2,6 +2,7 @@
 stderr, a non-zero exit, no traceback) and the plots (valid PNGs with the expected artists)."""
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -16,9 +17,9 @@ from deep_ei_jax import cli  # noqa: E402
 FAST = ["--bins", "8", "--samples", "4000", "--sensitivity-samples", "300", "--no-progress"]
 
 
-def run(*args, cwd=None):
+def run(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "deep_ei_jax", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def iris_net():
@@ -71,9 +72,13 @@ def test_help_documents_every_option():
 
 
 def test_measure_torchscript_writes_table_json_and_csv(files, tmp_path):
+    # the program opts in to JAX's compilation cache (default folder under XDG_CACHE_HOME)
+    env = {k: v for k, v in os.environ.items() if k != "DEEP_EI_JAX_COMPILATION_CACHE"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     result = run("measure", files / "scripted.pt", "--input-shape", "1,4", *FAST,
-                 "--json", tmp_path / "out.json", "--csv", tmp_path / "out.csv")
+                 "--json", tmp_path / "out.json", "--csv", tmp_path / "out.csv", env=env)
     assert result.returncode == 0, result.stderr
+    assert any((tmp_path / "xdg" / "deep_ei_jax" / "jax").iterdir())
     lines = result.stdout.splitlines()
     assert lines[0].split()[:6] == ["layer", "module", "EI", "EI_parts", "sensitivity",
                                     "degeneracy"]

@@ -1,8 +1,10 @@
 """The documentation builds without a single warning (skipped without the `docs` extra)."""
 from __future__ import annotations
 
+import html
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -29,3 +31,13 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     assert 'id="deep_ei_jax.pure.ei_parts_matrix"' in pure_page
     torch_page = (tmp_path / "html" / "api" / "torch.html").read_text()
     assert 'id="deep_ei_jax.ei_of_layer"' in torch_page
+    # the deep-ei measures, made from one specification, show their full signatures
+    text = re.sub(r"<[^>]+>", "", html.unescape(torch_page))
+    assert "deep_ei_jax.ei_of_layer(layer, topology, threshold=0.05, samples=None, " \
+        "extrapolate=False, batch_size=20, in_layer=None, in_range=None, in_bins=64, " \
+        "out_range=None, out_bins=64, activation=None, device='cpu', *, seed=None, " \
+        "policy='drop', devices=None, return_info=False, **options)" in text
+    assert "deep_ei_jax.eis_between_groups(layer, topology, groups, samples=None" in text
+    assert 'id="deep_ei_jax.bridge.resolve_span"' in torch_page
+    for page in ("architecture", "contributing"):
+        assert (tmp_path / "html" / f"{page}.html").is_file(), page

@@ -22,8 +22,10 @@ FAST = dict(samples=1000, in_bins=8, out_bins=8, seed=0)
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    (dict(in_range=(1, 0)), ValueError, "in_range must be (low, high) with finite low < high; got (1, 0)"),
-    (dict(out_range=(0.5, 0.5)), ValueError, "out_range must be (low, high) with finite low < high; got (0.5, 0.5)"),
+    (dict(in_range=(1, 0)), ValueError,
+     "in_range must be (low, high) with finite low < high; got (1, 0)"),
+    (dict(out_range=(0.5, 0.5)), ValueError,
+     "out_range must be (low, high) with finite low < high; got (0.5, 0.5)"),
     (dict(in_range=(0, float("inf"))), ValueError, "in_range must be (low, high) with finite"),
     (dict(in_range="dynamic"), ValueError, "in_range cannot be 'dynamic'"),
     (dict(out_range="wide"), ValueError, "out_range must be (low, high) or 'dynamic'; got 'wide'"),
@@ -35,8 +37,10 @@ FAST = dict(samples=1000, in_bins=8, out_bins=8, seed=0)
     (dict(batch_size=0), ValueError, "batch_size must be a positive integer; got 0"),
     (dict(policy="wrap"), ValueError, "policy must be one of ('drop', 'clip'); got 'wrap'"),
     (dict(device="tpu"), ValueError, "device 'tpu' was asked for but JAX sees no tpu device"),
-    (dict(device="quantum"), ValueError, "device must be 'cpu', 'cuda', 'gpu' or 'tpu'; got 'quantum'"),
-    (dict(activation=3), TypeError, "activation must be None, a torch activation module or a callable; got 3"),
+    (dict(device="quantum"), ValueError,
+     "device must be 'cpu', 'cuda', 'gpu' or 'tpu'; got 'quantum'"),
+    (dict(activation=3), TypeError,
+     "activation must be None, a torch activation module or a callable; got 3"),
     (dict(seed="zero"), TypeError, "seed must be an int or None; got 'zero'"),
 ])
 def test_bad_arguments(mlp, kwargs, error, message):
@@ -156,7 +160,8 @@ def test_pure_api_argument_kinds():
         pure.ei_parts(0, chain, params, samples=10)
     with pytest.raises(TypeError, match="chain must be a deep_ei_jax.Chain; got tuple"):
         pure.ei_parts(jax.random.key(0), (pure.Dense(),), params, samples=10)
-    with pytest.raises(ValueError, match=r"params must have one entry per layer of the chain \(1\); got 2"):
+    with pytest.raises(ValueError,
+                       match=r"params must have one entry per layer of the chain \(1\); got 2"):
         pure.ei_parts(jax.random.key(0), chain, params * 2, samples=10)
     with pytest.raises(ValueError, match="activation must be one of"):
         pure.ei_parts(jax.random.key(0), chain, params, samples=10, activation="swish")

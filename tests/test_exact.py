@@ -136,7 +136,8 @@ def test_zero_weights_give_zero_information():
 # ---------------------------------------------------------------- an independent oracle
 
 @pytest.mark.parametrize("activation, out_range", [
-    ("sigmoid", (0.0, 1.0)), ("tanh", (-0.5, 1.0)), ("relu", (0.0, 1.5)), ("identity", (-1.0, 1.0))])
+    ("sigmoid", (0.0, 1.0)), ("tanh", (-0.5, 1.0)), ("relu", (0.0, 1.5)),
+    ("identity", (-1.0, 1.0))])
 def test_three_input_layer_matches_quadrature_oracle(activation, out_range):
     # The oracle integrates the closed-form CDF of the two other inputs' (trapezoid) sum over each
     # input bin with composite Gauss-Legendre; it shares no code with exact.py.
@@ -228,7 +229,10 @@ def _plugin_spread(tables, num_samples):
     log_ratio = np.log2(np.where(positive, p, 1) / np.where(positive, rows * cols, 1))
     mean = (p * log_ratio).sum(axis=(-2, -1), keepdims=True)
     delta = (p * (log_ratio - mean) ** 2).sum(axis=(-2, -1)) / num_samples
-    occupied = lambda margin: (margin * num_samples >= 1).sum(-1)
+
+    def occupied(margin):
+        return (margin * num_samples >= 1).sum(-1)
+
     df = (occupied(tables.sum(-1)) - 1) * (occupied(tables.sum(-2)) - 1)
     return np.sqrt(delta + 2 * df / (2 * num_samples * math.log(2)) ** 2)
 

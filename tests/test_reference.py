@@ -32,7 +32,8 @@ def linear_model(weights, activation=None):
 
 def pairwise_standard_errors(layer, top, samples, bins, seed=0):
     """Delta-method standard errors of each pair's plug-in MI, from our own counts."""
-    span, in_range, out_range = dei.bridge.api._resolve(layer, top, None, (0, 1), (0, 1), None, 1)
+    span, in_range, out_range = dei.bridge.resolve_span(layer, top, in_range=(0, 1),
+                                                        out_range=(0, 1))
     setup = measures._prepare(jax.random.key(seed), span.chain, span.params, in_range=in_range,
                               out_range=out_range, in_bins=bins, out_bins=bins, policy="drop",
                               method="auto", activation=None, samples_hint=samples,

@@ -6,6 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+import deep_ei_jax as dei  # noqa: E402
 from deep_ei_jax.bridge.tracking import Tracker, read_records  # noqa: E402
 
 SETTINGS = dict(samples=2000, sensitivity_samples=200, in_bins=4, out_bins=4)
@@ -90,3 +91,24 @@ def test_tracker_errors(tmp_path):
     tracker = Tracker(tmp_path / "y.jsonl", torch.zeros((1, 3)), **SETTINGS)
     with pytest.raises(TypeError, match="step must be an int"):
         tracker(small_net(), 1.5)
+
+
+@pytest.mark.parametrize("measures, error, message", [
+    ("vector", ValueError, r"measures must be names from \('ei', 'ei_parts', 'sensitivity', "
+                           r"'degeneracy'\); got 'vector'"),
+    ([], ValueError, "measures must name at least one of"),
+    (3, TypeError, "measures must be a sequence of names from"),
+])
+def test_bad_measures_are_refused_by_tracker_and_sweep(tmp_path, measures, error, message):
+    with pytest.raises(error, match=message):
+        Tracker(tmp_path / "m.jsonl", torch.zeros((1, 3)), measures=measures)
+    with pytest.raises(error, match=message):
+        dei.sweep([small_net()], torch.zeros((1, 3)), measures=measures, samples=100)
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_measures_are_kept_in_the_order_given(tmp_path):
+    tracker = Tracker(tmp_path / "o.jsonl", torch.zeros((1, 3)), measures="sensitivity")
+    assert tracker.measures == ("sensitivity",)
+    tracker = Tracker(tmp_path / "o.jsonl", torch.zeros((1, 3)), measures=["ei_parts", "ei"])
+    assert tracker.measures == ("ei_parts", "ei")

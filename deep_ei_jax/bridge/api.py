@@ -5,9 +5,14 @@ deep-ei user changes one import. Differences, all deliberate (README, "Migrating
 `batch_size` is accepted and ignored (chunks are sized for speed); samples with an out-of-range
 output are dropped consistently (deep-ei kept some in vector EI); Conv2d spans work; extra keyword
 arguments `seed=`, `policy=` and `return_info=` are ours.
+
+The eight layer measures are made by one specification (`_deep_ei_measure` and the parameter
+tables before it): each states only its pure-JAX measure, its own parameters and how its value is
+returned; the full signature (`inspect.signature`, `help()`, Sphinx) is built from that.
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 
 import jax
@@ -122,8 +127,32 @@ def _check_activation(activation):
                          f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
 
 
-def _resolve(layer, topology, in_layer, in_range, out_range, activation, batch_size):
-    """The span and binning ranges with deep-ei's defaults from the topology."""
+def resolve_span(layer, topology, *, in_layer=None, in_range=None, out_range=None,
+                 activation=None, batch_size=20):
+    """The span a deep-ei measure of `layer` runs on, with deep-ei's default binning ranges.
+
+    Checks the arguments as the deep-ei measures do (modules of the topology, a callable
+    activation, a positive `batch_size`), converts the modules from `in_layer` to `layer` into a
+    pure-JAX chain and its params, and fills in missing ranges from the activations around the
+    span: Sigmoid (0, 1), Tanh (-1, 1), ReLU (0, 10), none (-10, 10).
+
+    Args:
+      layer: the module (a node of `topology`) that ends the span.
+      topology: from `topology_of(model, input)`.
+      in_layer: the module that begins the span (default `layer`).
+      in_range, out_range: (low, high), or None for the range of the activation before
+        `in_layer` / after `layer`; out_range may be 'dynamic' (passed on as it is).
+      activation: the activation after `layer`; None: the network's.
+      batch_size: deep-ei's batch size, checked and otherwise unused.
+
+    Returns:
+      (span, in_range, out_range): a `Span` (its `chain` and `params` are what the pure-JAX
+      measures take) and the two ranges.
+
+    Raises:
+      TypeError / ValueError: a bad argument, named; NotImplementedError: a module on the span
+      that cannot be measured, named, with the supported ones.
+    """
     _check_batch_size(batch_size)
     _check_modules(layer, topology, in_layer)
     _check_activation(activation)
@@ -138,30 +167,81 @@ def _resolve(layer, topology, in_layer, in_range, out_range, activation, batch_s
     return span, in_range, out_range
 
 
-def _run(measure, layer, topology, *, in_layer, in_range, out_range, activation, batch_size,
-         device, seed, devices, **kwargs):
-    """Runs a pure measure on the span with deep-ei's defaults, on `device`'s platform: on the
-    devices given, else on every local device of it (or the one `device` indexes)."""
-    span, in_range, out_range = _resolve(layer, topology, in_layer, in_range, out_range,
-                                         activation, batch_size)
-    platform_devices = _devices(device)
-    devices = platform_devices if devices is None else devices
+def _run(measure, arguments, own):
+    """Runs a pure measure with a deep-ei wrapper's bound `arguments` (names as in its
+    signature), passing the wrapper's own parameters `own` under their names, on `device`'s
+    platform: on the devices given, else on every local device of it (or the one indexed)."""
+    a = arguments
+    span, in_range, out_range = resolve_span(
+        a["layer"], a["topology"], in_layer=a["in_layer"], in_range=a["in_range"],
+        out_range=a["out_range"], activation=a["activation"], batch_size=a["batch_size"])
+    platform_devices = _devices(a["device"])
+    devices = platform_devices if a["devices"] is None else a["devices"]
     with jax.default_device(platform_devices[0]):
-        return measure(_key(seed), span.chain, span.params, in_range=in_range,
-                       out_range=out_range, devices=devices, **kwargs)
+        return measure(_key(a["seed"]), span.chain, span.params, in_range=in_range,
+                       out_range=out_range, in_bins=a["in_bins"], out_bins=a["out_bins"],
+                       policy=a["policy"], devices=devices, **{name: a[name] for name in own},
+                       **a["options"])
 
 
-def _result(value, info, return_info):
-    return (value, info) if return_info else value
+# The one specification of the deep-ei layer measures' signatures: `layer, topology`, then each
+# measure's own leading parameters, then deep-ei 0.6.4's shared tail (positional, in its order);
+# keyword-only: each measure's own, then ours; then `**options` for the pure measure.
+_SHARED = (("batch_size", 20), ("in_layer", None), ("in_range", None), ("in_bins", 64),
+           ("out_range", None), ("out_bins", 64), ("activation", None), ("device", "cpu"))
+_OURS = (("seed", None), ("policy", "drop"), ("devices", None), ("return_info", False))
+_REQUIRED = inspect.Parameter.empty
 
 
-def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False, batch_size=20,
-                in_layer=None, in_range=None, in_bins=64, out_range=None, out_bins=64,
-                activation=None, device="cpu", *, seed=None, policy="drop", devices=None,
-                return_info=False,
-                **options):
-    """EI_parts of a layer: the sum over (input A, output B) pairs of I(x_A; y_B) under uniform noise
-    on every input (deep-ei 0.6.4 `ei_of_layer`, 0.7.0 `ei_parts`).
+def _signature(leading, keyword_only) -> inspect.Signature:
+    positional, keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    return inspect.Signature(
+        [inspect.Parameter(name, positional) for name in ("layer", "topology")]
+        + [inspect.Parameter(name, positional, default=default)
+           for name, default in (*leading, *_SHARED)]
+        + [inspect.Parameter(name, keyword, default=default)
+           for name, default in (*keyword_only, *_OURS)]
+        + [inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD)])
+
+
+def _deep_ei_measure(measure, *, leading, keyword_only=()):
+    """Makes the decorated function a deep-ei layer measure over the pure measure `measure`.
+
+    The decorated function takes the pure measure's value and returns what deep-ei returns; its
+    name and docstring become the measure's. The measure's signature is `_signature(leading,
+    keyword_only)` (what `help()`, `inspect.signature` and Sphinx show); the parameters in
+    `leading` and `keyword_only` ((name, default) pairs, `_REQUIRED` for no default) are passed
+    to `measure` under their own names.
+    """
+    signature = _signature(leading, keyword_only)
+    own = tuple(name for name, _ in (*leading, *keyword_only))
+
+    def decorate(convert):
+        def wrapper(*args, **kwargs):
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as error:
+                raise TypeError(f"{convert.__name__}(): {error}") from None
+            bound.apply_defaults()
+            value, info = _run(measure, bound.arguments, own)
+            value = convert(value)
+            return (value, info) if bound.arguments["return_info"] else value
+
+        for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(wrapper, name, getattr(convert, name))
+        wrapper.__signature__ = signature
+        return wrapper
+    return decorate
+
+
+_THRESHOLD = ("threshold", 0.05)
+_ADAPTIVE = ("samples", None)
+
+
+@_deep_ei_measure(measures.ei_parts, leading=(_THRESHOLD, _ADAPTIVE, ("extrapolate", False)))
+def ei_of_layer(value):
+    """EI_parts of a layer: the sum over (input A, output B) pairs of I(x_A; y_B) under uniform
+    noise on every input (deep-ei 0.6.4 `ei_of_layer`, 0.7.0 `ei_parts`).
 
     Args:
       layer: the module (a node of `topology`) that ends the layer.
@@ -189,122 +269,62 @@ def ei_of_layer(layer, topology, threshold=0.05, samples=None, extrapolate=False
         `memory_budget`, `max_samples`.
 
     Returns:
-      float bits (0.0 when below 0.01, as deep-ei).
+      float bits (0.0 when below 0.01, as deep-ei); with `return_info`, `(value, Info)`.
     """
-    value, info = _run(measures.ei_parts, layer, topology, in_layer=in_layer, in_range=in_range,
-                       out_range=out_range, activation=activation, batch_size=batch_size,
-                       device=device, seed=seed, in_bins=in_bins, out_bins=out_bins,
-                       samples=samples, threshold=threshold, extrapolate=extrapolate,
-                       policy=policy,
-                       devices=devices, **options)
-    value = 0.0 if value < _PARTS_ZERO_BELOW else float(value)
-    return _result(value, info, return_info)
+    return 0.0 if value < _PARTS_ZERO_BELOW else float(value)
 
 
-def ei_of_layer_matrix(layer, topology, samples=None, batch_size=20, in_layer=None, in_range=None,
-                       in_bins=64, out_range=None, out_bins=64, activation=None, device="cpu", *,
-                       threshold=0.05, seed=None, policy="drop", devices=None,
-                       return_info=False,
-                **options):
+@_deep_ei_measure(measures.ei_parts_matrix, leading=(_ADAPTIVE,), keyword_only=(_THRESHOLD,))
+def ei_of_layer_matrix(value):
     """The EI_parts matrix [n_in, n_out] (rows: inputs) as a numpy array (0.7.0 `ei_parts_matrix`).
     `samples=None` is adaptive with `threshold`. Other arguments as `ei_of_layer`."""
-    value, info = _run(measures.ei_parts_matrix, layer, topology, in_layer=in_layer,
-                       in_range=in_range, out_range=out_range, activation=activation,
-                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
-                       devices=devices, **options)
-    return _result(value, info, return_info)
+    return value
 
 
-def sensitivity_of_layer(layer, topology, samples=500, batch_size=20, in_layer=None,
-                         in_range=None, in_bins=64, out_range=None, out_bins=64, activation=None,
-                         device="cpu", *, seed=None, policy="drop", devices=None,
-                return_info=False,
-                **options):
+@_deep_ei_measure(measures.sensitivity, leading=(("samples", 500),))
+def sensitivity_of_layer(value):
     """Sensitivity: the sum over pairs of I(x_A; y_B) when only A is noised (uniform on in_range)
     and every other input is 0 (0.7.0 `sensitivity`). Other arguments as `ei_of_layer`."""
-    value, info = _run(measures.sensitivity, layer, topology, in_layer=in_layer,
-                       in_range=in_range, out_range=out_range, activation=activation,
-                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, policy=policy,
-                       devices=devices, **options)
-    return _result(value, info, return_info)
+    return value
 
 
-def sensitivity_of_layer_matrix(layer, topology, samples=500, batch_size=20, in_layer=None,
-                                in_range=None, in_bins=64, out_range=None, out_bins=64,
-                                activation=None, device="cpu", *, seed=None, policy="drop",
-                                devices=None, return_info=False,
-                **options):
+@_deep_ei_measure(measures.sensitivity_matrix, leading=(("samples", 500),))
+def sensitivity_of_layer_matrix(value):
     """The sensitivity matrix [n_in, n_out] as a numpy array (0.7.0 `sensitivity_matrix`)."""
-    value, info = _run(measures.sensitivity_matrix, layer, topology, in_layer=in_layer,
-                       in_range=in_range, out_range=out_range, activation=activation,
-                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, policy=policy,
-                       devices=devices, **options)
-    return _result(value, info, return_info)
+    return value
 
 
-def vector_ei_of_layer(layer, topology, threshold=0.05, samples=None, batch_size=20,
-                       in_layer=None, in_range=None, in_bins=64, out_range=None, out_bins=64,
-                       activation=None, device="cpu", *, seed=None, policy="drop",
-                       devices=None, return_info=False,
-                **options):
+@_deep_ei_measure(measures.ei, leading=(_THRESHOLD, _ADAPTIVE))
+def vector_ei_of_layer(value):
     """Vector EI: I(X; Y) between the whole binned input and output vectors (0.7.0 `ei`).
-    `samples=None` doubles until an estimate moves by less than `threshold` bits (deep-ei's rule)."""
-    value, info = _run(measures.ei, layer, topology, in_layer=in_layer, in_range=in_range,
-                       out_range=out_range, activation=activation, batch_size=batch_size,
-                       device=device, seed=seed, in_bins=in_bins, out_bins=out_bins,
-                       samples=samples, threshold=threshold, policy=policy,
-                       devices=devices, **options)
-    return _result(value, info, return_info)
+    `samples=None` doubles until an estimate moves by less than `threshold` bits (deep-ei's
+    rule)."""
+    return value
 
 
-def eis_between_groups(layer, topology, groups, samples=None, batch_size=20, in_layer=None,
-                       in_range=None, in_bins=64, out_range=None, out_bins=64, activation=None,
-                       device="cpu", *, threshold=0.05, seed=None, policy="drop",
-                       devices=None, return_info=False,
-                **options):
+@_deep_ei_measure(measures.eis_between_groups, leading=(("groups", _REQUIRED), _ADAPTIVE),
+                  keyword_only=(_THRESHOLD,))
+def eis_between_groups(value):
     """I(X_G; Y_H) for each (G, H) in `groups`, a list of (input indices, output indices) over the
     flattened inputs and outputs. Returns a list of floats. `samples=None` is adaptive."""
-    value, info = _run(measures.eis_between_groups, layer, topology, in_layer=in_layer,
-                       in_range=in_range, out_range=out_range, activation=activation,
-                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
-                       groups=groups, devices=devices, **options)
-    return _result(list(value), info, return_info)
+    return list(value)
 
 
-def vector_and_pairwise_ei(layer, topology, samples=None, batch_size=20, in_layer=None,
-                           in_range=None, in_bins=64, out_range=None, out_bins=64,
-                           activation=None, device="cpu", *, threshold=0.05, seed=None,
-                           policy="drop", devices=None, return_info=False,
-                **options):
+@_deep_ei_measure(measures.ei_and_ei_parts, leading=(_ADAPTIVE,), keyword_only=(_THRESHOLD,))
+def vector_and_pairwise_ei(value):
     """(vector EI, EI_parts) computed from the same samples. `samples=None` is adaptive on the
     vector EI."""
-    value, info = _run(measures.ei_and_ei_parts, layer, topology, in_layer=in_layer,
-                       in_range=in_range, out_range=out_range, activation=activation,
-                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
-                       devices=devices, **options)
-    return _result(tuple(float(v) for v in value), info, return_info)
+    return tuple(float(v) for v in value)
 
 
-def degeneracy_of_layer(layer, topology, threshold=0.05, samples=None, sensitivity_samples=500,
-                        batch_size=20, in_layer=None, in_range=None, in_bins=64, out_range=None,
-                        out_bins=64, activation=None, device="cpu", *, ei_kind="vector",
-                        seed=None, policy="drop", devices=None, return_info=False,
-                **options):
+@_deep_ei_measure(measures.degeneracy,
+                  leading=(_THRESHOLD, _ADAPTIVE, ("sensitivity_samples", 500)),
+                  keyword_only=(("ei_kind", "vector"),))
+def degeneracy_of_layer(value):
     """Degeneracy = sensitivity - EI (`ei_kind='vector'`, default) or sensitivity - EI_parts
     (`ei_kind='parts'`, as the paper also plots). EI uses `samples`/`threshold`, sensitivity
     `sensitivity_samples`; both the same binning."""
-    value, info = _run(measures.degeneracy, layer, topology, in_layer=in_layer,
-                       in_range=in_range, out_range=out_range, activation=activation,
-                       batch_size=batch_size, device=device, seed=seed, in_bins=in_bins,
-                       out_bins=out_bins, samples=samples, threshold=threshold, policy=policy,
-                       ei_kind=ei_kind, sensitivity_samples=sensitivity_samples,
-                       devices=devices, **options)
-    return _result(float(value), info, return_info)
+    return float(value)
 
 
 def MI(x, y, bins=32, range=((0, 1), (0, 1))):  # noqa: A002 (deep-ei's argument name)

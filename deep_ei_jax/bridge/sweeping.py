@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from .. import sweeping
+from .._checks import (check_bins, check_choice, check_measures, check_positive_int,
+                       check_samples, check_seed)
 from ..binning import POLICIES
 from ..histogram import METHODS
-from .._checks import check_bins, check_choice, check_positive_int, check_samples, check_seed
-from .api import _resolve
+from .api import resolve_span
 from .topology import topology_of
 
 MEASURED_MODULES = (nn.Linear, nn.Conv2d)
@@ -75,8 +76,18 @@ def _models(models_or_state_dicts, model):
     return models
 
 
-def _layer_names(model, topology, layers):
-    """The names (in model.named_modules) of the layers to measure, in call order."""
+def layer_names(model, topology, layers):
+    """The names of the layers of `model` to measure, in call order.
+
+    Args:
+      model: a torch module.
+      topology: `topology_of(model, example_input)`.
+      layers: module names (as in `model.named_modules()`) or modules of `model`, one of them
+        alone, or None for every Linear and Conv2d module of the topology.
+
+    Returns:
+      (names, explicit): the names, and whether `layers` chose them (False for None).
+    """
     names = {module: name for name, module in model.named_modules()}
     if layers is None:
         return [names[m] for m in topology if isinstance(m, MEASURED_MODULES)], False
@@ -108,7 +119,7 @@ def _layer_names(model, topology, layers):
     return chosen, True
 
 
-def _spans(models, example_input, layer_names, explicit):
+def _spans(models, example_input, chosen, explicit):
     """Per layer: (chain, ranges, short name, [params of each model]), checked against model 0."""
     per_layer = {}
     skipped = {}
@@ -118,7 +129,7 @@ def _spans(models, example_input, layer_names, explicit):
         except ValueError as error:
             raise ValueError(f"models_or_state_dicts[{k}]: {error}") from None
         modules = dict(model.named_modules())
-        for name in layer_names:
+        for name in chosen:
             if name in skipped:
                 continue
             module = modules.get(name)
@@ -126,7 +137,7 @@ def _spans(models, example_input, layer_names, explicit):
                 raise ValueError(f"models_or_state_dicts[{k}] differs from "
                                  f"models_or_state_dicts[0]: it has no measurable layer {name!r}")
             try:
-                span, in_range, out_range = _resolve(module, topology, None, None, None, None, 1)
+                span, in_range, out_range = resolve_span(module, topology)
             except NotImplementedError as error:
                 if explicit or k > 0:
                     raise ValueError(f"models_or_state_dicts[{k}], layer {name!r}: "
@@ -144,7 +155,7 @@ def _spans(models, example_input, layer_names, explicit):
             params.append(span.params)
     for name, why in skipped.items():
         warnings.warn(f"sweep skips layer {name!r}: {why}", RuntimeWarning, stacklevel=3)
-    return [(name, *per_layer[name]) for name in layer_names if name in per_layer]
+    return [(name, *per_layer[name]) for name in chosen if name in per_layer]
 
 
 def _check_same(k, name, chain, ranges, first_params, span, span_ranges):
@@ -220,7 +231,8 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
     check_settings(samples=samples, sensitivity_samples=sensitivity_samples, in_bins=in_bins,
                    out_bins=out_bins, seed=seed, policy=policy, method=method,
                    max_batch=max_batch, memory_budget=memory_budget)
-    names = sweeping.MEASURES if measures is None else sweeping._check_measures(measures)
+    names = sweeping.MEASURES if measures is None else \
+        check_measures(measures, sweeping.MEASURES)
     models = _models(models_or_state_dicts, model)
     if steps is not None:
         if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
@@ -229,11 +241,11 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
         if len(steps) != len(models):
             raise ValueError(f"steps must have one entry per model ({len(models)}); "
                              f"got {len(steps)}")
-    layer_names, explicit = _layer_names(models[0], topology_of(models[0], example_input), layers)
+    chosen, explicit = layer_names(models[0], topology_of(models[0], example_input), layers)
     key = jax.random.key(int(seed))
     records = []
     for index, (name, chain, (in_range, out_range), short, params) in enumerate(
-            _spans(models, example_input, layer_names, explicit)):
+            _spans(models, example_input, chosen, explicit)):
         result = sweeping.sweep(key, chain, sweeping.stack_params(params), in_range=in_range,
                                 out_range=out_range, in_bins=in_bins, out_bins=out_bins,
                                 samples=samples, sensitivity_samples=sensitivity_samples,

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from .. import sweeping
-from .api import _resolve
-from .sweeping import _layer_names, check_settings, sweep
+from .._checks import check_measures
+from .api import resolve_span
+from .sweeping import check_settings, layer_names, sweep
 from .topology import topology_of
 
 
@@ -106,7 +107,7 @@ class Tracker:
         self.every = int(every)
         self.example_input = example_input
         self.measures = sweeping.MEASURES if measures is None else \
-            sweeping._check_measures(measures)
+            check_measures(measures, sweeping.MEASURES)
         self.settings = dict(layers=layers, measures=self.measures, samples=samples,
                              sensitivity_samples=sensitivity_samples, in_bins=in_bins,
                              out_bins=out_bins, seed=seed, policy=policy, method=method)
@@ -164,13 +165,13 @@ class Tracker:
         """The names of the layers this tracker measures (found once, on the first call)."""
         if self._names is None:
             topology = topology_of(model, self.example_input)
-            names, explicit = _layer_names(model, topology, self.settings["layers"])
+            names, explicit = layer_names(model, topology, self.settings["layers"])
             if not explicit:  # the sweep skips (with a warning) what cannot be measured
                 modules = dict(model.named_modules())
                 measurable = []
                 for name in names:
                     try:
-                        _resolve(modules[name], topology, None, None, None, None, 1)
+                        resolve_span(modules[name], topology)
                     except NotImplementedError:
                         continue
                     measurable.append(name)
