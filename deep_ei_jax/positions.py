@@ -27,26 +27,11 @@ than the kernel), the dependencies of an interior position are the receptive-fie
 With dilation (or a stride larger than the kernel) the patch has holes the output never sees;
 they are not dependencies and are not measured.
 
-**How dependencies are traced** (`dependencies`): the union of two tests, each of which can miss
-what the other finds.
-
-1. *NaN propagation*, the structural test: for each input element i, a probe input with element i
-   set to NaN (the others at a fixed random point in [0, 1)) is run through the function; the
-   selected outputs that become NaN depend on i. Arithmetic carries NaN through every path that
-   exists in the graph whatever the values: a ReLU unit that is dead at every input
-   (`jax.nn.relu` is a `max`, and max(NaN, 0) is NaN), a zero weight (0 * NaN is NaN), max
-   pooling, softmax attention (every token's NaN reaches every query through the normaliser).
-   The probes run as batches of `chunk` inputs (one NaN each), so an input of 10^4 elements costs
-   10^4 forward passes in 10^4 / chunk calls.
-2. *Jacobian sparsity*, the differential test: the nonzero pattern of the Jacobian of the selected
-   outputs (reverse mode when they are fewer than the inputs, else forward mode), at `probes`
-   random points (uniform in [0, 1) and in [-1, 1), alternating). It catches dependencies that
-   lose a NaN, e.g. through a select (`jnp.where(x > 0, x, 0)` maps NaN to 0).
-
-A dependency both tests miss would have to be dead at every probe point *and* drop NaN: a
-`jnp.where`-written ReLU that is off for every input, which carries no information anyway.
-Both tests over-approximate only for functions that are constant in an input by cancellation
-(`x - x`). The random points come from `seed`, so the result is deterministic.
+Dependencies are traced structurally through the function's jaxpr
+(`deep_ei_jax.dependency.dependencies`): an input is a dependency when the computation graph
+has a path from it to one of the position's outputs, whatever the values, so a ReLU unit that is
+dead for every input, a zero weight, a max-pooling window element that never wins, or a token an
+attention head barely weighs still count.
 """
 from __future__ import annotations
 
@@ -60,121 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
+from .dependency import DEFAULT_CHUNK, dependencies
 from .layers import Chain, Function, apply
-
-DEFAULT_CHUNK = 256
-DEFAULT_PROBES = 4
-
 
 def _out_shape(fn: Callable, params, in_shape: tuple) -> tuple:
     x = jax.ShapeDtypeStruct((1,) + tuple(in_shape), jnp.float32)
     return tuple(jax.eval_shape(fn, params, x).shape[1:])
-
-
-def _flat_outputs(out_shape: tuple, outputs, flat: bool) -> np.ndarray:
-    """Flat indices of the per-sample outputs that `outputs` selects (None: all)."""
-    grid = np.arange(math.prod(out_shape)).reshape(out_shape)
-    if outputs is None:
-        return grid.reshape(-1)
-    if flat:
-        grid = grid.reshape(-1)
-        outputs = np.asarray(outputs)
-        if outputs.ndim > 1 or outputs.dtype.kind not in "iu":
-            raise TypeError(f"outputs must be flat output indices (ints) with flat=True; got "
-                            f"{outputs!r}")
-    try:
-        chosen = np.asarray(grid[outputs]).reshape(-1)
-    except (IndexError, TypeError, ValueError) as error:
-        raise ValueError(f"outputs must index the per-sample output of shape {out_shape} (an "
-                         f"index expression such as np.s_[:, 2, 3]); got {outputs!r} "
-                         f"({error})") from None
-    if chosen.size == 0:
-        raise ValueError(f"outputs selects no element of the per-sample output of shape "
-                         f"{out_shape}; got {outputs!r}")
-    return np.unique(chosen)
-
-
-def _selected(fn: Callable, in_shape: tuple, flat_out: np.ndarray) -> Callable:
-    """(params, x [B, n_in]) -> the selected outputs [B, m]."""
-    take = jnp.asarray(flat_out)
-
-    def run(params, x):
-        y = fn(params, x.reshape((x.shape[0],) + tuple(in_shape)))
-        return y.reshape(y.shape[0], -1)[:, take]
-    return run
-
-
-def _nan_dependencies(run: Callable, params, base: jax.Array, chunk: int) -> np.ndarray:
-    """Bool [n_in]: inputs whose NaN reaches a selected output (one NaN per probe row)."""
-    n_in = base.shape[0]
-
-    @jax.jit
-    def reached(p, start):
-        rows = start + jnp.arange(chunk)
-        x = jnp.broadcast_to(base, (chunk, n_in))
-        x = jnp.where(jnp.arange(n_in)[None, :] == rows[:, None], jnp.nan, x)
-        return jnp.isnan(run(p, x)).any(axis=1)
-
-    found = [np.asarray(reached(params, start)) for start in range(0, n_in, chunk)]
-    return np.concatenate(found)[:n_in]
-
-
-def _jacobian_dependencies(run: Callable, params, points: jax.Array, num_outputs: int
-                           ) -> np.ndarray:
-    """Bool [n_in]: inputs with a finite nonzero Jacobian entry at any of `points` [P, n_in]."""
-    single = lambda x: run(params, x[None])[0]
-    jacobian = jax.jacrev(single) if num_outputs <= points.shape[1] else jax.jacfwd(single)
-
-    @jax.jit
-    def nonzero(x):
-        jac = jacobian(x)  # [m, n_in]
-        return ((jac != 0) & jnp.isfinite(jac)).any(axis=0)
-    return np.logical_or.reduce([np.asarray(nonzero(x)) for x in points])
-
-
-def dependencies(fn: Callable, params, in_shape, outputs=None, *, flat: bool = False,
-                 probes: int = DEFAULT_PROBES, chunk: int = DEFAULT_CHUNK,
-                 seed: int = 0) -> np.ndarray:
-    """The flat input indices that the selected outputs of `fn` depend on (see the module
-    docstring for the method: NaN propagation united with Jacobian sparsity at random points).
-
-    Args:
-      fn: `fn(params, x)` with x of shape [N, *in_shape], returning [N, *out_shape]; samples
-        independent.
-      params: what `fn` takes as params (any pytree of arrays).
-      in_shape: the per-sample input shape.
-      outputs: which per-sample outputs: an index expression into an array of shape out_shape
-        (e.g. `np.s_[:, 2, 3]`, the channels of pixel (2, 3) of a [C, H, W] output), or None for
-        all of them.
-      flat: `outputs` is a sequence of flat indices into the per-sample output instead.
-      probes: how many random points the Jacobian is taken at.
-      chunk: how many NaN probes run in one batch.
-      seed: for the random points.
-
-    Returns:
-      Sorted flat indices into the per-sample input (C order), int64 [k].
-
-    Raises:
-      ValueError: if `fn` already gives NaN at the probe point without any NaN input, or
-        `outputs` selects nothing.
-    """
-    in_shape = tuple(int(v) for v in in_shape)
-    _checks.check_positive_int("probes", probes)
-    _checks.check_positive_int("chunk", chunk)
-    _checks.check_seed("seed", seed)
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
-    flat_out = _flat_outputs(_out_shape(fn, params, in_shape), outputs, flat)
-    run = _selected(fn, in_shape, flat_out)
-    n_in = math.prod(in_shape)
-    keys = jax.random.split(jax.random.key(seed), probes)
-    low = jnp.where(jnp.arange(probes) % 2 == 0, 0.0, -1.0)[:, None]
-    points = jax.vmap(lambda k: jax.random.uniform(k, (n_in,)))(keys) * (1.0 - low) + low
-    if np.isnan(np.asarray(run(params, points[:1]))).any():
-        raise ValueError("fn gives NaN outputs at a probe input with no NaN in it (uniform in "
-                         "[0, 1)), so NaN propagation cannot trace its dependencies")
-    found = _nan_dependencies(run, params, points[0], min(chunk, n_in))
-    found |= _jacobian_dependencies(run, params, points, flat_out.size)
-    return np.flatnonzero(found).astype(np.int64)
 
 
 # ---------------------------------------------------------------- positions
@@ -301,8 +177,7 @@ class Restriction(NamedTuple):
 
 
 def restrict(chain: Chain, params, *, feature_axis, position=None, name: str | None = None,
-             probes: int = DEFAULT_PROBES, chunk: int = DEFAULT_CHUNK,
-             seed: int = 0) -> Restriction:
+             chunk: int = DEFAULT_CHUNK) -> Restriction:
     """The chain restricted to one output position (see the module docstring's definition).
 
     Args:
@@ -311,7 +186,7 @@ def restrict(chain: Chain, params, *, feature_axis, position=None, name: str | N
       position: one index per position axis; None: the centre (n // 2 on each); 'all': the
         whole tensor, no restriction.
       name: the restricted layer's name in messages (default: from the chain's last layer).
-      probes, chunk, seed: as in `dependencies`.
+      chunk: as in `dependency.dependencies`.
 
     Returns:
       A `Restriction`; measure `restriction.chain` with `restriction.params`.
@@ -328,7 +203,7 @@ def restrict(chain: Chain, params, *, feature_axis, position=None, name: str | N
     outputs, position = position_outputs(out_shape, feature_axis=feature_axis,
                                          position=position)
     inputs = dependencies(lambda p, x: apply(chain, p, x), params, chain.in_shape, outputs,
-                          flat=True, probes=probes, chunk=chunk, seed=seed)
+                          flat=True, chunk=chunk)
     last = chain.layers[-1]
     inner = chain.layers[:-1] + (last._replace(activation="identity"),)
     fn = Restricted(layers=inner, in_shape=tuple(chain.in_shape),

@@ -17,7 +17,8 @@ from .layers import (AvgPool2d, Chain, Conv2d, Dense, Flatten, Function, MaxPool
                      out_shape, receptive_field)
 from .measures import (Info, degeneracy, ei, ei_and_ei_parts, ei_parts, ei_parts_matrix,
                        eis_between_groups, sensitivity, sensitivity_matrix)
-from .positions import Restriction, dependencies, position_outputs, restrict
+from .dependency import dependencies
+from .positions import Restriction, position_outputs, restrict
 from .sweeping import SweepResult, stack_params, sweep
 
 __all__ = [

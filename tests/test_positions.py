@@ -1,0 +1,246 @@
+"""positions: dependencies traced through JAX functions, one output position as a Function layer.
+
+Equalities. The restricted layer takes the receptive patch's inputs in flat (C, H, W) order, the
+order of today's receptive-field chain (Chain with in_shape (C_in, rh, rw), padding dropped), and
+the samples depend only on the key and the number of inputs, so both see the same numbers. The
+centre output is then computed by the same convolution windows over the same values (the rest of
+the image is zeros the window never reaches), so the values are asserted identical (==); XLA's CPU
+convolution accumulates each output in the same order whatever the image size.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deep_ei_jax import positions, pure
+
+BINNING = dict(in_range=(0, 1), out_range=(0, 1), in_bins=8, out_bins=8)
+
+
+def _patch_oracle(chain, params, position):
+    """Input (c, h, w) elements one output position reads, walking back layer by layer with the
+    window formula: output o of a layer reads o * stride - padding + dilation * k, k < kernel,
+    where that lies inside its input."""
+    shapes = [tuple(chain.in_shape)]
+    for i in range(len(chain.layers)):
+        shapes.append(pure.out_shape(pure.Chain(chain.layers[:i + 1], chain.in_shape),
+                                     params[:i + 1]))
+    rows, cols = {position[0]}, {position[1]}
+    for spec, p, shape in zip(reversed(chain.layers), reversed(params), reversed(shapes[:-1])):
+        kernel = p["w"].shape[2:] if isinstance(spec, pure.Conv2d) else spec.kernel_size
+        dilation = getattr(spec, "dilation", (1, 1))
+        new = []
+        for axis, coords in enumerate((rows, cols)):
+            reached = {o * spec.stride[axis] - spec.padding[axis] + dilation[axis] * k
+                       for o in coords for k in range(kernel[axis])}
+            new.append({r for r in reached if 0 <= r < shape[1 + axis]})
+        rows, cols = new
+    c_in, h, w = chain.in_shape
+    return np.sort([(c * h + r) * w + q for c in range(c_in) for r in rows for q in cols])
+
+
+def _conv(rng, c_out, c_in, k, groups=1):
+    return {"w": rng.normal(size=(c_out, c_in // groups) + k).astype(np.float32),
+            "b": rng.normal(size=c_out).astype(np.float32)}
+
+
+# (name, layers, params factory, in_shape, gap-free: the patch is the receptive-field rectangle)
+CASES = [
+    ("conv padded", (pure.Conv2d(padding=(1, 1), activation="sigmoid"),),
+     lambda r: (_conv(r, 3, 2, (3, 3)),), (2, 7, 7), True),
+    ("conv stride 2 groups 2", (pure.Conv2d(stride=(2, 2), groups=2, activation="tanh"),),
+     lambda r: (_conv(r, 4, 2, (3, 2), groups=2),), (2, 9, 8), True),
+    ("conv -> maxpool padded", (pure.Conv2d(padding=(1, 1), activation="relu"),
+                                pure.MaxPool2d((2, 2), (2, 2), padding=(1, 1),
+                                               activation="sigmoid")),
+     lambda r: (_conv(r, 3, 2, (3, 3)), {}), (2, 8, 8), True),
+    ("conv stride 2 -> avgpool", (pure.Conv2d(stride=(2, 2), activation="relu"),
+                                  pure.AvgPool2d((3, 3), (1, 1), padding=(1, 1),
+                                                 activation="sigmoid")),
+     lambda r: (_conv(r, 2, 3, (3, 3)), {}), (3, 11, 11), True),
+    ("conv dilated -> maxpool dilated", (pure.Conv2d(dilation=(2, 2), activation="relu"),
+                                         pure.MaxPool2d((2, 2), (1, 1), dilation=(2, 1),
+                                                        activation="sigmoid")),
+     lambda r: (_conv(r, 2, 2, (3, 3)), {}), (2, 9, 9), False),
+]
+
+
+def _receptive_chain(chain, params):
+    """Today's bridge rule (bridge/convert.py): padding dropped, in_shape the receptive patch."""
+    height, width = pure.receptive_field(chain, params)
+    layers = tuple(spec._replace(padding=(0, 0)) for spec in chain.layers)
+    return pure.Chain(layers=layers, in_shape=(chain.in_shape[0], height, width))
+
+
+@pytest.mark.parametrize("name, layers, make, in_shape, gap_free", CASES,
+                         ids=[case[0] for case in CASES])
+def test_centre_dependencies_are_the_receptive_patch(name, layers, make, in_shape, gap_free):
+    params = make(np.random.default_rng(0))
+    chain = pure.Chain(layers=layers, in_shape=in_shape)
+    out = pure.out_shape(chain, params)
+    restriction = positions.restrict(chain, params, feature_axis=0)
+    centre = tuple(n // 2 for n in out[1:])
+    assert restriction.position == centre
+    np.testing.assert_array_equal(restriction.inputs, _patch_oracle(chain, params, centre))
+    grid = np.arange(math.prod(out)).reshape(out)
+    np.testing.assert_array_equal(restriction.outputs, grid[(slice(None),) + centre])
+    height, width = pure.receptive_field(chain, params)
+    full_patch = in_shape[0] * height * width
+    if gap_free:
+        assert len(restriction.inputs) == full_patch  # the centre sees a whole patch, no padding
+    else:
+        assert len(restriction.inputs) < full_patch  # the dilated windows' holes are not read
+    # the restricted layer computes the original's outputs at that position
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(5, len(restriction.inputs))),
+                    jnp.float32)
+    full = np.zeros((5, math.prod(in_shape)), np.float32)
+    full[:, restriction.inputs] = x
+    expected = np.asarray(pure.apply(chain, params, full.reshape((5,) + in_shape))
+                          ).reshape(5, -1)[:, restriction.outputs]
+    np.testing.assert_allclose(pure.apply(restriction.chain, restriction.params, x), expected,
+                               rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name, layers, make, in_shape",
+                         [case[:4] for case in CASES if case[4]], ids=[c[0] for c in CASES if c[4]])
+def test_restricted_measures_equal_the_receptive_field_chain(name, layers, make, in_shape):
+    params = make(np.random.default_rng(0))
+    chain = pure.Chain(layers=layers, in_shape=in_shape)
+    restriction = positions.restrict(chain, params, feature_axis=0)
+    receptive = _receptive_chain(chain, params)
+    key, binning = jax.random.key(7), dict(BINNING, out_range=(-1, 1))  # tanh and sigmoid
+    for measure, samples in ((pure.ei_parts_matrix, 8192), (pure.sensitivity_matrix, 200)):
+        got, info = measure(key, restriction.chain, restriction.params, samples=samples,
+                            **binning)
+        want, want_info = measure(key, receptive, params, samples=samples, **binning)
+        np.testing.assert_array_equal(got, want)
+        assert info.dropped == want_info.dropped == 0 and got.sum() > 0
+    binning["out_range"] = "dynamic"  # from the same first chunk of the same samples
+    got, info = pure.ei(key, restriction.chain, restriction.params, samples=4096, **binning)
+    want, _ = pure.ei(key, receptive, params, samples=4096, **binning)
+    assert got == want and got > 0
+
+
+def _attention(params, x):
+    """Single-head softmax self-attention over tokens, x [N, T, D] -> [N, T, D]."""
+    q, k, v = (x @ params[name] for name in ("q", "k", "v"))
+    scores = jnp.einsum("ntd,nsd->nts", q, k) / math.sqrt(x.shape[-1])
+    return jnp.einsum("nts,nsd->ntd", jax.nn.softmax(scores, axis=-1), v)
+
+
+def test_attention_token_depends_on_every_input():
+    rng = np.random.default_rng(2)
+    params = {name: rng.normal(size=(3, 3)).astype(np.float32) for name in ("q", "k", "v")}
+    chain = pure.Chain(layers=(pure.Function(_attention, name="attn", activation="tanh"),),
+                       in_shape=(4, 3))
+    restriction = positions.restrict(chain, (params,), feature_axis=-1)
+    assert restriction.position == (2,)
+    np.testing.assert_array_equal(restriction.inputs, np.arange(12))
+    np.testing.assert_array_equal(restriction.outputs, [6, 7, 8])
+    value, _ = pure.ei_parts(jax.random.key(0), restriction.chain, restriction.params,
+                             samples=4096, in_range=(0, 1), out_range=(-1, 1), in_bins=8,
+                             out_bins=8)
+    assert np.isfinite(value) and value > 0
+    # a token-wise map (no mixing) depends on its own token only
+    tokenwise = lambda p, x: jnp.tanh(x @ p["q"])
+    np.testing.assert_array_equal(
+        pure.dependencies(tokenwise, params, (4, 3), np.s_[1, :]), [3, 4, 5])
+
+
+def test_dead_relu_unit_is_still_a_dependency():
+    """Unit 0 reads inputs 0 and 1 and is off for every input in [0, 1) (bias -100): its
+    Jacobian is 0 everywhere, yet the graph connects it to inputs 0 and 1 (a max(z, 0))."""
+    def fn(p, x):
+        dead = jax.nn.relu(x[:, 0] + x[:, 1] + p["b"])
+        live = jax.nn.relu(x[:, 2])
+        return jnp.stack([dead, live], axis=1)
+    params = {"b": np.float32(-100.0)}
+    jacobian = jax.jacrev(lambda x: fn(params, x[None])[0])(jnp.full(4, 0.5))
+    assert not np.any(np.asarray(jacobian)[0])
+    np.testing.assert_array_equal(pure.dependencies(fn, params, (4,), np.s_[0:1]), [0, 1])
+    np.testing.assert_array_equal(pure.dependencies(fn, params, (4,), np.s_[1:2]), [2])
+
+
+def test_a_select_depends_on_its_predicate_and_cases():
+    """jnp.where(x > 0.5, x, 0): x reaches the output through the predicate and the case."""
+    fn = lambda p, x: jnp.where(x > 0.5, x, 0.0)[:, ::-1]
+    np.testing.assert_array_equal(pure.dependencies(fn, {}, (5,), np.s_[1:3]), [2, 3])
+
+
+def test_dependencies_chunks_a_large_input():
+    """10^4 inputs (a 4 x 50 x 50 image), probed in chunks of 512."""
+    rng = np.random.default_rng(3)
+    chain = pure.Chain(layers=(pure.Conv2d(padding=(1, 1)), pure.MaxPool2d((2, 2), (2, 2))),
+                       in_shape=(4, 50, 50))
+    params = (_conv(rng, 2, 4, (3, 3)), {})
+    fn = lambda p, x: pure.apply(chain, p, x)
+    found = pure.dependencies(fn, params, chain.in_shape, np.s_[:, 12, 12], chunk=512)
+    np.testing.assert_array_equal(found, _patch_oracle(chain, params, (12, 12)))
+
+
+def test_position_selection():
+    rng = np.random.default_rng(4)
+    chain = pure.Chain(layers=(pure.Conv2d(),), in_shape=(1, 5, 6))
+    params = (_conv(rng, 2, 1, (2, 2)),)  # output [2, 4, 5]
+    default = positions.restrict(chain, params, feature_axis=0)
+    assert default.position == (2, 2)
+    corner = positions.restrict(chain, params, feature_axis=0, position=(-1, 0))
+    assert corner.position == (3, 0)
+    np.testing.assert_array_equal(corner.outputs, [15, 35])
+    np.testing.assert_array_equal(corner.inputs, [18, 19, 24, 25])
+    whole = positions.restrict(chain, params, feature_axis=0, position="all")
+    assert whole.chain == chain and whole.position == "all"
+    np.testing.assert_array_equal(whole.inputs, np.arange(30))
+    np.testing.assert_array_equal(whole.outputs, np.arange(40))
+    flat, position = positions.position_outputs((2, 4, 5), feature_axis=None)
+    assert position == (1, 2, 2) and flat.tolist() == [32]
+    flat, position = positions.position_outputs((4, 3), feature_axis=-1, position=(0,))
+    assert position == (0,) and flat.tolist() == [0, 1, 2]
+    # equal restrictions are equal functions: one compiled program serves both
+    again = positions.restrict(chain, params, feature_axis=0)
+    assert again.chain == default.chain and hash(again.chain) == hash(default.chain)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(feature_axis=3), ValueError, r"feature_axis must be an axis.*\[-3, 2\]; got 3"),
+    (dict(feature_axis="0"), TypeError, "feature_axis must be an int"),
+    (dict(feature_axis=0, position=(1,)), ValueError, r"one int per position axis.*sizes \(4, 5\)"),
+    (dict(feature_axis=0, position=(4, 0)), ValueError, r"position \(4, 0\) is out of bounds"),
+    (dict(feature_axis=0, position="centre"), ValueError, "position must be one of"),
+    (dict(feature_axis=0, position=3), TypeError, "position must be a tuple of ints"),
+])
+def test_position_errors(kwargs, error, match):
+    chain = pure.Chain(layers=(pure.Conv2d(),), in_shape=(1, 5, 6))
+    params = (_conv(np.random.default_rng(0), 2, 1, (2, 2)),)
+    with pytest.raises(error, match=match):
+        positions.restrict(chain, params, **kwargs)
+
+
+def test_dependencies_errors():
+    with pytest.raises(ValueError, match=r"outputs must index the per-sample output of shape "
+                                         r"\(3,\)"):
+        pure.dependencies(lambda p, x: x, {}, (3,), np.s_[5])
+    with pytest.raises(ValueError, match="selects no element"):
+        pure.dependencies(lambda p, x: x, {}, (3,), np.s_[2:1])
+    np.testing.assert_array_equal(
+        pure.dependencies(lambda p, x: x[:, ::-1], {}, (3,), [0, 1], flat=True), [1, 2])
+
+
+def test_sweep_over_a_restricted_layer_equals_single_calls():
+    rng = np.random.default_rng(8)
+    chain = pure.Chain(layers=(pure.Conv2d(padding=(1, 1), activation="sigmoid"),),
+                       in_shape=(1, 4, 4))
+    sets = [(_conv(rng, 2, 1, (2, 2)),) for _ in range(2)]
+    restricted = [positions.restrict(chain, p, feature_axis=0) for p in sets]
+    assert restricted[0].chain == restricted[1].chain  # same structure, one program
+    stacked = pure.stack_params([r.params for r in restricted])
+    key, binning = jax.random.key(5), dict(BINNING, in_bins=4, out_bins=4)
+    result = pure.sweep(key, restricted[0].chain, stacked, samples=2048,
+                        sensitivity_samples=100, **binning)
+    for k, r in enumerate(restricted):
+        parts, _ = pure.ei_parts(key, r.chain, r.params, samples=2048, **binning)
+        # as tests/test_sweep.py: the same counts, float32 formula rounding per pair
+        assert abs(result.ei_parts[k] - parts) <= \
+            result.ei_parts_matrix[k].size * 4 * math.log2(2048) * 2.0 ** -24
