@@ -2,11 +2,14 @@
 
 `dependencies(fn, params, in_shape, outputs)` answers structurally: output j depends on input i
 when the computation graph of `fn` has a path from i to j, whatever the values. The function is
-traced once to a jaxpr and the jaxpr is evaluated on *dependency masks* alongside the values: a
-mask has the shape of the value it describes, and a positive entry means "this element depends
-on the probed input". The batch axis of `fn` carries the probes: row b of the input mask is one
-at input element `start + b` and zero elsewhere, so one evaluation of the masked jaxpr answers
-`chunk` inputs at once (samples are independent, so row b's outputs depend on row b only).
+traced once (on a batch of one sample) to a jaxpr, and the jaxpr is evaluated on *dependency
+masks* alongside the values: a mask has the shape of the value it describes and counts, with
+non-negative numbers, the paths from the input to each element. The rules below make the mask of
+the outputs a linear map of the mask of the input with non-negative integer coefficients, M; the
+selected outputs depend on input i exactly when (M^T c)_i > 0, c the indicator of the selected
+outputs. One reverse-mode pass (`jax.vjp` of the mask map) computes M^T c for every input at
+once: the cost is about two forward passes of `fn` whatever the number of inputs. Nothing can
+cancel (no coefficient is negative) and nothing underflows (every coefficient is 0 or >= 1).
 
 Each primitive moves masks by a rule:
 - elementwise ops (arithmetic, comparisons, `select_n`, `max`, activations): an output element
@@ -23,11 +26,10 @@ Each primitive moves masks by a rule:
   dependencies are the graph's, as the receptive field of a convolution is;
 - calls (`jit`, `custom_jvp_call`, `custom_vjp_call`, remat): the inner jaxpr, recursively;
 - any other primitive (loops, conditionals, ...): every output depends on everything its operands
-  depend on, across the batch too; the result is then conservative (often every input) and a
-  warning names the primitive.
+  depend on; the result is then conservative (often every input) and a warning names the
+  primitive.
 
-Masks stay exact: they only ever add and multiply non-negative numbers, and are reset to 0/1
-after each op. Neither NaN propagation nor a Jacobian at random points is used: XLA's CPU max
+Neither NaN propagation nor a Jacobian at random points is used: XLA's CPU max
 pooling drops NaN in vectorised windows (measured: every NaN lost at 64 windows of a batch), and
 a Jacobian misses every window element that is not the maximum at the probe points.
 """
@@ -42,9 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from . import _checks
-
-DEFAULT_CHUNK = 256
 
 _ELEMENTWISE = frozenset("""
 abs acos acosh add add_any and asin asinh atan atan2 atanh bessel_i0e bessel_i1e cbrt ceil clamp clz conj convert_element_type
@@ -75,10 +74,6 @@ _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "custom_jvp_call"
 _CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
-def _indicator(mask):
-    return (mask > 0).astype(jnp.float32)
-
-
 def _mask_like(mask, aval):
     return jnp.zeros(aval.shape, jnp.float32) if mask is None else mask
 
@@ -86,7 +81,7 @@ def _mask_like(mask, aval):
 def _elementwise(eqn, masks):
     shape = eqn.outvars[0].aval.shape
     total = sum(jnp.broadcast_to(m, shape) for m in masks if m is not None)
-    return [_indicator(total)] * len(eqn.outvars)
+    return [total] * len(eqn.outvars)
 
 
 def _structural(eqn, values, masks):
@@ -98,7 +93,7 @@ def _structural(eqn, values, masks):
                 for i in range(len(values))]
     out = eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
     out = out if eqn.primitive.multiple_results else [out]
-    return [_indicator(o) for o in out]
+    return list(out)
 
 
 def _selecting(eqn, masks):
@@ -111,13 +106,13 @@ def _selecting(eqn, masks):
                                     params["base_dilation"], params["window_dilation"])
     else:
         out = jax.lax.cumsum(mask, axis=params["axis"], reverse=params["reverse"])
-    return [_indicator(out)]
+    return [out]
 
 
 def _along_axis(eqn, masks, axis):
     """sort / top_k: each output along `axis` may come from any element along it."""
     total = sum(jnp.sum(m, axis=axis, keepdims=True) for m in masks if m is not None)
-    return [_indicator(jnp.broadcast_to(total, v.aval.shape)) for v in eqn.outvars]
+    return [jnp.broadcast_to(total, v.aval.shape) for v in eqn.outvars]
 
 
 def _bilinear(eqn, values, masks):
@@ -128,14 +123,14 @@ def _bilinear(eqn, values, masks):
             operands = [mask if j == i else jnp.ones(v.aval.shape, jnp.float32)
                         for j, v in enumerate(eqn.invars)]
             total = total + eqn.primitive.bind(*operands, **params)
-    return [_indicator(total)]
+    return [total]
 
 
-def _dense(eqn, masks, unknown: set):
+def _dense(eqn, masks, unknown: set, name: str):
     """No rule: every output depends on everything any operand depends on (conservative)."""
-    unknown.add(eqn.primitive.name)
+    unknown.add(name)
     total = sum(jnp.sum(m) for m in masks if m is not None)
-    return [jnp.full(v.aval.shape, total > 0, jnp.float32) for v in eqn.outvars]
+    return [jnp.broadcast_to(total, v.aval.shape) for v in eqn.outvars]
 
 
 def _inner_jaxpr(eqn):
@@ -162,6 +157,7 @@ def _masks_of_eqn(eqn, values, masks, unknown: set):
         out = _structural(eqn, values, masks)
         if out is not None:
             return out
+        name = f"{name} (with indices that depend on the input)"
     elif name in _SELECTING_REDUCTIONS | _SELECTING_WINDOWS | _CUMULATIVE and len(masks) == 1:
         return _selecting(eqn, masks)
     elif name == "sort":
@@ -170,7 +166,7 @@ def _masks_of_eqn(eqn, values, masks, unknown: set):
         return _along_axis(eqn, masks, -1)
     elif name in _BILINEAR:
         return _bilinear(eqn, values, masks)
-    return _dense(eqn, masks, unknown)
+    return _dense(eqn, masks, unknown, name)
 
 
 def _evaluate(jaxpr, consts, values, masks, unknown: set):
@@ -227,8 +223,8 @@ def _flat_outputs(out_shape: tuple, outputs, flat: bool) -> np.ndarray:
     return np.unique(chosen)
 
 
-def dependencies(fn: Callable, params, in_shape, outputs=None, *, flat: bool = False,
-                 chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+def dependencies(fn: Callable, params, in_shape, outputs=None, *,
+                 flat: bool = False) -> np.ndarray:
     """The flat input indices that the selected outputs of `fn` depend on, traced through its
     jaxpr (see the module docstring for the rules).
 
@@ -241,39 +237,36 @@ def dependencies(fn: Callable, params, in_shape, outputs=None, *, flat: bool = F
         (e.g. `np.s_[:, 2, 3]`, the channels of pixel (2, 3) of a [C, H, W] output), or None for
         all of them.
       flat: `outputs` is a sequence of flat indices into the per-sample output instead.
-      chunk: how many inputs one evaluation probes (the batch size `fn` is traced at).
 
     Returns:
       Sorted flat indices into the per-sample input (C order), int64 [k].
     """
     in_shape = tuple(int(v) for v in in_shape)
-    _checks.check_positive_int("chunk", chunk)
-    n_in = math.prod(in_shape)
-    chunk = min(chunk, n_in)
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
     leaves, tree = jax.tree_util.tree_flatten(params)
-    x_spec = jax.ShapeDtypeStruct((chunk,) + in_shape, jnp.float32)
+    x_spec = jax.ShapeDtypeStruct((1,) + in_shape, jnp.float32)
     closed = jax.make_jaxpr(lambda p, x: fn(jax.tree_util.tree_unflatten(tree, p), x))(
         leaves, x_spec)
     out_shape = tuple(closed.out_avals[0].shape[1:])
-    take = jnp.asarray(_flat_outputs(out_shape, outputs, flat))
-    base = jax.random.uniform(jax.random.key(0), (n_in,))  # values, for index computations
+    selected = np.zeros(math.prod(out_shape), np.float32)
+    selected[_flat_outputs(out_shape, outputs, flat)] = 1.0
+    # the values the index computations see (a mask never depends on them otherwise)
+    x = jax.random.uniform(jax.random.key(0), (1,) + in_shape)
     unknown: set = set()
 
-    @jax.jit
-    def probe(leaves, start):
-        rows = (start + jnp.arange(chunk))[:, None] == jnp.arange(n_in)[None, :]
-        x = jnp.broadcast_to(base, (chunk, n_in)).reshape((chunk,) + in_shape)
-        mask = rows.astype(jnp.float32).reshape((chunk,) + in_shape)
-        _, (out_mask, *_) = _evaluate(closed.jaxpr, closed.consts, [*leaves, x],
-                                      [None] * len(leaves) + [mask], unknown)
-        if out_mask is None:
-            return jnp.zeros(chunk, bool)
-        return (out_mask.reshape(chunk, -1)[:, take] > 0).any(axis=1)
+    def output_mask(leaves, input_mask):
+        _, (mask, *_) = _evaluate(closed.jaxpr, closed.consts, [*leaves, x],
+                                  [None] * len(leaves) + [input_mask], unknown)
+        return jnp.zeros((1,) + out_shape, jnp.float32) if mask is None else mask
 
-    found = np.concatenate([np.asarray(probe(leaves, start)) for start in range(0, n_in, chunk)])
+    @jax.jit
+    def paths(leaves, cotangent):
+        _, transpose = jax.vjp(lambda m: output_mask(leaves, m), jnp.ones((1,) + in_shape))
+        return transpose(cotangent.reshape((1,) + out_shape))[0]
+
+    counts = np.asarray(paths(leaves, jnp.asarray(selected))).reshape(-1)
     if unknown:
         warnings.warn(f"dependencies: no rule for the primitive(s) {sorted(unknown)}; their "
                       f"outputs were counted as depending on every input they could reach "
                       f"(conservative)", stacklevel=2)
-    return np.flatnonzero(found[:n_in]).astype(np.int64)
+    return np.flatnonzero(counts > 0).astype(np.int64)

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
-from .dependency import DEFAULT_CHUNK, dependencies
+from .dependency import dependencies
 from .layers import Chain, Function, apply
 
 def _out_shape(fn: Callable, params, in_shape: tuple) -> tuple:
@@ -176,8 +176,8 @@ class Restriction(NamedTuple):
     position: object
 
 
-def restrict(chain: Chain, params, *, feature_axis, position=None, name: str | None = None,
-             chunk: int = DEFAULT_CHUNK) -> Restriction:
+def restrict(chain: Chain, params, *, feature_axis, position=None,
+             name: str | None = None) -> Restriction:
     """The chain restricted to one output position (see the module docstring's definition).
 
     Args:
@@ -186,7 +186,6 @@ def restrict(chain: Chain, params, *, feature_axis, position=None, name: str | N
       position: one index per position axis; None: the centre (n // 2 on each); 'all': the
         whole tensor, no restriction.
       name: the restricted layer's name in messages (default: from the chain's last layer).
-      chunk: as in `dependency.dependencies`.
 
     Returns:
       A `Restriction`; measure `restriction.chain` with `restriction.params`.
@@ -203,7 +202,7 @@ def restrict(chain: Chain, params, *, feature_axis, position=None, name: str | N
     outputs, position = position_outputs(out_shape, feature_axis=feature_axis,
                                          position=position)
     inputs = dependencies(lambda p, x: apply(chain, p, x), params, chain.in_shape, outputs,
-                          flat=True, chunk=chunk)
+                          flat=True)
     last = chain.layers[-1]
     inner = chain.layers[:-1] + (last._replace(activation="identity"),)
     fn = Restricted(layers=inner, in_shape=tuple(chain.in_shape),

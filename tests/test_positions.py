@@ -169,14 +169,14 @@ def test_a_select_depends_on_its_predicate_and_cases():
     np.testing.assert_array_equal(pure.dependencies(fn, {}, (5,), np.s_[1:3]), [2, 3])
 
 
-def test_dependencies_chunks_a_large_input():
-    """10^4 inputs (a 4 x 50 x 50 image), probed in chunks of 512."""
+def test_dependencies_of_a_large_input():
+    """10^4 inputs (a 4 x 50 x 50 image): one reverse pass answers every input."""
     rng = np.random.default_rng(3)
     chain = pure.Chain(layers=(pure.Conv2d(padding=(1, 1)), pure.MaxPool2d((2, 2), (2, 2))),
                        in_shape=(4, 50, 50))
     params = (_conv(rng, 2, 4, (3, 3)), {})
     fn = lambda p, x: pure.apply(chain, p, x)
-    found = pure.dependencies(fn, params, chain.in_shape, np.s_[:, 12, 12], chunk=512)
+    found = pure.dependencies(fn, params, chain.in_shape, np.s_[:, 12, 12])
     np.testing.assert_array_equal(found, _patch_oracle(chain, params, (12, 12)))
 
 
@@ -244,3 +244,42 @@ def test_sweep_over_a_restricted_layer_equals_single_calls():
         # as tests/test_sweep.py: the same counts, float32 formula rounding per pair
         assert abs(result.ei_parts[k] - parts) <= \
             result.ei_parts_matrix[k].size * 4 * math.log2(2048) * 2.0 ** -24
+
+
+@pytest.mark.parametrize("name, fn, in_shape, outputs, expected", [
+    ("layer norm: one token", lambda p, x: jax.nn.standardize(x, axis=-1), (3, 4), np.s_[1, :],
+     [4, 5, 6, 7]),
+    ("cumsum", lambda p, x: jnp.cumsum(x, axis=1), (5,), np.s_[2], [0, 1, 2]),
+    ("fixed gather", lambda p, x: x[:, jnp.array([3, 0])], (4,), np.s_[0], [3]),
+    ("sort", lambda p, x: jnp.sort(x, axis=-1), (2, 3), np.s_[1, 0], [3, 4, 5]),
+    ("overwritten by a scatter", lambda p, x: x.at[:, 1].set(2 * x[:, 2]), (3,), np.s_[1], [2]),
+    ("dynamic slice", lambda p, x: jax.lax.dynamic_slice_in_dim(x, 2, 2, axis=1), (5,),
+     np.s_[1], [3]),
+    ("pad and concatenate", lambda p, x: jnp.concatenate([jnp.pad(x, ((0, 0), (1, 0))), x], 1),
+     (2,), np.s_[0:2], [0]),
+    ("max", lambda p, x: jnp.max(x, axis=1, keepdims=True) + 0 * x[:, :1], (3,), np.s_[0],
+     [0, 1, 2]),
+    ("top_k", lambda p, x: jax.lax.top_k(x, 2)[0], (4,), np.s_[1], [0, 1, 2, 3]),
+    ("no dependency", lambda p, x: jnp.ones_like(x) * p["c"], (3,), None, []),
+])
+def test_dependency_rules(name, fn, in_shape, outputs, expected):
+    params = {"c": np.float32(2.0)}
+    np.testing.assert_array_equal(pure.dependencies(fn, params, in_shape, outputs), expected)
+    # wherever the Jacobian is nonzero at a random point, the graph has a path
+    x = jax.random.uniform(jax.random.key(1), in_shape)
+    jac = np.asarray(jax.jacfwd(lambda v: fn(params, v[None])[0])(x))
+    grid = np.arange(jac.size // x.size).reshape(jac.shape[:jac.ndim - len(in_shape)])
+    chosen = grid.reshape(-1) if outputs is None else np.asarray(grid[outputs]).reshape(-1)
+    rows = jac.reshape(-1, x.size)[chosen]
+    assert set(np.flatnonzero((rows != 0).any(axis=0))) <= set(expected)
+
+
+def test_primitives_without_a_rule_are_conservative_and_named():
+    loop = lambda p, x: jax.lax.fori_loop(0, 2, lambda i, v: v * 2.0, x)
+    with pytest.warns(UserWarning, match=r"no rule for the primitive.*\[.scan.\]"):
+        found = pure.dependencies(loop, {}, (3,), np.s_[0])
+    np.testing.assert_array_equal(found, [0, 1, 2])  # every input: the loop is opaque
+    # a gather whose index is computed from the input (max pooling written with argmax)
+    pick = lambda p, x: jnp.take_along_axis(x, jnp.argmax(x, axis=1, keepdims=True), axis=1)
+    with pytest.warns(UserWarning, match="gather \\(with indices that depend on the input\\)"):
+        np.testing.assert_array_equal(pure.dependencies(pick, {}, (3,)), [0, 1, 2])
