@@ -271,7 +271,8 @@ def _check_conv(i, name, spec, arrays, shape):
 
 
 def _check_function_keys(i, name, layer_params):
-    """A Function layer's params: a flat dict of arrays keyed by strings (nothing nested, no None)."""
+    """A Function layer's params: a flat dict of arrays keyed by strings (nothing nested, no
+    None)."""
     for key, value in layer_params.items():
         if not isinstance(key, str):
             raise TypeError(f"params[{i}] ({name}) must be keyed by strings; got key {key!r}")

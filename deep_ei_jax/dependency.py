@@ -37,21 +37,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-
 _ELEMENTWISE = frozenset("""
-abs acos acosh add add_any and asin asinh atan atan2 atanh bessel_i0e bessel_i1e cbrt ceil clamp clz conj convert_element_type
-copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1 floor ge gt igamma imag
-integer_pow is_finite le lgamma log log1p logistic lt max min mul ne neg nextafter not or
-polygamma population_count pow real reduce_precision rem round rsqrt select_n shift_left
-shift_right_arithmetic shift_right_logical sign sin sinh sqrt square stop_gradient sub tan tanh
-xor zeta
+abs acos acosh add add_any and asin asinh atan atan2 atanh bessel_i0e bessel_i1e cbrt ceil clamp
+clz conj convert_element_type copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2
+expm1 floor ge gt igamma imag integer_pow is_finite le lgamma log log1p logistic lt max min mul
+ne neg nextafter not or polygamma population_count pow real reduce_precision rem round rsqrt
+select_n shift_left shift_right_arithmetic shift_right_logical sign sin sinh sqrt square
+stop_gradient sub tan tanh xor zeta
 """.split())
 
 # ops applied to the masks themselves; the value: which operands carry data (the rest are indices)

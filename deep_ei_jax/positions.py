@@ -38,7 +38,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,7 @@ import numpy as np
 from . import _checks
 from .dependency import dependencies
 from .layers import Chain, Function, apply
+
 
 def _out_shape(fn: Callable, params, in_shape: tuple) -> tuple:
     x = jax.ShapeDtypeStruct((1,) + tuple(in_shape), jnp.float32)
@@ -163,7 +165,8 @@ class Restriction(NamedTuple):
     Attributes:
       chain: one `Function` layer from [k] inputs to [m] outputs (or the chain itself for
         position='all').
-      params: its params (a one-element tuple holding the flat dict; the given params for 'all').
+      params: its params (a one-element tuple holding the flat dict; for 'all' the given params,
+        as float32 arrays).
       inputs: the dependencies, flat indices into the original per-sample input, int64 [k].
       outputs: the measured outputs, flat indices into the original per-sample output, int64 [m].
       position: the measured position (a tuple of ints), or 'all'.
@@ -196,9 +199,8 @@ def restrict(chain: Chain, params, *, feature_axis, position=None,
     out_shape = _out_shape(lambda p, x: apply(chain, p, x), params, chain.in_shape)
     if isinstance(position, str):
         _checks.check_choice("position", position, ("all",))
-        everything = lambda n: np.arange(n, dtype=np.int64)
-        return Restriction(chain, params, everything(math.prod(chain.in_shape)),
-                           everything(math.prod(out_shape)), "all")
+        return Restriction(chain, params, np.arange(math.prod(chain.in_shape), dtype=np.int64),
+                           np.arange(math.prod(out_shape), dtype=np.int64), "all")
     outputs, position = position_outputs(out_shape, feature_axis=feature_axis,
                                          position=position)
     inputs = dependencies(lambda p, x: apply(chain, p, x), params, chain.in_shape, outputs,
