@@ -228,8 +228,8 @@ def dependencies(fn: Callable, params, in_shape, outputs=None, *,
     jaxpr (see the module docstring for the rules).
 
     Args:
-      fn: `fn(params, x)` with x of shape [N, *in_shape], returning [N, *out_shape]; samples
-        independent (row i of the output depends on row i of x only).
+      fn: `fn(params, x)` with x of shape `[N, *in_shape]`, returning `[N, *out_shape]`;
+        samples independent (row i of the output depends on row i of x only).
       params: what `fn` takes as params (any pytree of arrays).
       in_shape: the per-sample input shape.
       outputs: which per-sample outputs: an index expression into an array of shape out_shape
