@@ -205,6 +205,9 @@ def restrict(chain: Chain, params, *, feature_axis, position=None,
                                          position=position)
     inputs = dependencies(lambda p, x: apply(chain, p, x), params, chain.in_shape, outputs,
                           flat=True)
+    if inputs.size == 0:
+        raise ValueError(f"the outputs at position {position} depend on no input element (the "
+                         f"span's output there is constant); there is nothing to measure")
     last = chain.layers[-1]
     inner = chain.layers[:-1] + (last._replace(activation="identity"),)
     fn = Restricted(layers=inner, in_shape=tuple(chain.in_shape),

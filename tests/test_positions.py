@@ -8,6 +8,7 @@ the image is zeros the window never reaches), so the values are asserted identic
 convolution accumulates each output in the same order whatever the image size.
 """
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -283,3 +284,26 @@ def test_primitives_without_a_rule_are_conservative_and_named():
     pick = lambda p, x: jnp.take_along_axis(x, jnp.argmax(x, axis=1, keepdims=True), axis=1)
     with pytest.warns(UserWarning, match="gather \\(with indices that depend on the input\\)"):
         np.testing.assert_array_equal(pure.dependencies(pick, {}, (3,)), [0, 1, 2])
+
+
+def test_a_position_without_inputs_is_an_error():
+    chain = pure.Chain(layers=(pure.Function(lambda p, x: jnp.zeros_like(x[:, :2]) + p["c"], name="c"),),
+                       in_shape=(3,))
+    with pytest.raises(ValueError, match=r"position \(\) depend on no input element"):
+        positions.restrict(chain, ({"c": np.ones(2, np.float32)},), feature_axis=0)
+
+
+def test_custom_derivatives_and_library_activations_are_traced_through():
+    @jax.custom_vjp
+    def clip_gradient(x):
+        return x
+
+    clip_gradient.defvjp(lambda x: (x, None), lambda _, g: (jnp.clip(g, -1, 1),))
+
+    def fn(p, x):
+        y = jax.nn.gelu(clip_gradient(x) @ p["w"])
+        return jax.nn.softmax(y, axis=-1) * jax.nn.silu(x[:, :1])
+    params = {"w": np.ones((3, 2), np.float32)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every primitive here has a rule
+        np.testing.assert_array_equal(pure.dependencies(fn, params, (3,), np.s_[1]), [0, 1, 2])
