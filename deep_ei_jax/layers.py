@@ -6,6 +6,8 @@ lets a chain be a static argument of `jax.jit` while the weights stay traced, so
 program serves every set of weights of the same architecture.
 
 Shapes are per sample and channel-first for images, as in torch: a Conv2d sees `[C, H, W]`.
+`Function` wraps any pure JAX function `fn(params, x)` as a layer (a translated torch span, a
+residual block, attention); `deep_ei_jax.positions` restricts a span to one output position.
 """
 from __future__ import annotations
 

@@ -307,3 +307,22 @@ def test_custom_derivatives_and_library_activations_are_traced_through():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every primitive here has a rule
         np.testing.assert_array_equal(pure.dependencies(fn, params, (3,), np.s_[1]), [0, 1, 2])
+
+
+def test_an_output_without_positions_is_measured_whole():
+    """A Dense output [n] has no position axis: the restriction keeps every input and output,
+    in order, and measures as the chain itself (scatter and gather move values exactly)."""
+    rng = np.random.default_rng(9)
+    chain = pure.Chain(layers=(pure.Dense(activation="relu"), pure.Dense(activation="sigmoid")),
+                       in_shape=(5,))
+    params = ({"w": rng.normal(size=(5, 4)).astype(np.float32)},
+              {"w": rng.normal(size=(4, 3)).astype(np.float32),
+               "b": rng.normal(size=3).astype(np.float32)})
+    restriction = positions.restrict(chain, params, feature_axis=-1)
+    assert restriction.position == ()
+    np.testing.assert_array_equal(restriction.inputs, np.arange(5))
+    np.testing.assert_array_equal(restriction.outputs, np.arange(3))
+    key = jax.random.key(3)
+    got, _ = pure.ei_parts(key, restriction.chain, restriction.params, samples=4096, **BINNING)
+    want, _ = pure.ei_parts(key, chain, params, samples=4096, **BINNING)
+    assert got == want
