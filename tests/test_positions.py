@@ -287,8 +287,9 @@ def test_primitives_without_a_rule_are_conservative_and_named():
 
 
 def test_a_position_without_inputs_is_an_error():
-    chain = pure.Chain(layers=(pure.Function(lambda p, x: jnp.zeros_like(x[:, :2]) + p["c"], name="c"),),
-                       in_shape=(3,))
+    def constant(p, x):
+        return jnp.zeros_like(x[:, :2]) + p["c"]
+    chain = pure.Chain(layers=(pure.Function(constant, name="c"),), in_shape=(3,))
     with pytest.raises(ValueError, match=r"position \(\) depend on no input element"):
         positions.restrict(chain, ({"c": np.ones(2, np.float32)},), feature_axis=0)
 
