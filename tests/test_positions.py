@@ -327,3 +327,90 @@ def test_an_output_without_positions_is_measured_whole():
     got, _ = pure.ei_parts(key, restriction.chain, restriction.params, samples=4096, **BINNING)
     want, _ = pure.ei_parts(key, chain, params, samples=4096, **BINNING)
     assert got == want
+
+
+# ---------------------------------------------------------------- blocks as a translator writes them
+
+def _conv_nchw(x, w, stride=1, pad=1):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
+                                        dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+
+def _batch_norm(x, p, name):
+    scale = p[name + ".weight"] / jnp.sqrt(p[name + ".var"] + 1e-5)
+    shift = p[name + ".bias"] - p[name + ".mean"] * scale
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def _basic_block(p, x):
+    """A ResNet basic block with a strided 1x1 downsampling shortcut, BatchNorm in eval."""
+    y = jax.nn.relu(_batch_norm(_conv_nchw(x, p["conv1.weight"], 2), p, "bn1"))
+    y = _batch_norm(_conv_nchw(y, p["conv2.weight"]), p, "bn2")
+    return y + _batch_norm(_conv_nchw(x, p["down.weight"], 2, 0), p, "bnd")
+
+
+def _encoder_layer(p, x, heads=2):
+    """Pre-norm transformer encoder layer: multi-head attention and a GELU MLP."""
+    n, t, d = x.shape
+
+    def norm(v, name):
+        v = (v - v.mean(-1, keepdims=True)) / jnp.sqrt(v.var(-1, keepdims=True) + 1e-5)
+        return v * p[name + ".weight"] + p[name + ".bias"]
+
+    def split_heads(v):
+        return v.reshape(n, t, heads, d // heads).transpose(0, 2, 1, 3)
+    q, k, v = jnp.split(norm(x, "ln1") @ p["in_proj"].T, 3, axis=-1)
+    scores = split_heads(q) @ split_heads(k).transpose(0, 1, 3, 2) / math.sqrt(d // heads)
+    attended = (jax.nn.softmax(scores, axis=-1) @ split_heads(v)).transpose(0, 2, 1, 3)
+    x = x + attended.reshape(n, t, d) @ p["out_proj"].T
+    return x + jax.nn.gelu(norm(x, "ln2") @ p["fc1"].T) @ p["fc2"].T
+
+
+def _gru_step(p, xh):
+    """One GRU cell step on the concatenation (x [3], h [4]), as torch.nn.GRUCell."""
+    x, h = xh[:, :3], xh[:, 3:]
+    ir, iz, i_n = jnp.split(x @ p["w_ih"].T, 3, -1)
+    hr, hz, h_n = jnp.split(h @ p["w_hh"].T, 3, -1)
+    reset, update = jax.nn.sigmoid(ir + hr), jax.nn.sigmoid(iz + hz)
+    return (1 - update) * jnp.tanh(i_n + reset * h_n) + update * h
+
+
+def _random(rng, shapes):
+    return {k: (rng.uniform(0.5, 1.5, size=s) if k.endswith(("var", "weight")) and len(s) == 1
+                else rng.normal(size=s)).astype(np.float32) for k, s in shapes.items()}
+
+
+def test_blocks_as_a_translator_writes_them():
+    rng = np.random.default_rng(10)
+    c_in, c = 2, 4
+    block = _random(rng, {"conv1.weight": (c, c_in, 3, 3), "conv2.weight": (c, c, 3, 3),
+                          "down.weight": (c, c_in, 1, 1),
+                          **{f"{n}.{s}": (c,) for n in ("bn1", "bn2", "bnd")
+                             for s in ("weight", "bias", "mean", "var")}})
+    d = 4
+    encoder = _random(rng, {"in_proj": (3 * d, d), "out_proj": (d, d), "fc1": (8, d),
+                            "fc2": (d, 8), **{f"ln{i}.{s}": (d,) for i in (1, 2)
+                                              for s in ("weight", "bias")}})
+    gru = _random(rng, {"w_ih": (12, 3), "w_hh": (12, 4)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every primitive of the three has a rule
+        resnet = positions.restrict(pure.Chain((pure.Function(_basic_block, "layer1.0",
+                                                              "relu"),), (c_in, 9, 9)),
+                                    (block,), feature_axis=0)
+        transformer = positions.restrict(
+            pure.Chain((pure.Function(_encoder_layer, "encoder.0"),), (3, d)), (encoder,),
+            feature_axis=-1)
+        cell = pure.dependencies(_gru_step, gru, (7,), np.s_[0])
+    # output 5 x 5, centre (2, 2): conv2 reads conv1 rows 1..3, which read input rows 1..7
+    assert resnet.position == (2, 2)
+    expected = [(ch * 9 + r) * 9 + q for ch in range(c_in) for r in range(1, 8)
+                for q in range(1, 8)]
+    np.testing.assert_array_equal(resnet.inputs, expected)
+    np.testing.assert_array_equal(transformer.inputs, np.arange(3 * d))  # attention mixes all
+    np.testing.assert_array_equal(transformer.outputs, np.arange(d, 2 * d))  # token 1
+    np.testing.assert_array_equal(cell, np.arange(7))
+    for restriction, out_range in ((resnet, (0, 10)), (transformer, (-10, 10))):
+        value, _ = pure.ei_parts(jax.random.key(0), restriction.chain, restriction.params,
+                                 in_range=(0, 1), out_range=out_range, in_bins=4, out_bins=4,
+                                 samples=2048, policy="clip")
+        assert np.isfinite(value) and value > 0
