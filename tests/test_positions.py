@@ -329,7 +329,7 @@ def test_an_output_without_positions_is_measured_whole():
     assert got == want
 
 
-# ---------------------------------------------------------------- blocks as a translator writes them
+# ------------------------------------------------------- blocks as a translator writes them
 
 def _conv_nchw(x, w, stride=1, pad=1):
     return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
