@@ -156,6 +156,9 @@ def check_seed(name: str, value, *, allow_none: bool = False):
 
 
 def _layer_name(index: int, spec) -> str:
+    from .layers import Function
+    if isinstance(spec, Function):
+        return f"layer {index}, Function {spec.name!r}"
     return f"layer {index}, {type(spec).__name__}"
 
 
@@ -205,7 +208,7 @@ def check_params(chain, params, *, stacked: bool = False):
       TypeError / ValueError naming the layer index, the parameter and the expected and received
       shapes (or the first non-finite entry).
     """
-    from .layers import Conv2d, Dense, layers_out_shape, param_shapes
+    from .layers import Conv2d, Dense, Function, layers_out_shape, param_shapes
     check_chain(chain)
     if not isinstance(params, (tuple, list)):
         raise TypeError(f"params must be a tuple with one dict of arrays per layer of the chain "
@@ -221,7 +224,9 @@ def check_params(chain, params, *, stacked: bool = False):
                             f"got {type(layer_params).__name__}")
         allowed = ("w", "b") if isinstance(spec, (Dense, Conv2d)) else ()
         unknown = sorted(str(k) for k in layer_params if k not in allowed)
-        if unknown:
+        if isinstance(spec, Function):
+            _check_function_keys(i, name, layer_params)
+        elif unknown:
             takes = "'w' and an optional 'b'" if allowed else "no parameters ({})"
             raise ValueError(f"params[{i}] ({name}) has unknown key(s) {unknown}; the layer "
                              f"takes {takes}")
@@ -249,6 +254,8 @@ def check_params(chain, params, *, stacked: bool = False):
             _check_dense(i, name, arrays, shape)
         elif isinstance(spec, Conv2d):
             _check_conv(i, name, spec, arrays, shape)
+        elif isinstance(spec, Function):
+            _check_function_output(name, spec, arrays, shape)
         try:
             out = layers_out_shape((spec,), param_shapes((arrays,)), shape)
         except Exception as error:  # noqa: BLE001 - a shape the layer cannot take
@@ -289,3 +296,44 @@ def _check_conv(i, name, spec, arrays, shape):
     if "b" in arrays and arrays["b"].shape != (w.shape[0],):
         raise ValueError(f"params[{i}]['b'] ({name}) has shape {arrays['b'].shape}; expected "
                          f"({w.shape[0]},): one bias per output channel")
+
+
+def _check_function_keys(i, name, layer_params):
+    """A Function layer's params: a flat dict of arrays keyed by strings (nothing nested, no
+    None)."""
+    for key, value in layer_params.items():
+        if not isinstance(key, str):
+            raise TypeError(f"params[{i}] ({name}) must be keyed by strings; got key {key!r}")
+        if value is None or isinstance(value, (dict, list, tuple)):
+            got = "None" if value is None else type(value).__name__
+            raise TypeError(f"params[{i}][{key!r}] ({name}) must be an array (a Function "
+                            f"layer's params are a flat dict of arrays: flatten nested params "
+                            f"into keys such as 'block.conv.weight', and leave out absent "
+                            f"ones); got {got}")
+
+
+def _check_function_output(name, spec, arrays, shape):
+    """The function runs on a batch of the declared input shape and returns [N, *out] floats."""
+    import jax
+    import jax.numpy as jnp
+    if not callable(spec.fn):
+        raise TypeError(f"{name}: fn must be a callable fn(params, x); got {spec.fn!r}")
+    abstract = {k: jax.ShapeDtypeStruct(a.shape, jnp.float32) for k, a in arrays.items()}
+    batch = 2
+    try:
+        out = jax.eval_shape(spec.fn, abstract,
+                             jax.ShapeDtypeStruct((batch,) + tuple(shape), jnp.float32))
+    except Exception as error:  # noqa: BLE001 - whatever the function raises on this shape
+        first = str(error).strip().splitlines()
+        raise ValueError(f"{name} cannot take a batch of per-sample inputs of shape {shape} "
+                         f"(fn(params, x) with x of shape {(batch,) + tuple(shape)} raised "
+                         f"{type(error).__name__}: {first[0] if first else ''})") from None
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(f"{name}: fn(params, x) must return one array [N, *out_shape]; got "
+                        f"{type(out).__name__}")
+    if len(out.shape) < 2 or out.shape[0] != batch:
+        raise ValueError(f"{name}: fn(params, x) must return [N, *out_shape] with the batch "
+                         f"first and at least one per-sample axis; for x of shape "
+                         f"{(batch,) + tuple(shape)} it returned shape {tuple(out.shape)}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"{name}: fn(params, x) must return floats; got dtype {out.dtype}")

@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks, information
-from .layers import AvgPool2d, Chain, Conv2d, Dense, Flatten, apply
+from .layers import AvgPool2d, Chain, Conv2d, Dense, Flatten, Function, apply
 
 EXACT_ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu")
 DEFAULT_GRID_STEP = 1e-3
@@ -520,6 +520,7 @@ def affine_map(chain: Chain, params) -> tuple[jax.Array, jax.Array]:
         raise TypeError(f"chain must be a deep_ei_jax Chain; got {type(chain).__name__}")
     if len(chain.layers) == 0:
         raise ValueError("chain must contain at least one layer")
+    _refuse_functions(chain)
     for position, spec in enumerate(chain.layers):
         if not isinstance(spec, (Dense, Conv2d, AvgPool2d, Flatten)):
             raise NotImplementedError(
@@ -538,6 +539,17 @@ def affine_map(chain: Chain, params) -> tuple[jax.Array, jax.Array]:
     with jax.enable_x64(True):
         return _affine_by_basis(chain, jax.tree_util.tree_map(
             lambda a: jnp.asarray(a, jnp.float64), params))
+
+
+def _refuse_functions(chain: Chain):
+    """A Function layer cannot be measured exactly: say why."""
+    for position, spec in enumerate(chain.layers):
+        if isinstance(spec, Function):
+            raise NotImplementedError(
+                f"layer {position} is a Function layer ({spec.name!r}): a Function layer is not "
+                "affine-known; its fn is an opaque JAX function, and the exact method needs the "
+                "layer's affine map (Dense, Conv2d, AvgPool2d and Flatten layers) followed by a "
+                "named monotone activation; " + _SAMPLING_HINT)
 
 
 def _affine_by_basis(chain: Chain, params):
@@ -584,6 +596,8 @@ def exact_for_chain(chain: Chain, params, *, measure: str = "ei_parts", activati
             f"measure={measure!r} has no exact method here (it needs the joint distribution of "
             "whole binned vectors, not pairwise terms); " + _SAMPLING_HINT)
     _checks.check_choice("measure", measure, EXACT_MEASURES)
+    if isinstance(chain, Chain):
+        _refuse_functions(chain)
     last = activation if activation is not None else (
         chain.layers[-1].activation if isinstance(chain, Chain) and chain.layers else None)
     _check_activation(last)

@@ -6,6 +6,8 @@ lets a chain be a static argument of `jax.jit` while the weights stay traced, so
 program serves every set of weights of the same architecture.
 
 Shapes are per sample and channel-first for images, as in torch: a Conv2d sees `[C, H, W]`.
+`Function` wraps any pure JAX function `fn(params, x)` as a layer (a translated torch span, a
+residual block, attention); `deep_ei_jax.positions` restricts a span to one output position.
 """
 from __future__ import annotations
 
@@ -76,6 +78,28 @@ class MaxPool2d(NamedTuple):
     activation: Activation = "identity"
 
 
+class Function(NamedTuple):
+    """Any pure JAX function as a layer: y = activation(fn(params, x)).
+
+    `fn(params, x)` takes `params`, a flat dict of float32 arrays keyed by strings (the layer's
+    params, e.g. `{"w": [n_in, n_out], "b": [n_out]}`), and a batch `x` of shape
+    `[N, *in_shape]`, and returns `[N, *out_shape]` (at least one per-sample axis). It must work
+    for any N, treat the samples independently (row i of the output depends on row i of the input
+    only), and be traceable by JAX (jit, vmap, no Python branching on values). The spec is hashable
+    because `fn` is (a plain function hashes by identity; a NamedTuple or frozen dataclass with a
+    `__call__` by value, so equal functions share one compiled program).
+
+    Attributes:
+      fn: the function, `(params: dict, x: [N, *in]) -> [N, *out]`.
+      name: what error messages call the layer (e.g. the module's qualified name).
+      activation: applied after `fn`, as for the other layers (a name or a JAX callable).
+    """
+
+    fn: Callable
+    name: str = "function"
+    activation: Activation = "identity"
+
+
 class Flatten(NamedTuple):
     """Flattens every per-sample axis from `start_dim` on (torch counts the batch as dim 0)."""
 
@@ -86,8 +110,8 @@ class Flatten(NamedTuple):
 # Dense layers with at most this many inputs multiply-add elementwise (see `Dense`).
 ELEMENTWISE_FAN_IN = 16
 
-LayerSpec = Union[Dense, Conv2d, AvgPool2d, MaxPool2d, Flatten]
-LAYER_TYPES = (Dense, Conv2d, AvgPool2d, MaxPool2d, Flatten)
+LayerSpec = Union[Dense, Conv2d, AvgPool2d, MaxPool2d, Flatten, Function]
+LAYER_TYPES = (Dense, Conv2d, AvgPool2d, MaxPool2d, Flatten, Function)
 
 
 class Chain(NamedTuple):
@@ -144,6 +168,8 @@ def _apply_one(spec: LayerSpec, params: dict, x: jax.Array) -> jax.Array:
         dilation = (1, 1) + tuple(spec.dilation)
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, padding,
                                      window_dilation=dilation)
+    if isinstance(spec, Function):
+        return spec.fn(params, x)
     if isinstance(spec, Flatten):
         keep = spec.start_dim  # dims before start_dim, counting the batch as 0
         return x.reshape(x.shape[:keep] + (-1,))

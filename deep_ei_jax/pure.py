@@ -12,16 +12,19 @@ For example::
 
 No torch is needed or imported.
 """
+from .dependency import dependencies
 from .information import entropy, mutual_information, nats_to_bits
-from .layers import (AvgPool2d, Chain, Conv2d, Dense, Flatten, MaxPool2d, apply, out_shape,
-                     receptive_field)
+from .layers import (AvgPool2d, Chain, Conv2d, Dense, Flatten, Function, MaxPool2d, apply,
+                     out_shape, receptive_field)
 from .measures import (Info, degeneracy, ei, ei_and_ei_parts, ei_parts, ei_parts_matrix,
                        eis_between_groups, sensitivity, sensitivity_matrix)
+from .positions import Restriction, position_outputs, restrict
 from .sweeping import SweepResult, stack_params, sweep
 
 __all__ = [
-    "AvgPool2d", "Chain", "Conv2d", "Dense", "Flatten", "MaxPool2d", "Info", "apply", "out_shape",
-    "receptive_field", "entropy", "mutual_information", "nats_to_bits", "ei", "ei_parts",
+    "AvgPool2d", "Chain", "Conv2d", "Dense", "Flatten", "Function", "MaxPool2d", "Info", "apply",
+    "out_shape", "receptive_field", "dependencies", "position_outputs", "restrict",
+    "Restriction", "entropy", "mutual_information", "nats_to_bits", "ei", "ei_parts",
     "ei_parts_matrix", "ei_and_ei_parts", "eis_between_groups", "sensitivity",
     "sensitivity_matrix", "degeneracy", "sweep", "stack_params", "SweepResult",
 ]
