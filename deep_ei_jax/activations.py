@@ -185,11 +185,7 @@ def is_monotone(a: Activation | None) -> bool:
     a = _checked(a)
     if a.name in NON_MONOTONE:
         return False
-    if a.name in ("leaky_relu", "elu") and a.args[0] < 0:
-        return False
-    if a.name == "celu" and a.args[0] < 0:
-        return False
-    return True
+    return not (a.name in ("leaky_relu", "elu", "celu") and a.args[0] < 0)
 
 
 def default_range(a: Activation | None, pre_range: tuple[float, float] = (-10.0, 10.0)

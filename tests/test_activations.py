@@ -88,7 +88,8 @@ def test_is_monotone_on_a_grid():
     for name, args, _ in CASES:
         a = activation(name, *args)
         values = np.asarray(a(jnp.asarray(GRID)))
-        nondecreasing = bool(np.all(np.diff(values) >= 0))
+        # float32 rounding can step back by an ulp (tanh near 1); a real dip is >= 1e-3 here
+        nondecreasing = bool(np.all(np.diff(values) >= -1e-6))
         assert is_monotone(a) == nondecreasing, name
     assert is_monotone(None)
     assert not is_monotone(activation("leaky_relu", -0.5))
