@@ -77,7 +77,8 @@ class ModuleCall(NamedTuple):
       inputs: names of the values from outside the call that it uses and that depend on the
         model's inputs, in graph order (for the model's own inputs: argument order). Parameters,
         buffers and values computed from them alone are not inputs.
-      outputs: names of the values made inside the call and used after it, in graph order.
+      outputs: names of the values made inside the call and used after it, in graph order (in
+        return order when they are all values the model returns).
     """
 
     name: str
@@ -307,6 +308,8 @@ def _calls(model: nn.Module, nodes: dict, outputs: tuple, dependent: frozenset,
         inputs = sorted({ref for name in names for ref in refs(nodes[name])
                          if ref not in inside and ref in dependent}, key=position.__getitem__)
         made = [name for name in names if used_by.get(name, set()) - inside]
+        if made and all(name in outputs for name in made):   # the model's: in return order
+            made = [name for name in outputs if name in made]
         try:
             module = model.get_submodule(qualname)
         except AttributeError as error:

@@ -139,11 +139,14 @@ def _users(captured: CapturedGraph) -> dict:
 def node_activation(captured: CapturedGraph, name: str) -> Activation | None:
     """The named activation that node `name` applies, or None (see `ops.activation_of_op`)."""
     node = captured.nodes[name]
-    if node.op in ("input", "param") or any(isinstance(a, Ref) for a in node.args[1:]):
+    if node.op in ("input", "param"):
         return None
-    found = activation_of_op(node.op, node.args, node.kwargs)
-    if found is not None or node.op != "aten.div" or len(node.args) != 2:
-        return found
+    if not any(isinstance(a, Ref) for a in node.args[1:]):
+        found = activation_of_op(node.op, node.args, node.kwargs)
+        if found is not None:
+            return found
+    if node.op != "aten.div" or len(node.args) != 2 or node.kwargs:
+        return None
     numerator, denominator = node.args            # softsign: x / (abs(x) + 1)
     add = captured.nodes.get(denominator.name) if isinstance(denominator, Ref) else None
     if add is None or add.op != "aten.add" or len(add.args) != 2 or add.args[1] != 1:
@@ -357,9 +360,12 @@ def _validate(captured, span_fn: GraphFunction, params: dict, order: list, span:
         out = jax.eval_shape(span_fn, abstract, x)
     except TranslationError as error:
         name = order[error.step]
-        kind = NotImplementedError if isinstance(error.error, UnsupportedOp) else RuntimeError
-        raise kind(f"op {error.op} in {where(captured, name)}, node {name!r}, cannot be "
-                   f"translated for {span}: {error.error}") from error
+        if isinstance(error.error, UnsupportedOp):
+            raise NotImplementedError(
+                f"op {error.op} ({error.error.reason}) in {where(captured, name)}, node "
+                f"{name!r}, cannot be translated to JAX for {span}") from error
+        raise RuntimeError(f"translating op {error.op} in {where(captured, name)}, node "
+                           f"{name!r}, for {span} failed: {error.error}") from error
     if tuple(out.shape) != (2,) + span_fn.out_shape:
         raise RuntimeError(f"the JAX function of {span} gives shape {tuple(out.shape)[1:]} per "
                            f"sample where torch gives {span_fn.out_shape}")
