@@ -4,6 +4,7 @@
 value of each node, independent of our JAX translation. `module_outputs` runs the model eagerly
 with forward hooks: each module call's real output, independent of torch.export.
 """
+import jax
 import numpy as np
 import torch
 
@@ -12,8 +13,10 @@ from deep_ei_jax.bridge.spans import span_function
 
 
 def _flat(values):
-    if values is None:
+    if values is None or isinstance(values, (str, bool, int, float)):
         return []
+    if isinstance(values, dict):    # a library's output record (transformers' ModelOutput)
+        values = list(values.values())
     if isinstance(values, torch.Tensor):
         return [values]
     return [t for v in values for t in _flat(v)]
@@ -81,8 +84,11 @@ def _joint(tensors, sample_shapes):
     return np.concatenate([t.numpy().reshape(1, -1) for t in tensors], axis=1)
 
 
-def check_every_call(model, args, *, rtol=1e-5, atol=1e-5, skip=()):
+def check_every_call(model, args, *, rtol=1e-5, atol=1e-5, skip=(), only=None):
     """Every module call's span: fn on torch's input values gives torch's output values.
+
+    `skip`: module class names to leave out; `only`: if given, a predicate on the qualified name
+    choosing the calls to check (big models: a few blocks and the whole model).
 
     Also, where the span is exactly the module (no activation split off or absorbed), the eager
     module's output (hooks) equals fn's. Returns the spans, by (name, call index).
@@ -93,12 +99,13 @@ def check_every_call(model, args, *, rtol=1e-5, atol=1e-5, skip=()):
     eager = module_outputs(model, args)
     spans = {}
     for call in captured.calls.values():
-        if call.type_name.rsplit(".", 1)[-1] in skip:
+        if call.type_name.rsplit(".", 1)[-1] in skip or (only and not only(call.name)):
             continue
         span = span_function(captured, call.module, call=call.index)
         spans[(call.name, call.index)] = span
         x = _joint([values[n] for n in span.inputs], span.in_shapes)
-        got = np.asarray(span.fn(span.params, x))
+        run = jax.jit(span.fn) if len(span.nodes) > 30 else span.fn   # compiling costs more
+        got = np.asarray(run(span.params, x))
         want = _joint([values[n] for n in span.outputs], span.out_shapes)
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=span.name)
         real = _flat(eager[call.module][call.index])
