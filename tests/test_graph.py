@@ -390,3 +390,20 @@ def test_core_activations_module_never_imports_torch():
     code = "import sys, deep_ei_jax.activations; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_captured_graph_serves_later_checkpoints():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Tanh())
+    captured = capture(model, torch.randn(1, 4))
+    before = span_function(captured, model[0])
+    model.load_state_dict(randomize_batch_norms(
+        nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Tanh())).state_dict())
+    after = span_function(captured, model[0])        # params are read from the model now
+    assert after.fn is before.fn
+    np.testing.assert_array_equal(after.params["weight"], model[0].weight.detach().numpy())
+    np.testing.assert_array_equal(after.params["1.running_var"], model[1].running_var.numpy())
+    x = np.random.default_rng(5).normal(size=(4, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(after.out_activation(after.fn(after.params, x)), want,
+                               rtol=1e-5, atol=1e-6)
