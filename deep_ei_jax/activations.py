@@ -2,32 +2,32 @@
 
 An `Activation` is a name plus its numeric arguments, e.g. `Activation("leaky_relu", (0.01,))`.
 It is a NamedTuple, so it hashes and compares by value and can sit in a static (jit) argument;
-calling it computes the activation in `jax.numpy` as torch defines it:
+calling it computes the activation in `jax.numpy` as torch defines it (name(arguments with
+their defaults): definition):
 
-| name | args (defaults) | definition |
-|---|---|---|
-| identity | | x |
-| relu | | max(x, 0) |
-| relu6 | | min(max(x, 0), 6) |
-| leaky_relu | negative_slope=0.01 | x if x > 0 else negative_slope * x |
-| elu | alpha=1.0 | x if x > 0 else alpha * (exp(x) - 1) |
-| selu | | 1.0507009873554805 * elu(x, alpha=1.6732632423543772) |
-| celu | alpha=1.0 | max(0, x) + min(0, alpha * (exp(x / alpha) - 1)) |
-| gelu | | x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2))) |
-| gelu_tanh | | x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))) |
-| silu | | x * sigmoid(x) |
-| mish | | x * tanh(softplus(x)) |
-| softplus | beta=1.0, threshold=20.0 | x if beta x > threshold else log(1 + exp(beta x)) / beta |
-| hardtanh | min_val=-1.0, max_val=1.0 | min(max(x, min_val), max_val) |
-| hardswish | | x * relu6(x + 3) / 6 |
-| hardsigmoid | | relu6(x + 3) / 6 |
-| sigmoid | | 1 / (1 + exp(-x)) |
-| tanh | | tanh(x) |
-| logsigmoid | | log(sigmoid(x)) = -softplus(-x) |
-| softsign | | x / (1 + abs(x)) |
+- identity: x
+- relu: max(x, 0)
+- relu6: min(max(x, 0), 6)
+- leaky_relu(negative_slope=0.01): x if x > 0 else negative_slope * x
+- elu(alpha=1.0): x if x > 0 else alpha * (exp(x) - 1)
+- selu: 1.0507009873554805 * elu(x, alpha=1.6732632423543772)
+- celu(alpha=1.0): max(0, x) + min(0, alpha * (exp(x / alpha) - 1))
+- gelu: x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2)))
+- gelu_tanh: x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))
+- silu: x * sigmoid(x)
+- mish: x * tanh(softplus(x))
+- softplus(beta=1.0, threshold=20.0): x if beta x > threshold else log(1 + exp(beta x)) / beta
+- hardtanh(min_val=-1.0, max_val=1.0): min(max(x, min_val), max_val)
+- hardswish: x * relu6(x + 3) / 6
+- hardsigmoid: relu6(x + 3) / 6
+- sigmoid: 1 / (1 + exp(-x))
+- tanh: tanh(x)
+- logsigmoid: log(sigmoid(x)) = -softplus(-x)
+- softsign: x / (1 + abs(x))
 
 Default output range (`default_range`), the range in which a layer's outputs are binned when the
 user gives none:
+
 - deep-ei's table where deep-ei has an entry: sigmoid (0, 1), tanh (-1, 1), relu (0, 10), no
   activation / identity (-10, 10). These ignore `pre_range`, as deep-ei does.
 - every other activation: its image of the pre-activation range `pre_range` (deep-ei's (-10, 10)
