@@ -104,7 +104,7 @@ def check_every_call(model, args, *, rtol=1e-5, atol=1e-5, skip=(), only=None):
         span = span_function(captured, call.module, call=call.index)
         spans[(call.name, call.index)] = span
         x = _joint([values[n] for n in span.inputs], span.in_shapes)
-        run = jax.jit(span.fn) if len(span.nodes) > 30 else span.fn   # compiling costs more
+        run = jax.jit(span.fn) if len(span.nodes) > 10 else span.fn   # compiling costs more
         got = np.asarray(run(span.params, x))
         want = _joint([values[n] for n in span.outputs], span.out_shapes)
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=span.name)

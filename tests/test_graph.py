@@ -407,3 +407,88 @@ def test_a_captured_graph_serves_later_checkpoints():
         want = model.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(after.out_activation(after.fn(after.params, x)), want,
                                rtol=1e-5, atol=1e-6)
+
+
+class KitchenSink(nn.Module):
+    """Shape, indexing, reduction and elementwise ops that the other tests do not reach."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 12)
+        self.register_buffer("offset", torch.linspace(-1.0, 1.0, 12))
+        self.register_buffer("order", torch.tensor([2, 0, 1]))
+
+    def forward(self, x):
+        h = self.fc(x) + self.offset                                  # [1, 12]
+        a, b = h.chunk(2, dim=1)                                      # 2 x [1, 6]
+        c, d, e = torch.split(h, [3, 4, 5], dim=1)
+        grid = h.view(1, 3, 4).permute(0, 2, 1).transpose(1, 2)       # [1, 3, 4]
+        grid = grid[:, self.order]                                    # index by a buffer
+        rows = grid.unbind(1)
+        s = torch.stack([rows[0], rows[2].flip(-1)], dim=1).mean(dim=1)   # [1, 4]
+        t = grid.amax(dim=-1) - grid.sum(dim=-1, keepdim=True).squeeze(-1) / 4   # [1, 3]
+        u = torch.where(a > 0, a.abs().sqrt(), -torch.exp(b.clamp(-3, 3)))
+        v = torch.log1p(b.pow(2)) * torch.rsqrt(c.square().sum(1, keepdim=True) + 1)
+        w = F.log_softmax(d, dim=-1) + F.softmax(e, dim=1)[:, :4] - e[:, 1:]
+        z = grid.select(1, 1).unsqueeze(1).expand(1, 2, 4).reshape(1, 8)
+        z = F.pad(z, (1, 2), value=0.5).masked_fill(z.new_ones(1, 11).tril(2).bool()[:, :11] == 0,
+                                                    -1.0)
+        mask = torch.ones(3, 3).triu(1)                              # from constants only
+        t = t + (mask @ t.unsqueeze(-1)).squeeze(-1) - t.neg() / (t.abs() + 2)
+        return torch.cat([u, v, w, s, t, z.repeat(1, 2)[:, ::3]], dim=1)
+
+
+def test_kitchen_sink_of_ops():
+    model = KitchenSink()
+    _, spans = check_every_call(model, torch.randn(1, 6))
+    whole = spans[("", 0)]
+    x = np.random.default_rng(6).normal(size=(5, 6)).astype(np.float32)
+    with torch.no_grad():   # the model is written for a batch of one (view(1, 3, 4))
+        want = np.concatenate([model(torch.from_numpy(row[None])).numpy() for row in x])
+    np.testing.assert_allclose(whole.fn(whole.params, x), want, rtol=1e-5, atol=1e-5)
+    assert "offset" in whole.params and "order" not in whole.params   # an index buffer is static
+
+
+class MaskedAttention(nn.Module):
+    """A parent makes a causal mask from constants and passes it to its child module."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        mask = torch.ones(3, 3, dtype=torch.bool).triu(1)
+        return self.attention(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
+def test_values_made_from_constants_outside_the_span_join_it():
+    model = MaskedAttention()
+    _, spans = check_every_call(model, torch.randn(1, 3, 8))
+    span = spans[("attention", 0)]
+    assert span.in_shape == (3, 8)                       # the mask is no input: it is computed
+    assert any(captured_op.startswith("ones") for captured_op in span.nodes)
+
+
+def test_integer_inputs_and_views_changed_in_place_are_refused():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+    captured = capture(model, torch.tensor([[1, 2, 3]]))
+    with pytest.raises(ValueError, match=r"input 'input' of 0 has dtype int64 .* only "
+                                         r"floating-point"):
+        span_function(captured, model[0])
+    span_function(captured, model[1])                    # its float output is measurable
+
+    class ViewInPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.fc(x)
+            y.view(2, 2).relu_()
+            return y * 2
+
+    model = ViewInPlace()
+    captured = capture(model, torch.randn(1, 4))
+    with pytest.raises(NotImplementedError, match=r"<model> \(ViewInPlace\) reads 'linear' after "
+                                                  r"the in-place aten.relu_"):
+        span_function(captured, model)

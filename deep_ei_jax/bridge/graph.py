@@ -54,6 +54,8 @@ class Node(NamedTuple):
       shape: the shape of its value (None when not a tensor: a tuple of tensors, a number).
       dtype: numpy name of its dtype (None when not a tensor).
       stack: the keys of the module calls it was made from, outermost first (see `calls`).
+      writes: the op changes its first argument in place (aten.relu_, aten.add_).
+      aliases: the op's value is a view of its first argument (aten.view, aten.transpose).
     """
 
     name: str
@@ -63,6 +65,8 @@ class Node(NamedTuple):
     shape: tuple | None
     dtype: str | None
     stack: tuple
+    writes: bool = False
+    aliases: bool = False
 
 
 class ModuleCall(NamedTuple):
@@ -104,6 +108,8 @@ class CapturedGraph(NamedTuple):
       data_dependent: names of the nodes whose value depends on the model's inputs.
       was_training: whether the model was in train mode when captured (it is traced in eval).
       constants: lifted constant tensors that are not attributes of the model, by target.
+      mutations: name of a value -> names of the in-place ops that change it, directly or
+        through a view of it.
     """
 
     model: nn.Module
@@ -115,6 +121,7 @@ class CapturedGraph(NamedTuple):
     data_dependent: frozenset
     was_training: bool
     constants: dict
+    mutations: dict
 
 
 class CaptureError(RuntimeError):
@@ -202,7 +209,23 @@ def capture(model: nn.Module, example_inputs) -> CapturedGraph:
     constants = {k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)}
     return CapturedGraph(model=model, nodes=nodes, inputs=tuple(inputs), outputs=outputs,
                          params=params, calls=calls, data_dependent=dependent,
-                         was_training=was_training, constants=constants)
+                         was_training=was_training, constants=constants,
+                         mutations=_mutations(nodes))
+
+
+def _mutations(nodes: dict) -> dict:
+    """value -> the in-place ops that change it, following views back to their base."""
+    changed = {}
+    for node in nodes.values():
+        if not (node.writes and node.args and isinstance(node.args[0], Ref)):
+            continue
+        target = node.args[0].name
+        while target is not None:
+            changed.setdefault(target, []).append(node.name)
+            source = nodes[target]
+            target = (source.args[0].name if source.aliases and source.args
+                      and isinstance(source.args[0], Ref) else None)
+    return {name: tuple(ops) for name, ops in changed.items()}
 
 
 def op_name(target) -> str:
@@ -257,9 +280,14 @@ def _node(fx_node, op: str, frames: dict) -> Node:
     for key, (qualname, type_name) in stack:
         frames[key] = (qualname, type_name if isinstance(type_name, str)
                        else f"{type_name.__module__}.{type_name.__qualname__}")
+    # the op's schema says whether its first argument is written to or aliased by its value
+    schema = getattr(fx_node.target, "_schema", None) if fx_node.op == "call_function" else None
+    first = schema.arguments[0].alias_info if schema is not None and schema.arguments else None
     return Node(name=fx_node.name, op=op, args=_convert(fx_node.args),
                 kwargs=_convert(dict(fx_node.kwargs)), shape=shape, dtype=dtype,
-                stack=tuple(key for key, _ in stack) if op not in ("input", "param") else ())
+                stack=tuple(key for key, _ in stack) if op not in ("input", "param") else (),
+                writes=bool(first is not None and first.is_write),
+                aliases=bool(first is not None and not first.is_write))
 
 
 def refs(node: Node) -> list:

@@ -33,18 +33,13 @@ from torch import nn
 
 from ..activations import Activation, activation
 from .graph import CapturedGraph, ModuleCall, Ref, refs, tensor_of
-from .ops import INPLACE, VALUE_PRESERVING, UnsupportedOp, activation_of_op, translation
+from .ops import VALUE_PRESERVING, UnsupportedOp, activation_of_op, translation
 from .program import (Const, GraphFunction, Param, Program, Step, TranslationError, Val,
                       function_for)
 
 AFFINE_OPS = frozenset({"aten.add", "aten.sub", "aten.mul", "aten.div", "aten.rsub"})
 BATCH_NORMS = frozenset({"aten.batch_norm", "aten._native_batch_norm_legit_no_training"})
 NO_VALUE_OPS = frozenset({"aten._assert_tensor_metadata", "aten._assert_scalar"})
-VIEW_OPS = frozenset({"aten.view", "aten.reshape", "aten.transpose", "aten.permute",
-                      "aten.select", "aten.slice", "aten.expand", "aten.squeeze",
-                      "aten.unsqueeze", "aten.t", "aten.alias", "aten.unflatten",
-                      "aten.flatten", "aten.split", "aten.chunk", "aten.unbind", "getitem",
-                      "aten.narrow", "aten.detach", "aten.split_with_sizes"})
 
 
 class GraphSpan(NamedTuple):
@@ -248,21 +243,19 @@ def _collect(captured, inputs: tuple, outputs: tuple, span: str) -> tuple[list, 
     return order, params
 
 
-def _check_inplace(captured, order: list, users: dict) -> None:
+def _check_mutations(captured, order: list) -> None:
+    """No node of the span reads a value after an in-place op changed it (say through a view:
+    the graph then names the value, not the change). Reads of the in-place op's own value are
+    fine: that is how the graph spells an in-place change of a fresh value."""
     position = {name: i for i, name in enumerate(captured.nodes)}
-    for name in order:
-        node = captured.nodes[name]
-        if not (node.op.endswith("_") and node.op[5:-1] in INPLACE):
-            continue
-        target = node.args[0].name if node.args and isinstance(node.args[0], Ref) else None
-        source = captured.nodes.get(target)
-        later = [u for u in users.get(target, []) if u != name
-                 and (u == "<output>" or position[u] > position[name])]
-        if source is None or source.op in ("input", "param") or source.op in VIEW_OPS or later:
-            raise NotImplementedError(
-                f"in-place {node.op} in {where(captured, name)} changes {target!r}, which other "
-                f"ops read afterwards or which is a view, an input or a parameter; only "
-                f"in-place ops on a fresh value translate")
+    for reader in order:
+        for name in refs(captured.nodes[reader]):
+            for changer in captured.mutations.get(name, ()):
+                if changer != reader and position[changer] < position[reader]:
+                    raise NotImplementedError(
+                        f"{where(captured, reader)} reads {name!r} after the in-place "
+                        f"{captured.nodes[changer].op} in {where(captured, changer)} changed it "
+                        f"(through a view or an alias); such in-place changes do not translate")
 
 
 def _sample_shape(shape: tuple) -> tuple:
@@ -327,8 +320,8 @@ def _program(captured, inputs, outputs, order, keys, constants) -> Program:
                    sample_shapes=tuple(_sample_shape(s) for s in in_shapes),
                    outputs=tuple(Val(index[name]) for name in outputs), out_shapes=out_shapes,
                    out_sample_shapes=tuple(_sample_shape(s) for s in out_shapes),
-                   param_keys=tuple(sorted(k for k in keys.values()
-                                           if k not in {c for c in constants})))
+                   param_keys=tuple(sorted(key for name, key in keys.items()
+                                           if name not in constants)))
 
 
 def _check_values(captured, names, what: str, span: str) -> None:
@@ -416,7 +409,7 @@ def span_function(captured: CapturedGraph, module, *, in_module=None, call: int 
     _check_values(captured, inputs, "input", span)
     _check_values(captured, outputs, "output", span)
     order, param_nodes = _collect(captured, inputs, outputs, span)
-    _check_inplace(captured, order, users)
+    _check_mutations(captured, order)
     keys = _param_keys(captured, param_nodes, _common_prefix([start.name, end.name]))
     params, constants = _read_params(captured, keys)
     program = _program(captured, inputs, outputs, order, keys, constants)
