@@ -492,3 +492,19 @@ def test_integer_inputs_and_views_changed_in_place_are_refused():
     with pytest.raises(NotImplementedError, match=r"<model> \(ViewInPlace\) reads 'linear' after "
                                                   r"the in-place aten.relu_"):
         span_function(captured, model)
+
+
+@pytest.mark.parametrize("kind,kwargs", [
+    (nn.LSTM, {"num_layers": 2, "bidirectional": True, "batch_first": True}),
+    (nn.GRU, {"num_layers": 2}),
+    (nn.RNN, {"nonlinearity": "relu", "bidirectional": True, "bias": False}),
+])
+def test_whole_recurrent_layers(kind, kwargs):
+    layer = kind(3, 4, **kwargs)
+    sequence = torch.randn(1, 5, 3) if kwargs.get("batch_first") else torch.randn(5, 1, 3)
+    _, spans = check_every_call(layer, sequence)
+    # the span's outputs: the sequence, then the final states; per-sample shapes drop a leading
+    # axis of 1 only (a sequence-first layer keeps its (5, 1, ...) shape)
+    hidden = 8 if kwargs.get("bidirectional") else 4
+    expected = (5, hidden) if kwargs.get("batch_first") else (5, 1, hidden)
+    assert spans[("", 0)].out_shapes[0] == expected

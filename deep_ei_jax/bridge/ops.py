@@ -805,3 +805,74 @@ def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
 @_register("embedding")
 def embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
     return jnp.take(weight, indices, axis=0)
+
+
+# --------------------------------------------------------------------------- whole recurrent layers
+def _layer_scan(cell, sequence, state: tuple, weights: list, reverse: bool):
+    """Runs `cell` over sequence [L, N, F] from `state` (a tuple of [N, H]); -> (outputs, state)."""
+    w_ih, w_hh = weights[0], weights[1]
+    b_ih, b_hh = (weights[2], weights[3]) if len(weights) == 4 else (None, None)
+
+    def step(carry, x_t):
+        new = cell(x_t, carry, w_ih, w_hh, b_ih, b_hh)
+        new = new if isinstance(new, tuple) else (new,)
+        return new, new[0]
+
+    final, outputs = jax.lax.scan(step, state, sequence, reverse=reverse)
+    return outputs, final
+
+
+def _recurrent(op: str, cell, input, hx: tuple, params, has_biases, num_layers, dropout, train,
+               bidirectional, batch_first):
+    """aten.lstm/gru/rnn_*: stacked (bidirectional) layers of `cell`, eval mode."""
+    if train and dropout:
+        raise UnsupportedOp(op, "dropout between layers in train mode")
+    per, directions = (4 if has_biases else 2), (2 if bidirectional else 1)
+    if len(params) != per * num_layers * directions:
+        raise UnsupportedOp(op, "proj_size (projected LSTM)")
+    unbatched = input.ndim == 2
+    if unbatched:
+        input, hx = input[None], tuple(h[:, None] for h in hx)
+        batch_first = True
+    x = input if batch_first else jnp.swapaxes(input, 0, 1)          # [N, L, F]
+    finals = [[] for _ in hx]
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            k = layer * directions + direction
+            state = tuple(h[k] for h in hx)
+            ys, final = _layer_scan(cell, jnp.swapaxes(x, 0, 1), state,
+                                    list(params[k * per:(k + 1) * per]), direction == 1)
+            outputs.append(jnp.swapaxes(ys, 0, 1))
+            for i, value in enumerate(final):
+                finals[i].append(value)
+        x = jnp.concatenate(outputs, axis=-1)
+    output = x if batch_first else jnp.swapaxes(x, 0, 1)
+    states = tuple(jnp.stack(f) for f in finals)
+    if unbatched:
+        output, states = output[0], tuple(s[:, 0] for s in states)
+    return (output,) + states
+
+
+@_register("lstm")
+def lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    return _recurrent("aten.lstm", lstm_cell, input, tuple(hx), params, has_biases, num_layers,
+                      dropout, train, bidirectional, batch_first)
+
+
+def _single_state(op, cell):
+    def recurrent(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                  batch_first):
+        return _recurrent(op, cell, input, (hx,), params, has_biases, num_layers, dropout,
+                          train, bidirectional, batch_first)
+    return recurrent
+
+
+def _unpacked(cell):
+    """A cell taking its state as a tuple, as _layer_scan passes it."""
+    return lambda x, state, *weights: cell(x, state[0], *weights)
+
+
+TABLE["aten.gru"] = _single_state("aten.gru", _unpacked(gru_cell))
+TABLE["aten.rnn_tanh"] = _single_state("aten.rnn_tanh", _unpacked(rnn_tanh_cell))
+TABLE["aten.rnn_relu"] = _single_state("aten.rnn_relu", _unpacked(rnn_relu_cell))
