@@ -508,3 +508,44 @@ def test_whole_recurrent_layers(kind, kwargs):
     hidden = 8 if kwargs.get("bidirectional") else 4
     expected = (5, hidden) if kwargs.get("batch_first") else (5, 1, hidden)
     assert spans[("", 0)].out_shapes[0] == expected
+
+
+class ScaledLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.shift = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x) * 0.5 + self.shift)
+
+
+class ResidualSigmoid(nn.Module):
+    """y = sigmoid(x + W x + b): as a container, the layer W + I with bias b."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.sigmoid(x + self.fc(x))
+
+
+def test_constant_affine_ops_join_the_span_and_a_residual_container_is_w_plus_i():
+    model = ScaledLinear()
+    captured = capture(model, torch.randn(1, 4))
+    span = span_function(captured, model.fc)
+    assert span.out_activation == activation("tanh") and "shift" in span.params
+    x = np.random.default_rng(7).normal(size=(6, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(span.out_activation(span.fn(span.params, x)), want, rtol=1e-5,
+                               atol=1e-6)
+    model = ResidualSigmoid()
+    captured = capture(model, torch.randn(1, 4))
+    assert span_function(captured, model.fc).out_activation is None   # then the residual add
+    span = span_function(captured, model)
+    assert span.out_activation == activation("sigmoid")
+    weight, bias = model.fc.weight.detach().numpy(), model.fc.bias.detach().numpy()
+    np.testing.assert_allclose(span.fn(span.params, x), x @ (weight.T + np.eye(4)) + bias,
+                               rtol=1e-5, atol=1e-5)
