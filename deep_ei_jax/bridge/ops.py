@@ -7,8 +7,12 @@ that is not in the table, or an argument value a translation cannot honour (a tr
 BatchNorm, ceil_mode=True pooling), raises `UnsupportedOp`, a NotImplementedError. Nothing here
 calls torch: the translations are pure JAX, so a translated span jits, vmaps and shards.
 
-In-place ops (`aten.relu_`, `aten.add_`, ...) translate as their functional forms; the span builder
-checks that no other node sees the mutated tensor.
+In-place ops (`aten.relu_`, `aten.add_`, ...) translate as their functional forms: torch.export
+names an in-place op's value as a new node and later readers use it; where a value is changed
+through a view instead, the span builder refuses it (`graph.CapturedGraph.mutations`).
+
+Whole recurrent layers (aten.lstm, aten.gru, aten.rnn_tanh, aten.rnn_relu: stacked,
+bidirectional, batch-first or not) run their cell over the sequence with `lax.scan`.
 
 `activation_of_op(op, args, kwargs)` says whether a node is one of the elementwise activations of
 `deep_ei_jax.activations` (with its arguments), e.g. aten.leaky_relu(x, 0.2) ->

@@ -153,7 +153,7 @@ def node_activation(captured: CapturedGraph, name: str) -> Activation | None:
 
 
 def _next_activation(captured, users, value: str):
-    """The activation applied to `value` next (its only use), with the node that applies it."""
+    """The named activation applied to `value` next (its only use; softsign uses it twice)."""
     following = [u for u in users.get(value, []) if u != "<output>"]
     if len(following) != len(users.get(value, [])):
         return None
@@ -172,7 +172,8 @@ def _next_activation(captured, users, value: str):
 def _absorbable(captured, name: str, value: str) -> bool:
     """Whether node `name`, applied to `value`, is a fixed affine or value-preserving map."""
     node = captured.nodes[name]
-    if any(r in captured.data_dependent for r in refs(node) if r != value):
+    used = refs(node)
+    if used.count(value) != 1 or any(r in captured.data_dependent for r in used if r != value):
         return False
     if node.op in VALUE_PRESERVING:
         return node.args[:1] == (Ref(value),) and not (node.op.endswith("dropout")
@@ -230,12 +231,13 @@ def _collect(captured, inputs: tuple, outputs: tuple, span: str) -> tuple[list, 
             continue
         if name in captured.data_dependent and name not in reach:
             shape = node.shape if node.shape is not None else "?"
+            use = (f"used by {user!r} in {where(captured, user)}" if user is not None
+                   else "returned by the span")
             raise ValueError(
                 f"the output of {span} depends on tensor {name!r} (shape {shape}), made by "
                 f"{where(captured, name)}, which is not an input of the span but comes from "
-                f"earlier in the model (a skip connection), used by {user!r} in "
-                f"{where(captured, user)}; start the span earlier with in_module=, or measure a "
-                f"module that contains both")
+                f"earlier in the model (a skip connection), {use}; start the span earlier with "
+                f"in_module=, or measure a module that contains both")
         needed.add(name)
         stack.extend((ref, name) for ref in refs(node))
     order = [name for name in captured.nodes if name in needed]
