@@ -17,7 +17,7 @@ from torch.nn import functional as F  # noqa: E402
 from deep_ei_jax.activations import activation  # noqa: E402
 from deep_ei_jax.bridge import ops  # noqa: E402
 from deep_ei_jax.bridge.graph import CaptureError, capture  # noqa: E402
-from deep_ei_jax.bridge.spans import span_function  # noqa: E402
+from deep_ei_jax.bridge.spans import every_span, span_function  # noqa: E402
 
 from _graph_oracle import check_every_call  # noqa: E402
 
@@ -341,6 +341,10 @@ def test_unsupported_op_names_op_and_module():
     model = Unsupported()
     captured = capture(model, torch.randn(1, 4))
     span_function(captured, model.inner)   # fine
+    listed = every_span(captured)
+    assert list(listed) == [("", 0), ("fc", 0), ("inner", 0), ("inner.0", 0)]
+    assert isinstance(listed[("", 0)], NotImplementedError)
+    assert all(not isinstance(v, Exception) for k, v in listed.items() if k != ("", 0))
     with pytest.raises(NotImplementedError, match=r"aten\.cumsum .* <model> \(Unsupported\)"):
         span_function(captured, model)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2, ceil_mode=True))

@@ -432,3 +432,20 @@ def _in_activation(captured, name: str) -> Any:
     while node.op in VALUE_PRESERVING and node.args and isinstance(node.args[0], Ref):
         node = captured.nodes[node.args[0].name]
     return node_activation(captured, node.name)
+
+
+def every_span(captured: CapturedGraph) -> dict:
+    """Each module call's span, or why it has none (for listing what a model offers).
+
+    Returns:
+      dict (qualified name, call index) -> `GraphSpan`, or the ValueError/NotImplementedError
+      that `span_function` raised for that call, in call order ("" is the whole model).
+    """
+    found = {}
+    for call in captured.calls.values():
+        try:
+            found[(call.name, call.index)] = span_function(captured, call.module,
+                                                           call=call.index)
+        except (ValueError, NotImplementedError) as error:
+            found[(call.name, call.index)] = error
+    return found
