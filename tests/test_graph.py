@@ -77,7 +77,7 @@ def randomize_batch_norms(model, seed=0):
     """Non-trivial running statistics and affine parameters in every BatchNorm."""
     generator = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             with torch.no_grad():
                 m.running_mean.copy_(torch.randn(m.num_features, generator=generator))
                 m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)

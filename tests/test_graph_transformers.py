@@ -16,7 +16,7 @@ from _graph_oracle import check_every_call  # noqa: E402
 def randomize_batch_norms(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             with torch.no_grad():
                 m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)

@@ -280,7 +280,8 @@ def _node(fx_node, op: str, frames: dict) -> Node:
     for key, (qualname, type_name) in stack:
         frames[key] = (qualname, type_name if isinstance(type_name, str)
                        else f"{type_name.__module__}.{type_name.__qualname__}")
-    # the op's schema says whether its first argument is written to or aliased by its value
+    # the op's schema (torch has no public accessor; OpOverload._schema is what torch documents)
+    # says whether its first argument is written to or aliased by its value
     schema = getattr(fx_node.target, "_schema", None) if fx_node.op == "call_function" else None
     first = schema.arguments[0].alias_info if schema is not None and schema.arguments else None
     return Node(name=fx_node.name, op=op, args=_convert(fx_node.args),
