@@ -369,6 +369,17 @@ def test_bad_arguments():
         span_function(captured, model.conv1, in_module=model.fc1)
 
 
+def test_first_sample_of_a_batch():
+    model = TutorialNet()
+    captured = capture(model, torch.randn(8, 3, 32, 32), first_sample=True)
+    span = span_function(captured, model.fc1)
+    assert span.in_shape == (400,) and captured.nodes[captured.inputs[0]].shape[0] == 1
+    whole = capture(model, torch.randn(2, 3, 32, 32))     # as given: a sample is both examples
+    assert span_function(whole, model.fc1).in_shape == (2, 400)
+    with pytest.raises(ValueError, match="first_sample=True needs .* got shape \\(\\)"):
+        capture(model, torch.tensor(1.0), first_sample=True)
+
+
 def test_untraceable_model_says_why():
     class DataDependent(nn.Module):
         def forward(self, x):

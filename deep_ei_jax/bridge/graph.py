@@ -13,9 +13,11 @@ forward would make every sample depend on the rest of its batch, which is no fun
 to measure. Every module's `training` flag is restored afterwards (`CapturedGraph.was_training`
 records whether the model was in train mode).
 
-Batch: the graph is traced at the example inputs' exact shapes. Pass one sample with a batch axis of
-1, as deep-ei does (`torch.zeros((1, 20))`); the span functions (`spans.py`) are functions of one
-such evaluation, batched over a new leading axis.
+Batch: the graph is traced at the example inputs' exact shapes, and a span's function
+(`spans.py`) is a function of one such evaluation, batched over a new leading axis. Pass one
+sample with a batch axis of 1, as deep-ei does (`torch.zeros((1, 20))`), or a batch with
+`first_sample=True`; a span's per-sample shapes drop a leading axis of 1 ((1, 20) -> (20,)) and
+keep any other (a sequence-first (5, 1, 4) stays (5, 1, 4): the whole sequence is one sample).
 """
 from __future__ import annotations
 
@@ -145,6 +147,15 @@ def _as_tuple(example_inputs) -> tuple:
                     f"{type(example_inputs).__name__}")
 
 
+def _first_sample(values):
+    if isinstance(values, torch.Tensor):
+        if values.ndim == 0 or values.shape[0] == 0:
+            raise ValueError(f"first_sample=True needs example tensors with a non-empty leading "
+                             f"(batch) axis; got shape {tuple(values.shape)}")
+        return values[:1]
+    return tuple(_first_sample(v) for v in values)
+
+
 def _export(model: nn.Module, args: tuple):
     """torch.export in eval mode; every module's train/eval flag is put back afterwards."""
     modes = [(m, m.training) for m in model.modules()]
@@ -160,13 +171,15 @@ def _export(model: nn.Module, args: tuple):
             module.training = mode
 
 
-def capture(model: nn.Module, example_inputs) -> CapturedGraph:
+def capture(model: nn.Module, example_inputs, *, first_sample: bool = False) -> CapturedGraph:
     """Traces `model` on `example_inputs` with torch.export and returns its graph.
 
     Args:
       model: any torch module that torch.export can trace.
       example_inputs: a tensor, or a tuple of tensors passed as separate arguments (a cell's
         `(x, h)`, or `(x, (h, c))` for an LSTM cell). One sample: a batch axis of 1.
+      first_sample: trace on `t[:1]` of every example tensor instead (for a batch whose leading
+        axis is the batch axis, as deep-ei's `topology_of(model, batch)` takes it).
 
     Returns:
       A `CapturedGraph`.
@@ -178,6 +191,8 @@ def capture(model: nn.Module, example_inputs) -> CapturedGraph:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     args = _as_tuple(example_inputs)
+    if first_sample:
+        args = _first_sample(args)
     was_training = model.training
     program = _export(model, args)
     signature = program.graph_signature
