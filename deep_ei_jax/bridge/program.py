@@ -140,15 +140,17 @@ class GraphFunction:
         if len(program.in_shapes) == 1:
             pieces = (jnp.reshape(x, (count,) + program.in_shapes[0]),)
         else:
-            flat = jnp.reshape(x, (count, -1))
-            bounds = np.cumsum([int(np.prod(s)) for s in program.in_shapes])[:-1].tolist()
+            sizes = [int(np.prod(s)) for s in program.in_shapes]
+            flat = jnp.reshape(x, (count, sum(sizes)))
+            bounds = np.cumsum(sizes)[:-1].tolist()
             pieces = tuple(jnp.reshape(p, (count,) + s)
                            for p, s in zip(jnp.split(flat, bounds, axis=1), program.in_shapes))
         params = {k: jnp.asarray(params[k]) for k in program.param_keys}
         outs = jax.vmap(lambda *xs: run(program, params, xs))(*pieces)
         if len(outs) == 1:
             return jnp.reshape(outs[0], (count,) + program.out_sample_shapes[0])
-        return jnp.concatenate([jnp.reshape(o, (count, -1)) for o in outs], axis=1)
+        return jnp.concatenate([jnp.reshape(o, (count, int(np.prod(o.shape[1:]))))
+                                for o in outs], axis=1)
 
 
 def _joint_shape(shapes: tuple) -> tuple:
