@@ -12,7 +12,7 @@ kernels `kernels.step` and `kernels.single_input_step` make them), so::
     result.sensitivity[k] == pure.sensitivity(key, chain, params_k, samples=m, **binning)[0]
     result.degeneracy[k]  == result.sensitivity[k] - result.ei[k]
 
-The layer runs bit for bit as in a single call (see `_sweep_kernel`), so every count is the same
+The layer runs bit for bit as in a single call (see `sweep_kernel`), so every count is the same
 integer. On a CPU with numba (method 'auto' or 'numba', Dense chains, one device) the inputs are
 sampled once for all sets of a call, each set's layer runs as a single call's (vmapped where that
 rounds the same: `layers.Dense` multiply-adds small fan-ins elementwise), and everything is
@@ -234,7 +234,7 @@ def _sensitivity_pass(plan: _Plan, key, params, ranges):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
+def sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
     """All measures of every parameter set in `stacked_params` (leading axis K).
 
     `keys` holds K copies of the measurement's key, passed in rather than broadcast here: the
@@ -596,7 +596,7 @@ def _exact_vmap(chain: Chain, params0) -> bool:
                for spec, p in zip(chain.layers, params0))
 
 
-def _plan(key, chain, params0, binning: Binning, *, samples, sensitivity_samples, names,
+def plan_sweep(key, chain, params0, binning: Binning, *, samples, sensitivity_samples, names,
           num_sets, max_batch):
     """The compiled program's plan, the traced binning, and how many sets one call takes."""
     for name, value in (("out_range", binning.out_range), ("out_bins", binning.out_bins)):
@@ -744,7 +744,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
     binning = Binning(in_range=in_range, out_range=out_range, in_bins=in_bins, out_bins=out_bins,
                       policy=policy, method=backend, activation=activation,
                       memory_budget=memory_budget)
-    plan, key, ranges, batch = _plan(key, chain, params0, binning, samples=samples,
+    plan, key, ranges, batch = plan_sweep(key, chain, params0, binning, samples=samples,
                                      sensitivity_samples=sensitivity_samples, names=names,
                                      num_sets=num_sets, max_batch=max_batch)
     if backend.on_host:  # every count on the host; the passes split K into calls themselves
@@ -781,7 +781,7 @@ def _device_passes(plan: _Plan, key, stacked_params, ranges, num_sets: int, batc
             impl=jax.random.key_impl(key))
         if sharding is not None:
             part, keys = jax.device_put((part, keys), sharding)
-        result = _sweep_kernel(plan, keys, part, ranges)
+        result = sweep_kernel(plan, keys, part, ranges)
         outputs.append(jax.tree_util.tree_map(lambda a: a[:len(sets)], result))
     return outputs
 
