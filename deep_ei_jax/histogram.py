@@ -14,7 +14,6 @@ Device kernels and host counters:
 """
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from typing import Any, NamedTuple

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import math
 import warnings
 from typing import Any, NamedTuple
 
