@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, adaptive, driver, exact, kernels, planning
+from . import _checks, adaptive, backends, driver, exact, kernels, planning
 from . import estimators as _estimators
 from .binning import POLICIES
 from .layers import Chain
@@ -301,8 +301,8 @@ def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold,
         raise NotImplementedError(
             "vector EI and groups have no exact method (it exists for EI_parts and sensitivity "
             "of one dense layer); use a sampling method: "
-            + ", ".join(repr(m) for m in planning.backends.METHODS[:-1])
-            + f" or {planning.backends.METHODS[-1]!r}")
+            + ", ".join(repr(m) for m in backends.METHODS[:-1])
+            + f" or {backends.METHODS[-1]!r}")
     if isinstance(groups, tuple) and not groups:
         raise ValueError("groups must contain at least one (input_indices, output_indices) pair")
     _checks.check_positive_int("state_memory_budget", state_memory_budget)
