@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from . import estimators as _estimators
 from .binning import bin_indices
-from .histogram import join_states, pack_states, state_bits
+from .histogram import host_bins_dtype, join_states, pack_states, state_bits
 from .information import mutual_information_standard_error
 from .layers import apply
 from .sampling import sample_mask, single_input_noise, uniform_inputs
@@ -205,6 +205,49 @@ def host_single_input_chunk(sampling: Sampling, counting: Counting, exact_vmap: 
         return x_codes, y_codes, out_of_range.sum(0)
     x_codes, y_codes, out_of_range = over_sets(one, stacked_params, exact_vmap)
     return x_codes[0], y_codes, out_of_range
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def host_inputs(sampling, counting, key, ranges, first_block):
+    """One chunk's inputs (as a single call samples them) and their bins [n_in, S] for the host;
+    every set of a sweep sees these samples."""
+    x = uniform_inputs(key, first_block, sampling.num_blocks, sampling.chain.in_shape,
+                       ranges.in_low, ranges.in_high)
+    x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
+                            counting.in_bins)
+    return x, x_bins.T.astype(host_bins_dtype(counting.in_bins, counting.out_bins))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def host_chunk(sampling, counting, exact_vmap, pack, key, x, stacked_params, ranges,
+                first_block, stop):
+    """One chunk of the all-inputs intervention for every set, for the host's counters.
+
+    Takes the chunk's inputs `x` (`host_inputs`) and returns per set its outputs' bins [n_out, S]
+    with the sentinel `out_bins` on every entry a single call leaves out (past `stop`; outside
+    out_range under policy "drop"), its out-of-range counts [n_out] under policy "clip" and,
+    with `pack`, its packed states for `StateCounts` (`packed_states`). Each set's
+    layer runs exactly as in a single call.
+    """
+    in_chunk = sample_mask(first_block, sampling.num_blocks, 0, stop)
+
+    def one(params):
+        _, y = outputs(sampling, key, params, ranges.in_low, ranges.in_high, first_block,
+                       inputs=x)
+        y_bins, y_in, countable = bin_outputs(sampling, counting, ranges, y, 0,
+                                              sampling.num_outputs)
+        codes = jnp.where(countable & in_chunk[:, None], y_bins, counting.out_bins)
+        # under "drop" the host counts these from the sentinels (the tables' spare cells)
+        out_of_range = jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32) \
+            if counting.policy == "clip" else ()
+        states = ()
+        if pack:
+            x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
+                                    counting.in_bins)
+            states = packed_states(counting, x_bins, y_bins, y_in, in_chunk)
+        return codes.T.astype(host_bins_dtype(counting.in_bins, counting.out_bins)), \
+            out_of_range, states
+    return over_sets(one, stacked_params, exact_vmap)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -16,8 +16,9 @@ The layer runs bit for bit as in a single call (see `sweep_kernel`), so every co
 integer. On a CPU with numba (method 'auto' or 'numba', Dense chains, one device) the inputs are
 sampled once for all sets of a call, each set's layer runs as a single call's (vmapped where that
 rounds the same: `layers.Dense` multiply-adds small fan-ins elementwise), and everything is
-counted on the host (`_host_vector_pass`, `_host_sensitivity_pass`): EI_parts and sensitivity by
-the single calls' pairwise counter and compiled statistics; EI, when every sample fits one call
+counted on the host by the chunk driver (`driver.host_vector_pass`; sensitivity by
+`driver.host_sensitivity_tables`, the single calls' own path): EI_parts and sensitivity by the
+single calls' pairwise counter and compiled statistics; EI, when every sample fits one call
 and the states are narrow, against the input states sorted once (`histogram.SortedInputs`, exact
 count spectra), else by each set's `StateCounts` as a single call counts. EI, EI_parts and
 sensitivity then equal the single call exactly. Otherwise (GPUs, 'scatter'/'onehot',
@@ -31,7 +32,6 @@ style calls with one `seed` do.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import warnings
 from typing import Any, NamedTuple
@@ -41,14 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks, backends, driver, kernels, planning
-from . import estimators as _estimators
-from .binning import bin_indices
-from .histogram import (SortedInputs, bits_per_value, host_bins_dtype, host_left_out,
-                        sorted_inputs_fit, state_bits)
+from .histogram import bits_per_value, sorted_inputs_fit, state_bits
 from .information import entropy, mutual_information
 from .layers import ELEMENTWISE_FAN_IN, Chain, Dense, Flatten
 from .planning import Binning, sample_mesh
-from .sampling import SAMPLE_BLOCK, sample_mask, uniform_inputs
+from .sampling import SAMPLE_BLOCK
 
 MEASURES = ("ei", "ei_parts", "sensitivity", "degeneracy")
 DEFAULT_CALL_MEMORY_BUDGET = 1024 * 2 ** 20  # bytes one compiled call may hold, all K together
@@ -253,188 +250,6 @@ def sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
     return jax.lax.map(lambda args: one(*args), (keys, stacked_params))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _host_inputs(sampling, counting, key, ranges, first_block):
-    """One chunk's inputs (as a single call samples them) and their bins [n_in, S] for the host;
-    every set of a sweep sees these samples."""
-    x = uniform_inputs(key, first_block, sampling.num_blocks, sampling.chain.in_shape,
-                       ranges.in_low, ranges.in_high)
-    x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
-                            counting.in_bins)
-    return x, x_bins.T.astype(host_bins_dtype(counting.in_bins, counting.out_bins))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _host_chunk(sampling, counting, exact_vmap, pack, key, x, stacked_params, ranges,
-                first_block, stop):
-    """One chunk of the all-inputs intervention for every set, for the host's counters.
-
-    Takes the chunk's inputs `x` (`_host_inputs`) and returns per set its outputs' bins [n_out, S]
-    with the sentinel `out_bins` on every entry a single call leaves out (past `stop`; outside
-    out_range under policy "drop"), its out-of-range counts [n_out] under policy "clip" and,
-    with `pack`, its packed states for `StateCounts` (`kernels.packed_states`). Each set's
-    layer runs exactly as in a single call.
-    """
-    in_chunk = sample_mask(first_block, sampling.num_blocks, 0, stop)
-
-    def one(params):
-        _, y = kernels.outputs(sampling, key, params, ranges.in_low, ranges.in_high,
-                               first_block, inputs=x)
-        y_bins, y_in, countable = kernels.bin_outputs(sampling, counting, ranges, y, 0,
-                                                      sampling.num_outputs)
-        codes = jnp.where(countable & in_chunk[:, None], y_bins, counting.out_bins)
-        # under "drop" the host counts these from the sentinels (the tables' spare cells)
-        out_of_range = jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32) \
-            if counting.policy == "clip" else ()
-        states = ()
-        if pack:
-            x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
-                                    counting.in_bins)
-            states = kernels.packed_states(counting, x_bins, y_bins, y_in, in_chunk)
-        return codes.T.astype(host_bins_dtype(counting.in_bins, counting.out_bins)), \
-            out_of_range, states
-    return kernels.over_sets(one, stacked_params, exact_vmap)
-
-
-class _HostVectorCounts:
-    """The host's counters of the all-inputs intervention of every set: EI_parts tables (the
-    single calls' pairwise counter) and EI (against sorted input states, or by each set's
-    `StateCounts`), filled chunk by chunk."""
-
-    def __init__(self, plan: _Plan, num_sets: int):
-        self.plan = plan
-        sampling, counting = plan.vector
-        self.tables = counting.backend.new_pair_counts(
-            (num_sets, sampling.num_inputs, sampling.num_outputs), counting.in_bins,
-            counting.out_bins) if counting.pairs else None
-        self.out_of_range = np.zeros(num_sets, np.int64)
-        self.ei = np.zeros(num_sets)
-        self.dropped = np.zeros(num_sets, np.int64)
-        self.counters: dict = {}
-        self.sorted_inputs = None
-
-    def add(self, sets, x_codes, y_codes, oor, states, stop: int, last_chunk: bool) -> None:
-        """Adds one chunk of `sets` (its first `stop` samples) to every counter."""
-        counting = self.plan.vector[1]
-        if counting.policy == "clip":
-            self.out_of_range[sets] += oor[:len(sets)].sum(axis=1)
-
-        def count_pairs():
-            for i, k in enumerate(sets):
-                counting.backend.consume(self.tables[k], (x_codes, y_codes[i]),
-                                         counting.out_bins, 0, stop)
-        pairs = None
-        if counting.pairs and counting.groups:  # the two counters run side by side (own data)
-            pairs = _helper().submit(count_pairs)
-        elif counting.pairs:
-            count_pairs()
-        if counting.groups and self.plan.sorted_states:
-            self._add_sorted(sets, x_codes, y_codes, stop)
-        elif counting.groups:
-            _count_states(counting, self.counters, sets, states)
-            if last_chunk:
-                for k in sets:
-                    cx, cy, cxy, lost = self.counters.pop(k)
-                    self.ei[k] = _estimators.states_mutual_information(cx.counts(), cy.counts(),
-                                                                       cxy.counts())
-                    self.dropped[k] = lost
-        if pairs is not None:
-            pairs.result()
-
-    def _add_sorted(self, sets, x_codes, y_codes, stop: int) -> None:
-        """EI of `sets` against the input states, sorted once (the whole sample range is in this
-        one chunk, and every call samples the same inputs)."""
-        counting = self.plan.vector[1]
-        if self.sorted_inputs is None:
-            out_bits = self.plan.vector[0].num_outputs * bits_per_value(counting.out_bins)
-            self.sorted_inputs = SortedInputs(x_codes, stop, counting.in_bins, out_bits)
-        for i, k in enumerate(sets):
-            spectra = self.sorted_inputs.spectra(y_codes[i], counting.out_bins)
-            self.ei[k] = _estimators.spectra_mutual_information(*spectra)
-            self.dropped[k] = stop - int(np.dot(*spectra[0]))  # samples left out whole
-
-    def result(self) -> dict:
-        sampling, counting = self.plan.vector
-        result = {}
-        if counting.pairs:
-            # each set's MI by the single call's own compiled statistics: equal to it exactly
-            statistics = planning.Statistics()
-            parts = [kernels.block_statistics(counting, statistics, table)[0]
-                     for table in self.tables]
-            result["parts"] = np.stack(jax.device_get(parts))[:, :, :sampling.num_outputs]
-            if counting.policy == "drop":  # the entries left out: out of range (input 0's)
-                self.out_of_range = host_left_out(self.tables[:, 0], counting.in_bins,
-                                                  counting.out_bins).sum(axis=1)
-            result["out_of_range"] = self.out_of_range
-        if counting.groups:
-            result["ei"] = self.ei
-            result["dropped"] = self.dropped if counting.policy == "drop" else \
-                np.zeros_like(self.dropped)
-        return result
-
-
-def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
-                      batch: int) -> dict:
-    """EI and EI_parts of every set, counted on the host (numba), `batch` sets per device call.
-
-    The device samples each chunk's inputs once for all calls (`_host_inputs`), runs every set's
-    layer as a single call does and bins (`_host_chunk`); the host counts
-    (`_HostVectorCounts`), while the device computes the next call. EI_parts: the single calls'
-    pairwise counter. EI: with `plan.sorted_states` (all samples in one chunk, narrow states) the
-    input states are sorted once and every set's joint states are counted against that order
-    (`histogram.SortedInputs`), giving the count spectra a single call's `StateCounts` give;
-    otherwise each set gets the single calls' `StateCounts`. Either way the counts and the
-    formulas are a single call's (EI_parts: its compiled `kernels.block_statistics`), so EI and
-    EI_parts equal the single call's exactly.
-    """
-    sampling, counting = plan.vector
-    pack = bool(counting.groups) and not plan.sorted_states
-    counts = _HostVectorCounts(plan, num_sets)
-    chunks = list(driver.chunks(sampling, 0, plan.samples))
-    sampled: dict = {}  # the last chunk's inputs: with one chunk, sampled once for all calls
-
-    def dispatch(item):
-        (_, _, params), (first, chunk_sampling) = item
-        if first not in sampled:
-            sampled.clear()
-            sampled[first] = _host_inputs(chunk_sampling, counting, key, ranges, first)
-        x, x_codes = sampled[first]
-        return x_codes, _host_chunk(chunk_sampling, counting, plan.exact_vmap, pack, key, x,
-                                    params, ranges, first, plan.samples)
-
-    def consume(outputs, item):
-        (_, sets, _), (first, _) = item
-        x_codes, (y_codes, oor, states) = jax.device_get(outputs)
-        stop = min(plan.samples - first * SAMPLE_BLOCK, x_codes.shape[1])
-        counts.add(sets, x_codes, y_codes, oor, states, stop, first == chunks[-1][0])
-
-    driver.pipelined(((batch_, chunk) for batch_ in driver.batches(stacked_params, num_sets,
-                                                                   batch)
-                      for chunk in chunks), dispatch, consume)
-    return counts.result()
-
-
-@functools.lru_cache(maxsize=None)
-def _helper() -> concurrent.futures.ThreadPoolExecutor:
-    """One worker thread for host counting beside the caller's: the numba counters release the
-    GIL, and on this project's 2-vCPU machine pairwise and joint-state counting side by side
-    took 0.6x the time of one after the other."""
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="deep_ei_jax")
-
-
-def _count_states(counting, counters: dict, sets, states) -> None:
-    """Adds one chunk's packed states of `sets` to their `StateCounts` (x, y, joint, dropped)."""
-    keep, out, ((wx, wy, wxy),) = states
-    for i, k in enumerate(sets):
-        if k not in counters:
-            counters[k] = tuple(driver.new_state_counters(counting)[0]) + (0,)
-        cx, cy, cxy, lost = counters[k]
-        cx.add(wx[i], keep[i])
-        cy.add(wy[i], keep[i])
-        cxy.add(wxy[i], keep[i])
-        counters[k] = (cx, cy, cxy, lost + int(out[i].sum()))
-
-
 def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
                            batch: int) -> dict:
     """The sensitivity matrices of every set, counted on the host by the single calls' driver
@@ -494,6 +309,18 @@ def stack_params(params_list) -> tuple:
                                  f"{np.shape(reference)}")
     return jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(a, np.float32)
                                                             for a in leaves]), *params_list)
+
+
+def _check_stacked(chain, stacked_params) -> int:
+    """Checks the chain and that the stacked params have one entry per layer; returns K."""
+    if not isinstance(chain, Chain):
+        raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
+    if not isinstance(stacked_params, (tuple, list)) or len(stacked_params) != len(chain.layers):
+        got = len(stacked_params) if isinstance(stacked_params, (tuple, list)) else \
+            type(stacked_params).__name__
+        raise ValueError(f"stacked_params must have one entry per layer of the chain "
+                         f"({len(chain.layers)}); got {got}")
+    return _num_sets(stacked_params)
 
 
 def _num_sets(stacked_params) -> int:
@@ -723,14 +550,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
     _checks.check_samples("sensitivity_samples", sensitivity_samples)
     if max_batch is not None:
         _checks.check_samples("max_batch", max_batch)
-    if not isinstance(chain, Chain):
-        raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
-    if not isinstance(stacked_params, (tuple, list)) or len(stacked_params) != len(chain.layers):
-        got = len(stacked_params) if isinstance(stacked_params, (tuple, list)) else \
-            type(stacked_params).__name__
-        raise ValueError(f"stacked_params must have one entry per layer of the chain "
-                         f"({len(chain.layers)}); got {got}")
-    num_sets = _num_sets(stacked_params)
+    num_sets = _check_stacked(chain, stacked_params)
     _checks.check_params(chain, stacked_params, stacked=True)  # shapes, NaN/inf in any set
     stacked_params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), stacked_params)
     params0 = jax.tree_util.tree_map(lambda a: a[0], stacked_params)
@@ -749,7 +569,10 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
     if backend.on_host:  # every count on the host; the passes split K into calls themselves
         merged = {}
         if plan.vector is not None:
-            merged.update(_host_vector_pass(plan, key, stacked_params, ranges, num_sets, batch))
+            merged.update(driver.host_vector_pass(
+                *plan.vector, key, ranges, stacked_params, num_sets, batch,
+                exact_vmap=plan.exact_vmap, sorted_states=plan.sorted_states,
+                samples=plan.samples))
         if plan.single is not None:
             merged.update(_host_sensitivity_pass(plan, key, stacked_params, ranges, num_sets,
                                                  batch))

@@ -65,8 +65,8 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
 def test_sweep_equals_single_calls_one_word_states(key, method, monkeypatch):
     # 4 -> 5 sigmoid at 8 bins: X 12 bits (dense count), Y 15 bits (dense), joint 27 bits (sort)
     sorted_calls = []
-    real = sweeping.SortedInputs
-    monkeypatch.setattr(sweeping, "SortedInputs", lambda *a: sorted_calls.append(1) or real(*a))
+    real = driver.SortedInputs
+    monkeypatch.setattr(driver, "SortedInputs", lambda *a: sorted_calls.append(1) or real(*a))
     if method == "numba-state-counts":
         monkeypatch.setattr(sweeping, "sorted_call_sets", lambda *a: 0)  # no call holds all
         method = "numba"
