@@ -111,7 +111,7 @@ class NumbaBackend(CountingBackend):
         return counts, (x_bins.T.astype(dtype), jnp.where(valid, y_bins, out_bins).T.astype(dtype))
 
     def consume(self, counts, host_bins, out_bins: int, first: int, stop: int) -> None:
-        x_bins, y_bins = jax.device_get(host_bins)
+        x_bins, y_bins = (np.asarray(bins) for bins in host_bins)  # (no copy of host arrays)
         histogram.add_pairwise_counts_host(x_bins, y_bins, out_bins, counts, first, stop)
 
     def tables(self, counts, in_bins: int, out_bins: int):

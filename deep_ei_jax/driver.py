@@ -264,12 +264,14 @@ def device_sensitivity_blocks(plan: Plan, samples: int):
 
 
 def host_sensitivity_tables(sampling: Sampling, counting: Counting, key, ranges, stacked_params,
-                            num_sets: int, batch: int, exact_vmap: bool, samples: int):
+                            num_sets: int, batch: int, exact_vmap: bool, samples: int, *,
+                            with_out_of_range: bool = False):
     """The one-input intervention of K parameter sets (a single call: K = 1), counted on the host:
     the noise drawn once for all sets, each set's layer run as a single call's.
 
     Returns:
-      (host tables int32 [K, n_in, n_out, host cells], out-of-range counts [K]).
+      (host tables int32 [K, n_in, n_out, host cells], with `with_out_of_range` the
+      out-of-range counts [K], else None).
     """
     n_in, n_out = sampling.num_inputs, sampling.num_outputs
     backend = counting.backend
@@ -281,21 +283,23 @@ def host_sensitivity_tables(sampling: Sampling, counting: Counting, key, ranges,
 
     def dispatch(item):
         (_, _, params), offset, (first, chunk_sampling) = item
-        return kernels.host_single_input_chunk(chunk_sampling, counting, exact_vmap, key, params,
-                                               ranges, first, offset, samples)
+        return kernels.host_single_input_chunk(chunk_sampling, counting, exact_vmap,
+                                               with_out_of_range, key, params, ranges, first,
+                                               offset, samples)
 
     def consume(outputs, item):
         (_, sets, _), offset, (first, _) = item
         x_codes, y_codes, oor = jax.device_get(outputs)
         stop = min(samples - first * SAMPLE_BLOCK, x_codes.shape[1])
-        out_of_range[sets] += oor[:len(sets)].sum(axis=1)
+        if with_out_of_range:
+            out_of_range[sets] += oor[:len(sets)].sum(axis=1)
         for i, a in enumerate(range(offset, min(offset + sampling.inputs_per_chunk, n_in))):
             for j, k in enumerate(sets):
                 backend.consume(tables[k, a][None], (x_codes[i][None], y_codes[j, i]),
                                 counting.out_bins, 0, stop)
 
     pipelined(work, dispatch, consume)
-    return tables, out_of_range
+    return tables, (out_of_range if with_out_of_range else None)
 
 
 def host_sensitivity_statistics(sampling: Sampling, counting: Counting, statistics: Statistics,

@@ -181,14 +181,18 @@ def over_sets(fn, stacked_params, exact_vmap: bool):
     return jax.vmap(fn)(stacked_params) if exact_vmap else jax.lax.map(fn, stacked_params)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def host_single_input_chunk(sampling: Sampling, counting: Counting, exact_vmap: bool, key,
-                            stacked_params, ranges: Ranges, first_block, offset, stop):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def host_single_input_chunk(sampling: Sampling, counting: Counting, exact_vmap: bool,
+                            with_out_of_range: bool, key, stacked_params, ranges: Ranges,
+                            first_block, offset, stop):
     """One chunk of the one-input intervention of inputs offset..offset+inputs_per_chunk for
-    every parameter set (leading axis K; a single call is K = 1), for a host backend: the noised
-    inputs' bins [inputs, S] (every set sees the same noise), per set the outputs' bins
-    [K, inputs, n_out, S] with `out_bins` on every entry left out, and per set the out-of-range
-    counts per output [K, n_out]."""
+    every parameter set (leading axis K; a single call is K = 1), for a host backend.
+
+    Returns:
+      (the noised inputs' bins [inputs, S] (every set sees the same noise), per set the outputs'
+      bins [K, inputs, n_out, S] with `out_bins` on every entry left out, and with
+      `with_out_of_range` per set the out-of-range counts per output [K, n_out], else ()).
+    """
     inputs = offset + jnp.arange(sampling.inputs_per_chunk)
     noise = jax.vmap(lambda a: single_input_noise(
         key, first_block, sampling.num_blocks, sampling.num_inputs,
@@ -198,13 +202,14 @@ def host_single_input_chunk(sampling: Sampling, counting: Counting, exact_vmap: 
         def per_input(a, x):
             x_bins, y_bins, valid, out_of_range = single_input_bins(
                 sampling, counting, key, params, ranges, first_block, 0, stop, a, noise=x)
-            _, (x_codes, y_codes) = counting.backend.count_in_kernel(
+            _, (_, y_codes) = counting.backend.count_in_kernel(
                 (), x_bins[:, None], y_bins, valid, counting.in_bins, counting.out_bins)
-            return x_codes[0], y_codes, out_of_range
-        x_codes, y_codes, out_of_range = jax.vmap(per_input)(inputs, noise)
-        return x_codes, y_codes, out_of_range.sum(0)
-    x_codes, y_codes, out_of_range = over_sets(one, stacked_params, exact_vmap)
-    return x_codes[0], y_codes, out_of_range
+            return x_bins, y_codes, out_of_range if with_out_of_range else ()
+        x_bins, y_codes, out_of_range = jax.vmap(per_input)(inputs, noise)
+        return x_bins, y_codes, out_of_range.sum(0) if with_out_of_range else ()
+    x_bins, y_codes, out_of_range = over_sets(one, stacked_params, exact_vmap)
+    return (x_bins[0].astype(host_bins_dtype(counting.in_bins, counting.out_bins)), y_codes,
+            out_of_range)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

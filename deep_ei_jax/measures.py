@@ -462,7 +462,8 @@ def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_rang
     if counting.backend.on_host:  # a single call is a sweep of one parameter set
         stacked = jax.tree_util.tree_map(lambda a: a[None], plan.params)
         tables, oor = driver.host_sensitivity_tables(sampling, counting, plan.key, plan.ranges,
-                                                     stacked, 1, 1, True, samples)
+                                                     stacked, 1, 1, True, samples,
+                                                     with_out_of_range=True)
         stats = driver.host_sensitivity_statistics(sampling, counting, plan.statistics,
                                                    tables[0])
         oor = int(oor[0])
