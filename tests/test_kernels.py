@@ -85,6 +85,20 @@ def test_backend_registry_and_resolution():
         backends.resolve("fast")
 
 
+def test_backends_are_named_in_the_registry_only():
+    """Code asks a backend object, never compares method names: the host backend's name is a
+    string literal at most twice in the package (the registry)."""
+    import pathlib
+    import tokenize
+    import deep_ei_jax
+    sites = []
+    for path in sorted(pathlib.Path(deep_ei_jax.__file__).parent.rglob("*.py")):
+        with open(path, "rb") as source:
+            sites += [(path.name, token.start[0]) for token in tokenize.tokenize(source.readline)
+                      if token.type == tokenize.STRING and token.string.strip("'\"") == "numba"]
+    assert len(sites) <= 2 and all(name == "backends.py" for name, _ in sites), sites
+
+
 def test_scatter_and_onehot_identical():
     rng = np.random.default_rng(2)
     x, y, valid = random_bins(rng, 5000, 6, 5, 16, 16)
