@@ -246,6 +246,22 @@ def new_state_counters(counting: Counting) -> list:
 
 # ---------------------------------------------------------------- the one-input intervention
 
+def sensitivity_blocks(plan: Plan, samples: int):
+    """The one-input intervention of a single call, counted by its plan's backend: ([per block
+    of inputs its `table_statistics`], out-of-range count over every input and output). Every
+    backend gives the same counts, so the same bits. On the host backend a single call is a
+    sweep of one parameter set (`host_sensitivity_tables`)."""
+    sampling, counting = plan.sampling, plan.counting
+    if not counting.backend.on_host:
+        return device_sensitivity_blocks(plan, samples)
+    stacked = jax.tree_util.tree_map(lambda a: a[None], plan.params)
+    tables, out_of_range = host_sensitivity_tables(sampling, counting, plan.key, plan.ranges,
+                                                   stacked, 1, 1, True, samples,
+                                                   with_out_of_range=True)
+    return (host_sensitivity_statistics(sampling, counting, plan.statistics, tables[0]),
+            int(out_of_range[0]))
+
+
 def device_sensitivity_blocks(plan: Plan, samples: int):
     """Sensitivity counted on the device, block of inputs by block: ([per block its
     `block_statistics`], out-of-range count over every input and output)."""

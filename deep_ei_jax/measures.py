@@ -458,17 +458,8 @@ def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_rang
                                                       policy, method, activation, memory_budget),
                          samples_hint=samples, single_input=True, pairs=True, groups=(),
                          statistics=Statistics(estimator, bool(significance)))
-    sampling, counting = plan.sampling, plan.counting
-    if counting.backend.on_host:  # a single call is a sweep of one parameter set
-        stacked = jax.tree_util.tree_map(lambda a: a[None], plan.params)
-        tables, oor = driver.host_sensitivity_tables(sampling, counting, plan.key, plan.ranges,
-                                                     stacked, 1, 1, True, samples,
-                                                     with_out_of_range=True)
-        stats = driver.host_sensitivity_statistics(sampling, counting, plan.statistics,
-                                                   tables[0])
-        oor = int(oor[0])
-    else:
-        stats, oor = driver.device_sensitivity_blocks(plan, samples)
+    sampling = plan.sampling
+    stats, oor = driver.sensitivity_blocks(plan, samples)
     stats = jax.device_get(stats)
     matrix = np.concatenate([m[0] for m in stats], axis=0)[:sampling.num_inputs]
     pvalues = (np.concatenate([m[1] for m in stats], axis=0)[:sampling.num_inputs].astype(
