@@ -125,24 +125,34 @@ REGISTRY = {backend.name: backend for backend in (SCATTER, ONEHOT, HOST)}
 METHODS = ("auto",) + tuple(REGISTRY)
 
 
-def default_backend() -> CountingBackend:
+def default_backend(*, one_input: bool = False) -> CountingBackend:
     """The counting backend for the default JAX backend: one-hot matmul on accelerators; on a CPU
-    the host loop when numba is installed, else XLA's scatter-add."""
+    the host loop when numba is installed, else XLA's scatter-add.
+
+    Args:
+      one_input: for a single call's one-input intervention (sensitivity). On a CPU it takes
+        XLA's scatter: it counts a few samples per input, and the host loop's first use in a
+        process (loading its compiled kernel, ~0.5 s) would outweigh what it saves. A sweep's
+        sensitivity, over K sets, takes the host loop; `method='numba'` asks for it here too (the
+        same counts either way).
+    """
     if jax.default_backend() != "cpu":
         return ONEHOT
-    return HOST if HOST.available() else SCATTER
+    return HOST if HOST.available() and not one_input else SCATTER
 
 
-def resolve(method: str, *, require_available: bool = False) -> CountingBackend:
+def resolve(method: str, *, require_available: bool = False,
+            one_input: bool = False) -> CountingBackend:
     """The backend object for `method` ("auto" or a name in `REGISTRY`), chosen once.
 
     Args:
       method: a name from `METHODS` (checked: a ValueError names the choices).
       require_available: raise a ValueError now when the backend cannot run in this install
         (otherwise it raises when first asked to count).
+      one_input: "auto" for a single call's one-input intervention (see `default_backend`).
     """
     _checks.check_choice("method", method, METHODS)
-    backend = default_backend() if method == "auto" else REGISTRY[method]
+    backend = default_backend(one_input=one_input) if method == "auto" else REGISTRY[method]
     if require_available and not backend.available():
         raise ValueError(histogram.NEEDS_NUMBA)
     return backend

@@ -178,7 +178,7 @@ def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, sing
     out_bins = _checks.check_bins("out_bins", binning.out_bins, allow_dynamic=True)
     _checks.check_choice("policy", binning.policy, POLICIES)
     backend = binning.method if isinstance(binning.method, CountingBackend) else \
-        backends.resolve(binning.method)
+        backends.resolve(binning.method, one_input=single_input)
     _checks.check_choice("estimator", statistics.estimator, _estimators.ESTIMATORS)
     mesh = None if single_input else sample_mesh(binning.devices)  # sensitivity: one device
     if mesh is not None:  # sharded chunks count on their devices

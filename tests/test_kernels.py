@@ -79,6 +79,9 @@ def test_backend_registry_and_resolution():
     for name, backend in backends.REGISTRY.items():
         assert backends.resolve(name) is backend and backend.name == name
     assert backends.resolve("auto") is backends.default_backend()
+    # a single call's sensitivity counts few samples per input: XLA's scatter on a CPU
+    assert backends.resolve("auto", one_input=True) is (
+        backends.SCATTER if jax.default_backend() == "cpu" else backends.ONEHOT)
     assert backends.device_fallback(backends.HOST) is backends.SCATTER
     assert backends.device_fallback(backends.ONEHOT) is backends.ONEHOT
     with pytest.raises(ValueError, match="method must be one of"):
