@@ -41,7 +41,7 @@ def run_case(n_in: int, n_out: int, bins: int, samples: int, repeats: int) -> di
     import jax
     import numpy as np
 
-    from deep_ei_jax import measures, pure
+    from deep_ei_jax import planning, pure
 
     rng = np.random.default_rng(0)
     chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(n_in,))
@@ -56,15 +56,13 @@ def run_case(n_in: int, n_out: int, bins: int, samples: int, repeats: int) -> di
         pure.ei_parts(jax.random.key(i + 1), chain, params, **kwargs)
         times.append(time.perf_counter() - start)
     run_s = statistics.median(times)
-    setup = measures._prepare(jax.random.key(0), chain, params, samples_hint=samples,
-                              single_input=False, pairs=True, groups=(), policy="drop",
-                              method="auto", activation=None,
-                              memory_budget=measures.DEFAULT_MEMORY_BUDGET,
-                              **{k: v for k, v in kwargs.items() if k != "samples"})
+    binning = planning.Binning(**{k: v for k, v in kwargs.items() if k != "samples"})
+    setup = planning.plan(jax.random.key(0), chain, params, binning, samples_hint=samples,
+                          single_input=False, pairs=True, groups=())
     return {
         "n_in": n_in, "n_out": n_out, "bins": bins, "samples": samples,
-        "device": str(jax.devices()[0]), "method": setup.static.method,
-        "output_blocks": -(-n_out // setup.static.block_size),
+        "device": str(jax.devices()[0]), "method": setup.counting.backend.name,
+        "output_blocks": -(-n_out // setup.counting.block_size),
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
         "compile_s": round(compile_s, 4), "run_s": round(run_s, 4),
         "samples_per_s": round(samples / run_s), "pair_samples_per_s": round(

@@ -92,7 +92,8 @@ def _jackknife_correction(xp, counts):
     cancel (1 - 1 - 1 + 1), and the psi terms are returned here.
     """
     rows, cols, total = _margins(xp, counts)
-    weighted = lambda a, axes: (a * _psi(xp, a)).sum(axis=axes)
+    def weighted(a, axes):
+        return (a * _psi(xp, a)).sum(axis=axes)
     safe_total = xp.where(total > 0, total, 1.0)
     correction = ((weighted(rows, -1) + weighted(cols, -1) - weighted(counts, (-2, -1)))
                   / safe_total - _psi(xp, total))
@@ -303,6 +304,25 @@ def batch_means_standard_error(estimates_per_chunk):
                          f"shape {values.shape}")
     k = values.shape[0]
     return values.std(axis=0, ddof=1) / math.sqrt(k)
+
+
+def batch_means_interval(batch_values, value):
+    """(standard error, 95% interval) of `value` by batch means over k disjoint batches: the
+    `batch_means_standard_error` of `batch_values` [k, ...] and value -+ t(k-1) * error (Student
+    t; past 30 degrees of freedom the normal 1.96). The interval is a (low, high) pair of floats
+    for a scalar value, else of arrays."""
+    batch_values = np.asarray(batch_values, np.float64)
+    k = batch_values.shape[0]
+    error = np.asarray(batch_means_standard_error(batch_values))
+    t = _T975[min(k - 1, len(_T975)) - 1] if k - 1 <= len(_T975) else 1.96
+    lower, upper = value - t * error, value + t * error
+    return error, ((float(lower), float(upper)) if np.ndim(lower) == 0 else (lower, upper))
+
+
+# Student t 0.975 quantiles for 1..30 degrees of freedom (past 30 the normal 1.96 is within 4%).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 _EXPANSION_FROM = 60.0   # mean counts from here on use the asymptotic expansion

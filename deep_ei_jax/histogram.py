@@ -14,7 +14,6 @@ Device kernels and host counters:
 """
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from typing import Any, NamedTuple
@@ -28,15 +27,33 @@ try:  # optional: a compiled host loop, the fastest counter on a CPU
 except ImportError:  # pragma: no cover - depends on the install
     numba = None
 
-METHODS = ("auto", "scatter", "onehot", "numba")
+def scatter_pairwise_counts(x_bins: jax.Array, y_bins: jax.Array, y_valid: jax.Array,
+                            in_bins: int, out_bins: int) -> jax.Array:
+    """`pairwise_counts` by XLA's scatter-add of one joint index per (sample, pair)."""
+    num_in, num_out = x_bins.shape[1], y_bins.shape[1]
+    cells = num_in * num_out * in_bins * out_bins
+    pair = (jnp.arange(num_in)[:, None] * num_out + jnp.arange(num_out)[None, :])
+    # pair-major order: consecutive updates hit one pair's small table (cache friendly)
+    joint = ((pair[:, :, None] * in_bins + x_bins.T[:, None, :]) * out_bins
+             + y_bins.T[None, :, :])
+    joint = jnp.where(y_valid.T[None, :, :], joint, cells)  # invalid -> one spare cell
+    counts = jnp.bincount(joint.reshape(-1), length=cells + 1)[:cells]
+    return counts.astype(jnp.int32).reshape(num_in, num_out, in_bins, out_bins)
 
 
-def default_method() -> str:
-    """The counting method for the default backend: one-hot matmul on accelerators; on a CPU the
-    numba loop when numba is installed, else XLA's scatter-add."""
-    if jax.default_backend() != "cpu":
-        return "onehot"
-    return "numba" if numba is not None else "scatter"
+def onehot_pairwise_counts(x_bins: jax.Array, y_bins: jax.Array, y_valid: jax.Array,
+                           in_bins: int, out_bins: int) -> jax.Array:
+    """`pairwise_counts` by one matmul of one-hot codes, one_hot(x)^T @ one_hot(y)."""
+    # 0/1 values are exact in bfloat16; float32 accumulation is exact below 2^24 per cell,
+    # which callers guarantee by keeping chunks under 2^24 samples.
+    dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    x_hot = jax.nn.one_hot(x_bins, in_bins, dtype=dtype)
+    y_hot = jax.nn.one_hot(y_bins, out_bins, dtype=dtype) * y_valid[..., None].astype(dtype)
+    counts = jnp.einsum("sai,sbj->abij", x_hot, y_hot, preferred_element_type=jnp.float32)
+    return jnp.round(counts).astype(jnp.int32)
+
+
+_DEVICE_COUNTERS = {"scatter": scatter_pairwise_counts, "onehot": onehot_pairwise_counts}
 
 
 def pairwise_counts(x_bins: jax.Array, y_bins: jax.Array, y_valid: jax.Array, in_bins: int,
@@ -54,25 +71,32 @@ def pairwise_counts(x_bins: jax.Array, y_bins: jax.Array, y_valid: jax.Array, in
       int32 [n_in, n_out, in_bins, out_bins]; entry [a, b, i, j] counts the samples with
       x_bins[:, a] == i and y_bins[:, b] == j among those where y_valid[:, b].
     """
-    num_in, num_out = x_bins.shape[1], y_bins.shape[1]
-    if method == "scatter":
-        cells = num_in * num_out * in_bins * out_bins
-        pair = (jnp.arange(num_in)[:, None] * num_out + jnp.arange(num_out)[None, :])
-        # pair-major order: consecutive updates hit one pair's small table (cache friendly)
-        joint = ((pair[:, :, None] * in_bins + x_bins.T[:, None, :]) * out_bins
-                 + y_bins.T[None, :, :])
-        joint = jnp.where(y_valid.T[None, :, :], joint, cells)  # invalid -> one spare cell
-        counts = jnp.bincount(joint.reshape(-1), length=cells + 1)[:cells]
-        return counts.astype(jnp.int32).reshape(num_in, num_out, in_bins, out_bins)
-    if method == "onehot":
-        # 0/1 values are exact in bfloat16; float32 accumulation is exact below 2^24 per cell,
-        # which callers guarantee by keeping chunks under 2^24 samples.
-        dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-        x_hot = jax.nn.one_hot(x_bins, in_bins, dtype=dtype)
-        y_hot = jax.nn.one_hot(y_bins, out_bins, dtype=dtype) * y_valid[..., None].astype(dtype)
-        counts = jnp.einsum("sai,sbj->abij", x_hot, y_hot, preferred_element_type=jnp.float32)
-        return jnp.round(counts).astype(jnp.int32)
-    raise ValueError(f"method must be one of {METHODS[1:]}; got {method!r}")
+    if method not in _DEVICE_COUNTERS:
+        raise ValueError(f"method must be one of {tuple(_DEVICE_COUNTERS)}; got {method!r}")
+    return _DEVICE_COUNTERS[method](x_bins, y_bins, y_valid, in_bins, out_bins)
+
+
+# ---------------------------------------------------------------- the host tables' layout
+# The host counter adds into int32 tables [..., in_bins * (out_bins + 1)]: each input bin's row
+# has a spare last cell where the entries marked left out (the code `out_bins`) land.
+
+def host_table_cells(in_bins: int, out_bins: int) -> int:
+    """Cells of one (input, output) pair's host table: a row of out_bins + 1 per input bin."""
+    return in_bins * (out_bins + 1)
+
+
+def host_tables_view(tables: np.ndarray, in_bins: int, out_bins: int) -> np.ndarray:
+    """Host tables [..., host_table_cells] as counts [..., in_bins, out_bins] (a view)."""
+    return tables.reshape(tables.shape[:-1] + (in_bins, out_bins + 1))[..., :out_bins]
+
+
+def host_left_out(tables: np.ndarray, in_bins: int, out_bins: int) -> np.ndarray:
+    """The entries of host tables [..., host_table_cells] marked left out, per table: [...]."""
+    spare = tables.reshape(tables.shape[:-1] + (in_bins, out_bins + 1))[..., out_bins]
+    return spare.sum(axis=-1, dtype=np.int64)
+
+
+NEEDS_NUMBA = "method='numba' needs numba: pip install numba (or the [fast] extra)"
 
 
 def host_bins_dtype(in_bins: int, out_bins: int):
@@ -221,12 +245,12 @@ def add_pairwise_counts_host(x_bins_t: np.ndarray, y_bins_t: np.ndarray, out_bin
       first, stop: only samples first..stop-1 are counted (default: all).
     """
     if numba is None:
-        raise ValueError("method='numba' needs numba: pip install numba (or the [fast] extra)")
+        raise ValueError(NEEDS_NUMBA)
     num_samples = x_bins_t.shape[1]
     stop = num_samples if stop is None else stop
     if not 0 <= first <= stop <= num_samples:
         raise ValueError(f"samples first..stop must lie in 0..{num_samples}; got {first}..{stop}")
-    in_bins = tables.shape[2] // (out_bins + 1)
+    in_bins = tables.shape[2] // (host_table_cells(1, out_bins))
     x_pairs = 4 * in_bins * in_bins * (out_bins + 1) <= PAIRED_TABLE_BYTES
     y_pairs = 4 * in_bins ** (2 if x_pairs else 1) * (out_bins + 1) ** 2 <= PAIRED_OUTPUTS_BYTES
     parallel = x_bins_t.shape[0] * y_bins_t.shape[0] * (stop - first) >= PARALLEL_PAIR_SAMPLES
@@ -269,6 +293,198 @@ def state_bits(num_values: int, bins: int) -> int:
     return 32 * full + rest * bits if full else rest * bits
 
 
+# ---------------------------------------------------------------- numba kernels of the state
+# counters (module-level, so numba caches them on disk; compiled on first use)
+
+def _add_dense(words, valid, counts):
+    for s in range(words.shape[0]):
+        if valid[s]:
+            counts[words[s, 0]] += 1
+
+def _keys_of(words, valid):
+    """The valid rows' states (one or two uint32 words) as uint64 keys."""
+    keys = np.empty(words.shape[0], np.uint64)
+    n = 0
+    for s in range(words.shape[0]):
+        if valid[s]:
+            key = np.uint64(words[s, 0])
+            if words.shape[1] == 2:
+                key = (key << np.uint64(32)) | np.uint64(words[s, 1])
+            keys[n] = key
+            n += 1
+    return keys[:n]
+
+def _run_counts(keys, spare):
+    """(distinct keys ascending, their counts) of uint64 `keys`: a least-significant-digit
+    radix sort (10-bit digits, skipping digits that are the same for every key), then run
+    lengths. Overwrites `keys` and `spare` (uint64, at least as long)."""
+    n = keys.shape[0]
+    source, target = keys, spare[:n]
+    largest = np.uint64(0)
+    for i in range(n):
+        largest = max(largest, source[i])
+    shift = 0
+    while shift < 64 and (largest >> np.uint64(shift)) != 0:
+        starts = np.zeros(1024, np.int64)
+        for i in range(n):
+            starts[(source[i] >> np.uint64(shift)) & np.uint64(1023)] += 1
+        if starts.max() < n:  # (one digit value for every key: this pass keeps the order)
+            total = 0
+            for d in range(1024):
+                total, starts[d] = total + starts[d], total
+            for i in range(n):
+                d = (source[i] >> np.uint64(shift)) & np.uint64(1023)
+                target[starts[d]] = source[i]
+                starts[d] += 1
+            source, target = target, source
+        shift += 10
+    if n == 0:
+        return source[:0].copy(), np.zeros(0, np.int64)
+    # run lengths: distinct keys into the other buffer, counts over the sorted keys (the
+    # write position never passes the read position)
+    previous, run, m = source[0], 1, 0
+    target[0] = previous
+    for i in range(1, n):
+        key = source[i]
+        if key == previous:
+            run += 1
+        else:
+            source[m] = np.uint64(run)
+            m += 1
+            target[m] = key
+            previous, run = key, 1
+    source[m] = np.uint64(run)
+    return target[:m + 1].copy(), source[:m + 1].astype(np.int64)
+
+def _merge(keys_a, counts_a, keys_b, counts_b):
+    """Two ascending (distinct keys, counts) lists merged into one."""
+    keys = np.empty(keys_a.shape[0] + keys_b.shape[0], np.uint64)
+    counts = np.empty(keys.shape[0], np.int64)
+    i = j = m = 0
+    while i < keys_a.shape[0] or j < keys_b.shape[0]:
+        if j == keys_b.shape[0] or (i < keys_a.shape[0] and keys_a[i] < keys_b[j]):
+            keys[m], counts[m] = keys_a[i], counts_a[i]
+            i += 1
+        elif i == keys_a.shape[0] or keys_b[j] < keys_a[i]:
+            keys[m], counts[m] = keys_b[j], counts_b[j]
+            j += 1
+        else:
+            keys[m], counts[m] = keys_a[i], counts_a[i] + counts_b[j]
+            i += 1
+            j += 1
+        m += 1
+    return keys[:m].copy(), counts[:m].copy()
+
+def _state_keys(codes, stop, bits, sentinel, keys):
+    """Into `keys` (unsigned, zeros [stop]): one key per sample 0..stop-1 of bin codes [n, S]
+    (value j at bits j*bits.., as `pack_states` packs one word), or all ones (the dtype's
+    largest value, never a real key) where any code equals `sentinel`."""
+    invalid = ~keys.dtype.type(0)
+    for j in range(codes.shape[0]):
+        row, shift = codes[j], keys.dtype.type(j * bits)
+        for s in range(stop):
+            code = row[s]
+            if code == sentinel or keys[s] == invalid:
+                keys[s] = invalid
+            else:
+                keys[s] |= keys.dtype.type(code) << shift
+    return keys
+
+def _sorted_order(keys, bits):
+    """(keys ascending, the sample order that sorts them) of uint32 keys below 2**bits
+    (bits <= 32): one counting sort for up to 16 bits, else two by 16-bit digits (stable)."""
+    n = keys.shape[0]
+    order = np.empty(n, np.int32)
+    ordered = np.empty(n, np.uint32)
+    digit_bits = bits if bits <= 16 else 16
+    passes = 1 if bits <= 16 else 2
+    mask = np.uint32((1 << digit_bits) - 1)
+    source = np.arange(n).astype(np.int32)
+    for p in range(passes):
+        shift = np.uint32(p * digit_bits)
+        starts = np.zeros((1 << digit_bits) + 1, np.int64)
+        for s in range(n):
+            starts[((keys[s] >> shift) & mask) + 1] += 1
+        for d in range(1 << digit_bits):
+            starts[d + 1] += starts[d]
+        target = order if p == passes - 1 else np.empty(n, np.int32)
+        for t in range(n):
+            s = source[t]
+            d = (keys[s] >> shift) & mask
+            target[starts[d]] = s
+            starts[d] += 1
+        source = target
+    for t in range(n):
+        ordered[t] = keys[order[t]]
+    return ordered, order
+
+def _group_bounds(x_sorted):
+    """Where each run of equal sorted keys starts, and the end: int64 [runs + 1]."""
+    n = x_sorted.shape[0]
+    bounds = np.empty(n + 1, np.int64)
+    m = 0
+    for t in range(n):
+        if t == 0 or x_sorted[t] != x_sorted[t - 1]:
+            bounds[m] = t
+            m += 1
+    bounds[m] = n
+    return bounds[:m + 1].copy()
+
+def _spectra(bounds, order, y_keys, table, spectrum):
+    """Count spectra (`estimators.count_spectrum`) of the input states, the output states and
+    the joint states of the samples whose y key is valid, exactly, without sorting y: the
+    samples are walked in input-state order (`sorted_order`; `bounds` from `group_bounds`),
+    so each input state's samples are consecutive, and their output states are counted in
+    the dense `table` (int32 over every y key, all zero, left zero), then read back and
+    cleared. `spectrum`: int64 [3, samples + 1] zeros, left zero."""
+    n = order.shape[0]
+    invalid = ~y_keys.dtype.type(0)
+    largest_x = largest_xy = 1
+    _, largest_y = _table_spectrum(y_keys, 0, n, invalid, table, spectrum[1])
+    gathered = np.empty(n, y_keys.dtype)  # y keys in input-state order
+    for t in range(n):
+        gathered[t] = y_keys[order[t]]
+    for g in range(bounds.shape[0] - 1):
+        first, end = bounds[g], bounds[g + 1]
+        if end - first == 1:  # one sample: a state of its own (common with wide inputs)
+            if gathered[first] != invalid:
+                spectrum[0, 1] += 1
+                spectrum[2, 1] += 1
+            continue
+        if end - first <= 4:  # a few samples (most states of wide inputs): sorted in
+            # registers by a min/max network, left-out samples (the largest key) last
+            v0, v1 = gathered[first], gathered[first + 1]
+            v2 = gathered[first + 2] if end - first > 2 else invalid
+            v3 = gathered[first + 3] if end - first > 3 else invalid
+            v0, v1 = min(v0, v1), max(v0, v1)
+            v2, v3 = min(v2, v3), max(v2, v3)
+            v0, v2 = min(v0, v2), max(v0, v2)
+            v1, v3 = min(v1, v3), max(v1, v3)
+            v1, v2 = min(v1, v2), max(v1, v2)
+            kept = (v0 != invalid) + (v1 != invalid) + (v2 != invalid) + (v3 != invalid)
+            if kept:
+                spectrum[0, kept] += 1
+                largest_x = max(largest_x, kept)
+                run = 1
+                for i in range(1, kept):
+                    same = (v1 == v0) if i == 1 else (v2 == v1) if i == 2 else (v3 == v2)
+                    if same:
+                        run += 1
+                    else:
+                        spectrum[2, run] += 1
+                        run = 1
+                spectrum[2, run] += 1
+                largest_xy = max(largest_xy, run)
+            continue
+        kept, largest = _table_spectrum(gathered, first, end, invalid, table, spectrum[2])
+        largest_xy = max(largest_xy, largest)
+        if kept:
+            spectrum[0, kept] += 1
+            largest_x = max(largest_x, kept)
+    return (_compact(spectrum[0], largest_x), _compact(spectrum[1], largest_y),
+            _compact(spectrum[2], largest_xy))
+
+
 class _StateKernels(NamedTuple):
     add_dense: Any
     keys_of: Any
@@ -280,208 +496,15 @@ class _StateKernels(NamedTuple):
     spectra: Any
 
 
-@functools.lru_cache(maxsize=None)
+if numba is not None:
+    _STATE_KERNELS = _StateKernels(*(numba.njit(nogil=True, cache=True)(f) for f in (
+        _add_dense, _keys_of, _run_counts, _merge, _state_keys, _sorted_order, _group_bounds, _spectra)))
+
+
 def _state_kernels() -> _StateKernels:
-    """numba kernels of `StateCounts` (compiled, or loaded from numba's cache, on first use): a masked bincount, and exact counts of 64-bit keys by a
-    radix sort and run lengths."""
-    @numba.njit(nogil=True, cache=True)
-    def add_dense(words, valid, counts):
-        for s in range(words.shape[0]):
-            if valid[s]:
-                counts[words[s, 0]] += 1
-
-    @numba.njit(nogil=True, cache=True)
-    def keys_of(words, valid):
-        """The valid rows' states (one or two uint32 words) as uint64 keys."""
-        keys = np.empty(words.shape[0], np.uint64)
-        n = 0
-        for s in range(words.shape[0]):
-            if valid[s]:
-                key = np.uint64(words[s, 0])
-                if words.shape[1] == 2:
-                    key = (key << np.uint64(32)) | np.uint64(words[s, 1])
-                keys[n] = key
-                n += 1
-        return keys[:n]
-
-    @numba.njit(nogil=True, cache=True)
-    def run_counts(keys, spare):
-        """(distinct keys ascending, their counts) of uint64 `keys`: a least-significant-digit
-        radix sort (10-bit digits, skipping digits that are the same for every key), then run
-        lengths. Overwrites `keys` and `spare` (uint64, at least as long)."""
-        n = keys.shape[0]
-        source, target = keys, spare[:n]
-        largest = np.uint64(0)
-        for i in range(n):
-            largest = max(largest, source[i])
-        shift = 0
-        while shift < 64 and (largest >> np.uint64(shift)) != 0:
-            starts = np.zeros(1024, np.int64)
-            for i in range(n):
-                starts[(source[i] >> np.uint64(shift)) & np.uint64(1023)] += 1
-            if starts.max() < n:  # (one digit value for every key: this pass keeps the order)
-                total = 0
-                for d in range(1024):
-                    total, starts[d] = total + starts[d], total
-                for i in range(n):
-                    d = (source[i] >> np.uint64(shift)) & np.uint64(1023)
-                    target[starts[d]] = source[i]
-                    starts[d] += 1
-                source, target = target, source
-            shift += 10
-        if n == 0:
-            return source[:0].copy(), np.zeros(0, np.int64)
-        # run lengths: distinct keys into the other buffer, counts over the sorted keys (the
-        # write position never passes the read position)
-        previous, run, m = source[0], 1, 0
-        target[0] = previous
-        for i in range(1, n):
-            key = source[i]
-            if key == previous:
-                run += 1
-            else:
-                source[m] = np.uint64(run)
-                m += 1
-                target[m] = key
-                previous, run = key, 1
-        source[m] = np.uint64(run)
-        return target[:m + 1].copy(), source[:m + 1].astype(np.int64)
-
-    @numba.njit(nogil=True, cache=True)
-    def merge(keys_a, counts_a, keys_b, counts_b):
-        """Two ascending (distinct keys, counts) lists merged into one."""
-        keys = np.empty(keys_a.shape[0] + keys_b.shape[0], np.uint64)
-        counts = np.empty(keys.shape[0], np.int64)
-        i = j = m = 0
-        while i < keys_a.shape[0] or j < keys_b.shape[0]:
-            if j == keys_b.shape[0] or (i < keys_a.shape[0] and keys_a[i] < keys_b[j]):
-                keys[m], counts[m] = keys_a[i], counts_a[i]
-                i += 1
-            elif i == keys_a.shape[0] or keys_b[j] < keys_a[i]:
-                keys[m], counts[m] = keys_b[j], counts_b[j]
-                j += 1
-            else:
-                keys[m], counts[m] = keys_a[i], counts_a[i] + counts_b[j]
-                i += 1
-                j += 1
-            m += 1
-        return keys[:m].copy(), counts[:m].copy()
-
-    @numba.njit(nogil=True, cache=True)
-    def state_keys(codes, stop, bits, sentinel, keys):
-        """Into `keys` (unsigned, zeros [stop]): one key per sample 0..stop-1 of bin codes [n, S]
-        (value j at bits j*bits.., as `pack_states` packs one word), or all ones (the dtype's
-        largest value, never a real key) where any code equals `sentinel`."""
-        invalid = ~keys.dtype.type(0)
-        for j in range(codes.shape[0]):
-            row, shift = codes[j], keys.dtype.type(j * bits)
-            for s in range(stop):
-                code = row[s]
-                if code == sentinel or keys[s] == invalid:
-                    keys[s] = invalid
-                else:
-                    keys[s] |= keys.dtype.type(code) << shift
-        return keys
-
-    @numba.njit(nogil=True, cache=True)
-    def sorted_order(keys, bits):
-        """(keys ascending, the sample order that sorts them) of uint32 keys below 2**bits
-        (bits <= 32): one counting sort for up to 16 bits, else two by 16-bit digits (stable)."""
-        n = keys.shape[0]
-        order = np.empty(n, np.int32)
-        ordered = np.empty(n, np.uint32)
-        digit_bits = bits if bits <= 16 else 16
-        passes = 1 if bits <= 16 else 2
-        mask = np.uint32((1 << digit_bits) - 1)
-        source = np.arange(n).astype(np.int32)
-        for p in range(passes):
-            shift = np.uint32(p * digit_bits)
-            starts = np.zeros((1 << digit_bits) + 1, np.int64)
-            for s in range(n):
-                starts[((keys[s] >> shift) & mask) + 1] += 1
-            for d in range(1 << digit_bits):
-                starts[d + 1] += starts[d]
-            target = order if p == passes - 1 else np.empty(n, np.int32)
-            for t in range(n):
-                s = source[t]
-                d = (keys[s] >> shift) & mask
-                target[starts[d]] = s
-                starts[d] += 1
-            source = target
-        for t in range(n):
-            ordered[t] = keys[order[t]]
-        return ordered, order
-
-    @numba.njit(nogil=True, cache=True)
-    def group_bounds(x_sorted):
-        """Where each run of equal sorted keys starts, and the end: int64 [runs + 1]."""
-        n = x_sorted.shape[0]
-        bounds = np.empty(n + 1, np.int64)
-        m = 0
-        for t in range(n):
-            if t == 0 or x_sorted[t] != x_sorted[t - 1]:
-                bounds[m] = t
-                m += 1
-        bounds[m] = n
-        return bounds[:m + 1].copy()
-
-    @numba.njit(nogil=True, cache=True)
-    def spectra(bounds, order, y_keys, table, spectrum):
-        """Count spectra (`estimators.count_spectrum`) of the input states, the output states and
-        the joint states of the samples whose y key is valid, exactly, without sorting y: the
-        samples are walked in input-state order (`sorted_order`; `bounds` from `group_bounds`),
-        so each input state's samples are consecutive, and their output states are counted in
-        the dense `table` (int32 over every y key, all zero, left zero), then read back and
-        cleared. `spectrum`: int64 [3, samples + 1] zeros, left zero."""
-        n = order.shape[0]
-        invalid = ~y_keys.dtype.type(0)
-        largest_x = largest_xy = 1
-        _, largest_y = _table_spectrum(y_keys, 0, n, invalid, table, spectrum[1])
-        gathered = np.empty(n, y_keys.dtype)  # y keys in input-state order
-        for t in range(n):
-            gathered[t] = y_keys[order[t]]
-        for g in range(bounds.shape[0] - 1):
-            first, end = bounds[g], bounds[g + 1]
-            if end - first == 1:  # one sample: a state of its own (common with wide inputs)
-                if gathered[first] != invalid:
-                    spectrum[0, 1] += 1
-                    spectrum[2, 1] += 1
-                continue
-            if end - first <= 4:  # a few samples (most states of wide inputs): sorted in
-                # registers by a min/max network, left-out samples (the largest key) last
-                v0, v1 = gathered[first], gathered[first + 1]
-                v2 = gathered[first + 2] if end - first > 2 else invalid
-                v3 = gathered[first + 3] if end - first > 3 else invalid
-                v0, v1 = min(v0, v1), max(v0, v1)
-                v2, v3 = min(v2, v3), max(v2, v3)
-                v0, v2 = min(v0, v2), max(v0, v2)
-                v1, v3 = min(v1, v3), max(v1, v3)
-                v1, v2 = min(v1, v2), max(v1, v2)
-                kept = (v0 != invalid) + (v1 != invalid) + (v2 != invalid) + (v3 != invalid)
-                if kept:
-                    spectrum[0, kept] += 1
-                    largest_x = max(largest_x, kept)
-                    run = 1
-                    for i in range(1, kept):
-                        same = (v1 == v0) if i == 1 else (v2 == v1) if i == 2 else (v3 == v2)
-                        if same:
-                            run += 1
-                        else:
-                            spectrum[2, run] += 1
-                            run = 1
-                    spectrum[2, run] += 1
-                    largest_xy = max(largest_xy, run)
-                continue
-            kept, largest = _table_spectrum(gathered, first, end, invalid, table, spectrum[2])
-            largest_xy = max(largest_xy, largest)
-            if kept:
-                spectrum[0, kept] += 1
-                largest_x = max(largest_x, kept)
-        return (_compact(spectrum[0], largest_x), _compact(spectrum[1], largest_y),
-                _compact(spectrum[2], largest_xy))
-
-    return _StateKernels(add_dense, keys_of, run_counts, merge, state_keys, sorted_order,
-                         group_bounds, spectra)
+    """The numba kernels of `StateCounts` and `SortedInputs`: a masked bincount, exact counts of
+    64-bit keys by a radix sort and run lengths, and the sorted-inputs count spectra."""
+    return _STATE_KERNELS
 
 
 # SortedInputs: input keys of up to 31 bits (sorted), output keys of up to this many (a dense
@@ -559,16 +582,26 @@ class StateCounts:
     states so far. With numba, states of up to 64 bits sort as uint64 keys by a radix sort;
     without it, or for wider states, `np.unique` sorts them (wide ones as raw bytes). No hashing:
     two states share a count only when they are equal.
+
+    Args:
+      num_bits: bits of the packed states.
+      dense_bits: count densely up to this many bits (default: 16 compiled, 24 without).
+      buffer_rows: rows buffered before a merge.
+      compiled: the numba kernels (default: when numba is installed) or NumPy's `np.unique`.
     """
 
-    def __init__(self, num_bits: int, dense_bits: int | None = None, buffer_rows: int = 2 ** 25):
+    def __init__(self, num_bits: int, dense_bits: int | None = None, buffer_rows: int = 2 ** 25,
+                 *, compiled: bool | None = None):
+        compiled = numba is not None if compiled is None else bool(compiled)
+        if compiled and numba is None:
+            raise ValueError(NEEDS_NUMBA)
         if dense_bits is None:  # a dense table pays for every state, seen or not
-            dense_bits = 16 if numba is not None else 24
+            dense_bits = 16 if compiled else 24
         self.num_bits = num_bits
         self.dense = num_bits <= dense_bits
         self.buffer_rows = buffer_rows
         self.total = 0
-        self.compiled = numba is not None and num_bits <= 64
+        self.compiled = compiled and num_bits <= 64
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._dense_counts = np.zeros(2 ** num_bits if self.dense else 0, np.int64)

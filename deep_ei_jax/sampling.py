@@ -35,7 +35,7 @@ def _threefry2x32(k0: jax.Array, k1: jax.Array, x0: jax.Array, x1: jax.Array):
     return x0, x1
 
 
-def _uniform(key: jax.Array, shape: tuple, low: jax.Array, high: jax.Array) -> jax.Array:
+def fast_uniform(key: jax.Array, shape: tuple, low: jax.Array, high: jax.Array) -> jax.Array:
     """float32 uniform on [low, high): bit for bit `jax.random.uniform(key, shape, minval=low,
     maxval=high)` for JAX's default (threefry, partitionable) keys, computed faster on a CPU.
 
@@ -70,7 +70,8 @@ def uniform_inputs(key: jax.Array, first_block: jax.Array, num_blocks: int, in_s
       Inputs, shape [num_blocks * SAMPLE_BLOCK, *in_shape].
     """
     def block(b):
-        return _uniform(jax.random.fold_in(key, b), (SAMPLE_BLOCK,) + tuple(in_shape), low, high)
+        return fast_uniform(jax.random.fold_in(key, b), (SAMPLE_BLOCK,) + tuple(in_shape), low,
+                            high)
     # a loop over blocks stores each block once: with a vmap XLA would fuse the hash's 20 rounds
     # into every consumer of the inputs and compute them again for each
     blocks = jax.lax.map(block, first_block + jnp.arange(num_blocks))
@@ -87,7 +88,7 @@ def single_input_noise(key: jax.Array, first_block: jax.Array, num_blocks: int, 
     input_key = jax.random.fold_in(key, input_index)
 
     def block(b):
-        return _uniform(jax.random.fold_in(input_key, b), (SAMPLE_BLOCK,), low, high)
+        return fast_uniform(jax.random.fold_in(input_key, b), (SAMPLE_BLOCK,), low, high)
     noise = jax.lax.map(block, first_block + jnp.arange(num_blocks)).reshape(-1)
     return jnp.zeros((noise.shape[0], num_inputs), noise.dtype).at[:, input_index].set(noise)
 

@@ -4,7 +4,7 @@ compiled call.
 K checkpoints of a training run (or K models of one architecture) share the chain, so one program
 serves them all: the parameters carry a leading axis K and the per-set measurement is `jax.vmap`ped
 over it. Each set sees exactly the samples a single call with the same key draws (the same chunk
-kernels `measures._step` and `measures._single_input_step` make them), so::
+kernels `kernels.step` and `kernels.single_input_step` make them), so::
 
     result = sweep(key, chain, stacked, samples=n, sensitivity_samples=m, **binning)
     result.ei[k]          == pure.ei(key, chain, params_k, samples=n, **binning)[0]
@@ -12,12 +12,13 @@ kernels `measures._step` and `measures._single_input_step` make them), so::
     result.sensitivity[k] == pure.sensitivity(key, chain, params_k, samples=m, **binning)[0]
     result.degeneracy[k]  == result.sensitivity[k] - result.ei[k]
 
-The layer runs bit for bit as in a single call (see `_sweep_kernel`), so every count is the same
+The layer runs bit for bit as in a single call (see `sweep_kernel`), so every count is the same
 integer. On a CPU with numba (method 'auto' or 'numba', Dense chains, one device) the inputs are
 sampled once for all sets of a call, each set's layer runs as a single call's (vmapped where that
 rounds the same: `layers.Dense` multiply-adds small fan-ins elementwise), and everything is
-counted on the host (`_host_vector_pass`, `_host_sensitivity_pass`): EI_parts and sensitivity by
-the single calls' pairwise counter and compiled statistics; EI, when every sample fits one call
+counted on the host by the chunk driver (`driver.host_vector_pass`; sensitivity by
+`driver.host_sensitivity_tables`, the single calls' own path): EI_parts and sensitivity by the
+single calls' pairwise counter and compiled statistics; EI, when every sample fits one call
 and the states are narrow, against the input states sorted once (`histogram.SortedInputs`, exact
 count spectra), else by each set's `StateCounts` as a single call counts. EI, EI_parts and
 sensitivity then equal the single call exactly. Otherwise (GPUs, 'scatter'/'onehot',
@@ -31,9 +32,7 @@ style calls with one `seed` do.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import math
 import warnings
 from typing import Any, NamedTuple
 
@@ -41,19 +40,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, histogram, measures
-from . import estimators as _estimators
-from .binning import bin_indices
-from .histogram import (METHODS, SortedInputs, add_pairwise_counts_host, default_method,
-                        host_bins_dtype, sorted_inputs_fit, state_bits)
+from . import _checks, backends, driver, kernels, planning
+from .histogram import bits_per_value, sorted_inputs_fit, state_bits
 from .information import entropy, mutual_information
 from .layers import ELEMENTWISE_FAN_IN, Chain, Dense, Flatten
-from .measures import sample_mesh
-from .sampling import SAMPLE_BLOCK, sample_mask, single_input_noise, uniform_inputs
+from .planning import Binning, sample_mesh
+from .sampling import SAMPLE_BLOCK
 
 MEASURES = ("ei", "ei_parts", "sensitivity", "degeneracy")
-DEFAULT_MEMORY_BUDGET = 1024 * 2 ** 20  # bytes one compiled call may hold, all K of it together
-_SCATTER_ENTRIES = 2 ** 23              # joint indices per chunk (all K of a call together)
+DEFAULT_CALL_MEMORY_BUDGET = 1024 * 2 ** 20  # bytes one compiled call may hold, all K together
 _DENSE_BITS = 20                        # count states densely up to 2**20 of them
 _HOST_CALLS = 4                         # host-counted sweeps split K into at least this many calls
 
@@ -111,8 +106,9 @@ class SweepResult(NamedTuple):
 class _Plan(NamedTuple):
     """Everything that fixes the compiled program (hashable)."""
 
-    vector: Any          # measures._Static of the all-inputs intervention, or None
-    single: Any          # measures._Static of the sensitivity intervention, or None
+    vector: Any          # (planning.Sampling, planning.Counting) of the all-inputs
+                         # intervention, or None
+    single: Any          # the same of the sensitivity intervention, or None
     vectorized: bool     # vmap over the sets (Dense chains), else lax.map
     exact_vmap: bool     # a vmap over the sets rounds as single calls (elementwise Dense layers)
     sorted_states: bool  # host EI by `SortedInputs`: all samples in one chunk, narrow states
@@ -177,61 +173,64 @@ def state_entropy(words: jax.Array, valid: jax.Array, num_bits: int | None = Non
 
 def _vector_pass(plan: _Plan, key, params, ranges):
     """EI_parts tables and the three state entropies of one parameter set."""
-    static = plan.vector
-    if static.pairs:
-        carry = (jnp.zeros((static.num_inputs, static.num_outputs, static.in_bins,
-                            static.out_bins), jnp.int32),
-                 jnp.zeros(static.num_outputs, jnp.int32))
+    sampling, counting = plan.vector
+    if counting.pairs:
+        carry = (counting.backend.new_pair_counts((sampling.num_inputs, sampling.num_outputs),
+                                                  counting.in_bins, counting.out_bins),
+                 jnp.zeros(sampling.num_outputs, jnp.int32))
     else:
         carry = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def chunk(carry, first_block):
-        carry, states, _ = measures._step(static, carry, key, params, ranges, first_block, 0,
-                                          plan.samples, 0)
+        carry, states, _ = kernels.step(sampling, counting, carry, key, params, ranges,
+                                        first_block, 0, plan.samples, 0)
         return carry, states
 
-    first_blocks = jnp.arange(plan.num_chunks, dtype=jnp.int32) * static.num_blocks
+    first_blocks = jnp.arange(plan.num_chunks, dtype=jnp.int32) * sampling.num_blocks
     (counts, out_of_range), states = jax.lax.scan(chunk, carry, first_blocks)
     result = {}
-    if static.pairs:
+    if counting.pairs:
         result["parts"] = mutual_information(counts)
         result["out_of_range"] = jnp.sum(out_of_range)
-    if static.groups:
+    if counting.groups:
         keep, dropped, ((wx, wy, wxy),) = states
-        flat = lambda a: a.reshape((-1,) + a.shape[2:])
+        def flat(a):
+            return a.reshape((-1,) + a.shape[2:])
         keep = flat(keep)
-        (inputs, outputs), = static.groups
-        x_bits = state_bits(len(inputs), static.in_bins)
-        y_bits = state_bits(len(outputs), static.out_bins)
+        (inputs, outputs), = counting.groups
+        x_bits = state_bits(len(inputs), counting.in_bins)
+        y_bits = state_bits(len(outputs), counting.out_bins)
         result["entropies"] = jnp.stack([
             state_entropy(flat(wx), keep, x_bits), state_entropy(flat(wy), keep, y_bits),
             state_entropy(flat(wxy), keep, x_bits + y_bits if wxy.shape[-1] == 1 else None)])
         # as a single call reports it: samples dropped whole, none under policy "clip"
-        result["dropped"] = jnp.sum(dropped) * (static.policy == "drop")
+        result["dropped"] = jnp.sum(dropped) * (counting.policy == "drop")
     return result
 
 
 def _sensitivity_pass(plan: _Plan, key, params, ranges):
     """The sensitivity matrix [n_in, n_out] (float32 bits) of one parameter set."""
-    static = plan.single
-    first_blocks = jnp.arange(plan.sensitivity_chunks, dtype=jnp.int32) * static.num_blocks
+    sampling, counting = plan.single
+    first_blocks = jnp.arange(plan.sensitivity_chunks, dtype=jnp.int32) * sampling.num_blocks
     matrices = []
-    for offset in range(0, static.num_inputs, static.inputs_per_chunk):
-        carry = (jnp.zeros((static.inputs_per_chunk, static.num_outputs, static.in_bins,
-                            static.out_bins), jnp.int32),
-                 jnp.zeros(static.num_outputs, jnp.int32))
+    for offset in range(0, sampling.num_inputs, sampling.inputs_per_chunk):
+        carry = (counting.backend.new_pair_counts((sampling.inputs_per_chunk,
+                                                   sampling.num_outputs),
+                                                  counting.in_bins, counting.out_bins),
+                 jnp.zeros(sampling.num_outputs, jnp.int32))
 
         def chunk(carry, first_block, offset=offset):
-            return measures._single_input_step(static, carry, key, params, ranges, first_block,
-                                               0, plan.sensitivity_samples, offset), None
+            return kernels.single_input_step(sampling, counting, carry, key, params, ranges,
+                                             first_block, 0, plan.sensitivity_samples,
+                                             offset), None
 
         (counts, _), _ = jax.lax.scan(chunk, carry, first_blocks)
         matrices.append(mutual_information(counts))
-    return jnp.concatenate(matrices, axis=0)[:static.num_inputs]
+    return jnp.concatenate(matrices, axis=0)[:sampling.num_inputs]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
+def sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
     """All measures of every parameter set in `stacked_params` (leading axis K).
 
     `keys` holds K copies of the measurement's key, passed in rather than broadcast here: the
@@ -251,239 +250,22 @@ def _sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
     return jax.lax.map(lambda args: one(*args), (keys, stacked_params))
 
 
-def _over_sets(fn, stacked_params, exact_vmap: bool):
-    """`fn(params)` for every set: vmapped where each set then rounds exactly as a single call
-    (`_Plan.exact_vmap`), else one set after another (`lax.map`, each a single call's program)."""
-    return jax.vmap(fn)(stacked_params) if exact_vmap else jax.lax.map(fn, stacked_params)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _host_inputs(static, key, ranges, first_block):
-    """One chunk's inputs (as a single call samples them) and their bins [n_in, S] for the host;
-    every set of a sweep sees these samples."""
-    x = uniform_inputs(key, first_block, static.num_blocks, static.chain.in_shape, ranges.in_low,
-                       ranges.in_high)
-    x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
-                            static.in_bins)
-    return x, x_bins.T.astype(host_bins_dtype(static.in_bins, static.out_bins))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _host_chunk(static, exact_vmap, pack, key, x, stacked_params, ranges, first_block, stop):
-    """One chunk of the all-inputs intervention for every set, for the host's counters.
-
-    Takes the chunk's inputs `x` (`_host_inputs`) and returns per set its outputs' bins [n_out, S]
-    with the sentinel `out_bins` on every entry a single call leaves out (past `stop`; outside
-    out_range under policy "drop"), its out-of-range counts [n_out] under policy "clip" and,
-    with `pack`, its packed states for `StateCounts` (`measures._packed_states`). Each set's
-    layer runs exactly as in a single call.
-    """
-    in_chunk = sample_mask(first_block, static.num_blocks, 0, stop)
-
-    def one(params):
-        _, y = measures._outputs(static, key, params, ranges.in_low, ranges.in_high,
-                                 first_block, inputs=x)
-        y_bins, y_in, countable = measures._bin_outputs(static, ranges, y, 0,
-                                                        static.num_outputs)
-        codes = jnp.where(countable & in_chunk[:, None], y_bins, static.out_bins)
-        # under "drop" the host counts these from the sentinels (the tables' spare cells)
-        out_of_range = jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32) \
-            if static.policy == "clip" else ()
-        states = ()
-        if pack:
-            x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
-                                    static.in_bins)
-            states = measures._packed_states(static, x_bins, y_bins, y_in, in_chunk)
-        return codes.T.astype(host_bins_dtype(static.in_bins, static.out_bins)), \
-            out_of_range, states
-    return _over_sets(one, stacked_params, exact_vmap)
-
-
-def _batches(stacked_params, num_sets: int, batch: int):
-    """(first set, sets, their params padded to `batch` sets by repeating the last) per call:
-    every call has one shape, so one program serves them all."""
-    for start in range(0, num_sets, batch):
-        index = np.minimum(np.arange(start, start + batch), num_sets - 1)
-        yield start, range(start, min(start + batch, num_sets)), \
-            jax.tree_util.tree_map(lambda a: a[index], stacked_params)
-
-
-def _host_vector_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
-                      batch: int) -> dict:
-    """EI and EI_parts of every set, counted on the host (numba), `batch` sets per device call.
-
-    The device samples each chunk's inputs once for all calls (`_host_inputs`), runs every set's
-    layer as a single call does and bins (`_host_chunk`); the host counts, while the device
-    computes the next call. EI_parts: the single calls' pairwise counter. EI: with
-    `plan.sorted_states` (all samples in one chunk, narrow states) the input states are sorted
-    once and every set's joint states are
-    counted against that order (`histogram.SortedInputs`), giving the count spectra a single
-    call's `StateCounts` give; otherwise each set gets the single calls' `StateCounts`. Either way
-    the counts and the formulas are a single call's (EI_parts: its compiled `_block_statistics`),
-    so EI and EI_parts equal the single call's exactly.
-    """
-    static = plan.vector
-    n_in, n_out = static.num_inputs, static.num_outputs
-    tables = np.zeros((num_sets, n_in, n_out, static.in_bins * (static.out_bins + 1)),
-                      np.int32) if static.pairs else None
-    out_of_range = np.zeros(num_sets, np.int64)
-    ei = np.zeros(num_sets)
-    dropped = np.zeros(num_sets, np.int64)
-    pack = bool(static.groups) and not plan.sorted_states
-    counters: dict = {}
-    sorted_inputs: list = []
-    chunks = list(measures._chunks(static, 0, plan.samples))
-
-    sampled: dict = {}  # the last chunk's inputs: with one chunk, sampled once for all calls
-
-    def dispatch(item):
-        (_, _, params), (first, chunk_static) = item
-        if first not in sampled:
-            sampled.clear()
-            sampled[first] = _host_inputs(chunk_static, key, ranges, first)
-        x, x_codes = sampled[first]
-        return x_codes, _host_chunk(chunk_static, plan.exact_vmap, pack, key, x, params, ranges,
-                                    first, plan.samples)
-
-    def consume(outputs, item):
-        (_, sets, _), (first, _) = item
-        x_codes, (y_codes, oor, states) = jax.device_get(outputs)
-        stop = min(plan.samples - first * SAMPLE_BLOCK, x_codes.shape[1])
-        if static.policy == "clip":
-            out_of_range[sets] += oor[:len(sets)].sum(axis=1)
-
-        def count_pairs():
-            for i, k in enumerate(sets):
-                add_pairwise_counts_host(x_codes, y_codes[i], static.out_bins, tables[k], 0,
-                                         stop)
-        pairs = None
-        if static.pairs and static.groups:  # the two counters run side by side (own data)
-            pairs = _helper().submit(count_pairs)
-        elif static.pairs:
-            count_pairs()
-        if static.groups and plan.sorted_states:  # the whole sample range in this one chunk
-            if not sorted_inputs:  # every call samples the same inputs: sorted once
-                sorted_inputs.append(SortedInputs(x_codes, stop, static.in_bins,
-                                                  n_out * _bits(static.out_bins)))
-            inputs = sorted_inputs[0]
-            for i, k in enumerate(sets):
-                spectra = inputs.spectra(y_codes[i], static.out_bins)
-                ei[k] = _estimators.spectra_mutual_information(*spectra)
-                dropped[k] = stop - int(np.dot(*spectra[0]))  # samples left out whole
-        elif static.groups:
-            _count_states(static, counters, sets, states)
-            if first == chunks[-1][0]:  # the sets' last chunk
-                for k in sets:
-                    cx, cy, cxy, lost = counters.pop(k)
-                    ei[k] = _estimators.states_mutual_information(cx.counts(), cy.counts(),
-                                                                  cxy.counts())
-                    dropped[k] = lost
-        if pairs is not None:
-            pairs.result()
-
-    measures.pipelined(((batch_, chunk) for batch_ in _batches(stacked_params, num_sets, batch)
-                        for chunk in chunks), dispatch, consume)
-    result = {}
-    if static.pairs:
-        # each set's MI by the single call's own compiled statistics: equal to it exactly
-        parts = [measures._block_statistics(static, tables[k])[0] for k in range(num_sets)]
-        result["parts"] = np.stack(jax.device_get(parts))[:, :, :n_out]
-        counts = tables.reshape(num_sets, n_in, n_out, static.in_bins, static.out_bins + 1)
-        if static.policy == "drop":  # the entries left out: out of range (input 0's tables)
-            out_of_range = counts[:, 0, :, :, static.out_bins].sum(axis=(1, 2), dtype=np.int64)
-        result["out_of_range"] = out_of_range
-    if static.groups:
-        result["ei"] = ei
-        result["dropped"] = dropped if static.policy == "drop" else np.zeros_like(dropped)
-    return result
-
-
-@functools.lru_cache(maxsize=None)
-def _helper() -> concurrent.futures.ThreadPoolExecutor:
-    """One worker thread for host counting beside the caller's: the numba counters release the
-    GIL, and on this project's 2-vCPU machine pairwise and joint-state counting side by side
-    took 0.6x the time of one after the other."""
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="deep_ei_jax")
-
-
-def _count_states(static, counters: dict, sets, states) -> None:
-    """Adds one chunk's packed states of `sets` to their `StateCounts` (x, y, joint, dropped)."""
-    keep, out, ((wx, wy, wxy),) = states
-    for i, k in enumerate(sets):
-        if k not in counters:
-            counters[k] = tuple(measures._state_counters(static)[0]) + (0,)
-        cx, cy, cxy, lost = counters[k]
-        cx.add(wx[i], keep[i])
-        cy.add(wy[i], keep[i])
-        cxy.add(wxy[i], keep[i])
-        counters[k] = (cx, cy, cxy, lost + int(out[i].sum()))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _host_single_chunk(static, exact_vmap, key, stacked_params, ranges, first_block, offset,
-                       stop):
-    """One chunk of the one-input intervention of inputs offset..offset+inputs_per_chunk for
-    every set: the noised inputs' bins [inputs, S] (shared: every set sees the same noise) and per
-    set the outputs' bins [inputs, n_out, S] for the host counter (`out_bins` marks an entry left
-    out)."""
-    inputs = offset + jnp.arange(static.inputs_per_chunk)
-    noise = jax.vmap(lambda a: single_input_noise(
-        key, first_block, static.num_blocks, static.num_inputs,
-        jnp.minimum(a, static.num_inputs - 1), ranges.in_low, ranges.in_high))(inputs)
-    dtype = host_bins_dtype(static.in_bins, static.out_bins)
-
-    def one(params):
-        def per_input(a, x):
-            x_bins, y_bins, valid, _ = measures._single_input_bins(
-                static, key, params, ranges, first_block, 0, stop, a, noise=x)
-            return x_bins, jnp.where(valid, y_bins, static.out_bins).T.astype(dtype)
-        return jax.vmap(per_input)(inputs, noise)
-    x_bins, y_bins = _over_sets(one, stacked_params, exact_vmap)
-    return x_bins[0].astype(dtype), y_bins
-
-
 def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
                            batch: int) -> dict:
-    """The sensitivity matrices of every set, counted on the host (numba) as `_host_vector_pass`
-    counts EI_parts: the noise drawn once for all sets, each set's layer run as a single call's,
-    the same integer counts, MI by the same float32 formula."""
-    static = plan.single
-    n_in, n_out = static.num_inputs, static.num_outputs
-    tables = np.zeros((num_sets, n_in, n_out, static.in_bins * (static.out_bins + 1)), np.int32)
-    work = [(batch_, offset, chunk) for batch_ in _batches(stacked_params, num_sets, batch)
-            for offset in range(0, n_in, static.inputs_per_chunk)
-            for chunk in measures._chunks(static, 0, plan.sensitivity_samples)]
-
-    def dispatch(item):
-        (_, _, params), offset, (first, chunk_static) = item
-        return _host_single_chunk(chunk_static, plan.exact_vmap, key, params, ranges, first,
-                                  offset, plan.sensitivity_samples)
-
-    def consume(outputs, item):
-        (_, sets, _), offset, (first, _) = item
-        x_bins, y_bins = jax.device_get(outputs)
-        stop = min(plan.sensitivity_samples - first * SAMPLE_BLOCK, x_bins.shape[1])
-        for i, a in enumerate(range(offset, min(offset + static.inputs_per_chunk, n_in))):
-            for j, k in enumerate(sets):
-                add_pairwise_counts_host(x_bins[i][None], y_bins[j, i], static.out_bins,
-                                         tables[k, a][None], 0, stop)
-
-    measures.pipelined(work, dispatch, consume)
-    counts = tables.reshape(num_sets, n_in, n_out, static.in_bins,
-                            static.out_bins + 1)[..., :static.out_bins]
-    # each block of inputs by the single call's own compiled statistics: equal to it exactly
-    per_call = static.inputs_per_chunk
+    """The sensitivity matrices of every set, counted on the host by the single calls' driver
+    (`driver.host_sensitivity_tables`, the noise drawn once for all sets), MI by the same
+    compiled statistics on the same integers."""
+    sampling, counting = plan.single
+    tables, _ = driver.host_sensitivity_tables(sampling, counting, key, ranges, stacked_params,
+                                               num_sets, batch, plan.exact_vmap,
+                                               plan.sensitivity_samples)
+    statistics = planning.Statistics()
     matrices = []
     for k in range(num_sets):
-        blocks = []
-        for offset in range(0, n_in, per_call):
-            block = np.zeros((per_call, n_out, static.in_bins, static.out_bins), np.int32)
-            block[:min(per_call, n_in - offset)] = counts[k, offset:offset + per_call]
-            blocks.append(measures._block_statistics(static, block)[0])
-        matrices.append(np.concatenate(jax.device_get(blocks))[:n_in])
+        stats = jax.device_get(driver.host_sensitivity_statistics(sampling, counting, statistics,
+                                                                  tables[k]))
+        matrices.append(np.concatenate([st[0] for st in stats])[:sampling.num_inputs])
     return {"sensitivity": np.stack(matrices)}
-
-
 
 
 # ---------------------------------------------------------------- arguments and planning
@@ -529,6 +311,18 @@ def stack_params(params_list) -> tuple:
                                                             for a in leaves]), *params_list)
 
 
+def _check_stacked(chain, stacked_params) -> int:
+    """Checks the chain and that the stacked params have one entry per layer; returns K."""
+    if not isinstance(chain, Chain):
+        raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
+    if not isinstance(stacked_params, (tuple, list)) or len(stacked_params) != len(chain.layers):
+        got = len(stacked_params) if isinstance(stacked_params, (tuple, list)) else \
+            type(stacked_params).__name__
+        raise ValueError(f"stacked_params must have one entry per layer of the chain "
+                         f"({len(chain.layers)}); got {got}")
+    return _num_sets(stacked_params)
+
+
 def _num_sets(stacked_params) -> int:
     leaves = _leaves_with_paths(stacked_params)
     if not leaves:
@@ -549,56 +343,38 @@ def _num_sets(stacked_params) -> int:
     return int(num)
 
 
-def _sweep_method(method: str) -> str:
-    """'auto': the single calls' default (numba's host counters on a CPU when installed)."""
-    _checks.check_choice("method", method, METHODS)
-    if method == "numba" and histogram.numba is None:
-        raise ValueError("method='numba' needs numba: pip install numba (or the [fast] extra)")
-    return default_method() if method == "auto" else method
-
-
-def _check_measures(names) -> tuple:
-    if isinstance(names, str):
-        names = (names,)
-    try:
-        names = tuple(names)
-    except TypeError:
-        raise TypeError(f"measures must be a sequence of names from {MEASURES}; "
-                        f"got {names!r}") from None
-    for name in names:
-        if name not in MEASURES:
-            raise ValueError(f"measures must be names from {MEASURES}; got {name!r}")
-    if not names:
-        raise ValueError(f"measures must name at least one of {MEASURES}; got an empty sequence")
-    return names
 
 
 def _chunk_blocks(samples: int, rows_per_sample: int, cap: int) -> tuple[int, int]:
     """(blocks per chunk, chunks): as few chunks as `cap` work rows allow, little padding."""
     need = -(-samples // SAMPLE_BLOCK)
-    fit = max(1, min(measures._MAX_BLOCKS_PER_CHUNK, cap // max(1, rows_per_sample * SAMPLE_BLOCK)))
+    fit = max(1, min(planning.MAX_BLOCKS_PER_CHUNK,
+                     cap // max(1, rows_per_sample * SAMPLE_BLOCK)))
     chunks = -(-need // fit)
     return -(-need // chunks), chunks
 
 
-def _per_set_bytes(plan_vector, plan_single, samples, sensitivity_samples) -> int:
+def _per_set_bytes(vector, single, samples, sensitivity_samples) -> int:
     """A rough upper bound of the bytes one parameter set holds during a call."""
     total = 0
-    if plan_vector is not None:
-        n_in, n_out = plan_vector.num_inputs, plan_vector.num_outputs
-        if plan_vector.pairs:
-            total += 4 * n_in * n_out * plan_vector.in_bins * plan_vector.out_bins
-        if plan_vector.groups:
+    if vector is not None:
+        sampling, counting = vector
+        n_in, n_out = sampling.num_inputs, sampling.num_outputs
+        if counting.pairs:
+            total += 4 * n_in * n_out * counting.in_bins * counting.out_bins
+        if counting.groups:
             words = sum(-(-n * bits_per // 32) for n, bits_per in (
-                (n_in, _bits(plan_vector.in_bins)), (n_out, _bits(plan_vector.out_bins))))
+                (n_in, bits_per_value(counting.in_bins)),
+                (n_out, bits_per_value(counting.out_bins))))
             words += words  # the joint words
             # the stored words, then the sort's copies and the run arrays
             need = -(-samples // SAMPLE_BLOCK)  # blocks; chunking pads at most one per chunk
-            padded_rows = (need + -(-need // measures._MAX_BLOCKS_PER_CHUNK) + 1) * SAMPLE_BLOCK
+            padded_rows = (need + -(-need // planning.MAX_BLOCKS_PER_CHUNK) + 1) * SAMPLE_BLOCK
             total += 4 * padded_rows * (3 * words + 8)
-    if plan_single is not None:
-        total += 4 * plan_single.num_inputs * plan_single.num_outputs * plan_single.in_bins \
-            * plan_single.out_bins
+    if single is not None:
+        sampling, counting = single
+        total += 4 * sampling.num_inputs * sampling.num_outputs * counting.in_bins \
+            * counting.out_bins
     return total
 
 
@@ -608,7 +384,7 @@ def _vectorized(chain: Chain) -> bool:
     return all(isinstance(spec, (Dense, Flatten)) for spec in chain.layers)
 
 
-def _sorted_call_sets(samples: int, num_inputs: int, num_outputs: int, budget: int) -> int:
+def sorted_call_sets(samples: int, num_inputs: int, num_outputs: int, budget: int) -> int:
     """How many sets one host-counted call holding every sample can take within `budget` bytes
     (0: not even one): per sample the shared inputs (float32 and bins, sort keys, order, run
     bounds: about 5 n_in + 24 bytes), and per set and sample its bins, packed and gathered output
@@ -627,84 +403,91 @@ def _exact_vmap(chain: Chain, params0) -> bool:
                for spec, p in zip(chain.layers, params0))
 
 
-def _bits(bins: int) -> int:
-    return max(1, math.ceil(math.log2(bins)))
-
-
-def _plan(key, chain, params0, *, in_range, out_range, in_bins, out_bins, policy, method,
-          activation, samples, sensitivity_samples, names, num_sets, max_batch, memory_budget):
+def plan_sweep(key, chain, params0, binning: Binning, *, samples, sensitivity_samples, names,
+          num_sets, max_batch):
     """The compiled program's plan, the traced binning, and how many sets one call takes."""
-    for name, value in (("out_range", out_range), ("out_bins", out_bins)):
+    for name, value in (("out_range", binning.out_range), ("out_bins", binning.out_bins)):
         if isinstance(value, str):
             raise ValueError(f"{name} must be fixed in a sweep (each parameter set would get its "
                              f"own dynamic binning); got {value!r}")
     need_states = "ei" in names or "degeneracy" in names
     need_pairs = "ei_parts" in names
-    need_single = "sensitivity" in names or "degeneracy" in names
-    common = dict(in_range=in_range, out_range=out_range, in_bins=in_bins, out_bins=out_bins,
-                  policy=policy, method=method, activation=activation)
-    vector = single = None
-    setup = None
-    if need_single:
-        setup = measures._prepare(key, chain, params0, samples_hint=sensitivity_samples,
-                                  single_input=True, pairs=True, groups=(),
-                                  memory_budget=memory_budget, **common)
-        single = setup.static
+    vector = single = first = None
+    if "sensitivity" in names or "degeneracy" in names:
+        first = planning.plan(key, chain, params0, binning, samples_hint=sensitivity_samples,
+                              single_input=True, pairs=True, groups=(), params_checked=True)
+        single = (first.sampling, first.counting)
     if need_states or need_pairs:
-        whole = measures._whole_layer(chain, params0) if need_states else ()
+        whole = _whole_layer(chain, params0) if need_states else ()
         # devices=1: a sweep shards its sets (`sweep`), never one set's samples
-        vector_setup = measures._prepare(key, chain, params0, samples_hint=samples,
-                                         single_input=False, pairs=need_pairs, groups=whole,
-                                         memory_budget=memory_budget, devices=1, **common)
-        vector = vector_setup.static
-        vector = vector._replace(padded_outputs=vector.num_outputs, block_size=vector.num_outputs)
-        if setup is None:
-            setup = vector_setup
-    static = vector if vector is not None else single
-    n = static.num_outputs
-    ranges = setup.ranges._replace(out_low=setup.ranges.out_low[:n],
-                                   out_high=setup.ranges.out_high[:n],
-                                   out_bins=setup.ranges.out_bins[:n])
-
+        vector_plan = planning.plan(key, chain, params0, binning._replace(devices=1),
+                                    samples_hint=samples, single_input=False, pairs=need_pairs,
+                                    groups=whole, params_checked=True)
+        n = vector_plan.sampling.num_outputs
+        vector = (vector_plan.sampling._replace(padded_outputs=n),
+                  vector_plan.counting._replace(block_size=n))
+        first = first or vector_plan
+    n = first.sampling.num_outputs
+    ranges = first.ranges._replace(out_low=first.ranges.out_low[:n],
+                                   out_high=first.ranges.out_high[:n],
+                                   out_bins=first.ranges.out_bins[:n])
     per_set = max(1, _per_set_bytes(vector, single, samples, sensitivity_samples))
     batch = num_sets if max_batch is None else min(num_sets, max_batch)
-    batch = max(1, min(batch, memory_budget // per_set))
-    if per_set > memory_budget:
+    batch = max(1, min(batch, binning.memory_budget // per_set))
+    if per_set > binning.memory_budget:
         raise ValueError(f"one parameter set needs about {per_set / 2**20:.1f} MiB, more than "
-                         f"memory_budget={memory_budget / 2**20:.1f} MiB; use fewer samples or "
-                         f"bins, or raise memory_budget")
-    num_chunks = sensitivity_chunks = 0
-    vectorized = _vectorized(chain)
-    exact_vmap = _exact_vmap(chain, params0)
-    sorted_states = False
-    if vector is not None and vector.method == "numba" and need_states and sorted_inputs_fit(
-            vector.num_inputs, vector.in_bins, n, vector.out_bins):
+                         f"memory_budget={binning.memory_budget / 2**20:.1f} MiB; use fewer "
+                         f"samples or bins, or raise memory_budget")
+    plan = _Plan(vector=vector, single=single, vectorized=_vectorized(chain),
+                 exact_vmap=_exact_vmap(chain, params0), sorted_states=False, samples=samples,
+                 num_chunks=0, sensitivity_samples=sensitivity_samples, sensitivity_chunks=0)
+    plan, batch = _chunk_plan(plan, need_states, need_pairs, num_sets, batch,
+                              binning.memory_budget)
+    return plan, first.key, ranges, batch
+
+
+def _whole_layer(chain: Chain, params0) -> tuple:
+    """((all inputs), (all outputs)): the one group of vector EI."""
+    from .layers import out_shape
+    params0 = jax.tree_util.tree_map(jnp.asarray, params0)
+    return ((tuple(range(planning.num_flat(chain.in_shape))),
+             tuple(range(planning.num_flat(out_shape(chain, params0))))),)
+
+
+def _chunk_plan(plan: _Plan, need_states: bool, need_pairs: bool, num_sets: int, batch: int,
+                memory_budget: int) -> tuple[_Plan, int]:
+    """The plan's chunk shapes, and the sets per call (fewer where every sample is one call)."""
+    vector, single = plan.vector, plan.single
+    if vector is not None and vector[1].backend.on_host and need_states and sorted_inputs_fit(
+            vector[0].num_inputs, vector[1].in_bins, vector[0].num_outputs, vector[1].out_bins):
         # the host counts EI against sorted input states: every sample in one chunk, as many
         # sets per call as memory_budget allows
-        blocks = -(-samples // SAMPLE_BLOCK)
-        fit = _sorted_call_sets(blocks * SAMPLE_BLOCK, vector.num_inputs, n, memory_budget)
+        blocks = -(-plan.samples // SAMPLE_BLOCK)
+        fit = sorted_call_sets(blocks * SAMPLE_BLOCK, vector[0].num_inputs,
+                               vector[0].num_outputs, memory_budget)
         if fit >= 1:
             # and at least _HOST_CALLS calls where K allows: the device computes a call while
             # the host counts the previous one
             fit = min(fit, -(-num_sets // _HOST_CALLS))
-            sorted_states, batch, num_chunks = True, min(batch, fit), 1
-            vector = vector._replace(num_blocks=blocks)
-    together = batch if vectorized else 1  # sets whose chunks are in memory at once
-    if vector is not None and not sorted_states:
-        rows = vector.num_inputs + n  # the bins (and states) of a sample
-        if need_pairs and vector.method != "numba":  # plus its joint indices on the device
-            rows += vector.num_inputs * n
-        blocks, num_chunks = _chunk_blocks(samples, rows * together, _SCATTER_ENTRIES)
-        vector = vector._replace(num_blocks=blocks)
+            batch = min(batch, fit)
+            vector = (vector[0]._replace(num_blocks=blocks), vector[1])
+            plan = plan._replace(sorted_states=True, num_chunks=1)
+    together = batch if plan.vectorized else 1  # sets whose chunks are in memory at once
+    if vector is not None and not plan.sorted_states:
+        rows = vector[0].num_inputs + vector[0].num_outputs  # the bins (and states) of a sample
+        if need_pairs and not vector[1].backend.on_host:  # plus its joint indices on the device
+            rows += vector[0].num_inputs * vector[0].num_outputs
+        blocks, num_chunks = _chunk_blocks(plan.samples, rows * together,
+                                           planning.SCATTER_ENTRIES)
+        vector = (vector[0]._replace(num_blocks=blocks), vector[1])
+        plan = plan._replace(num_chunks=num_chunks)
     if single is not None:
-        rows = single.inputs_per_chunk * (single.num_inputs + n)
-        blocks, sensitivity_chunks = _chunk_blocks(sensitivity_samples, rows * together, 2 ** 24)
-        single = single._replace(num_blocks=blocks)
-    plan = _Plan(vector=vector, single=single, vectorized=vectorized, exact_vmap=exact_vmap,
-                 sorted_states=sorted_states, samples=samples,
-                 num_chunks=num_chunks,
-                 sensitivity_samples=sensitivity_samples, sensitivity_chunks=sensitivity_chunks)
-    return plan, setup.key, ranges, batch
+        rows = single[0].inputs_per_chunk * (single[0].num_inputs + single[0].num_outputs)
+        blocks, sensitivity_chunks = _chunk_blocks(plan.sensitivity_samples, rows * together,
+                                                   planning.SINGLE_INPUT_ROWS)
+        single = (single[0]._replace(num_blocks=blocks), single[1])
+        plan = plan._replace(sensitivity_chunks=sensitivity_chunks)
+    return plan._replace(vector=vector, single=single), batch
 
 
 # ---------------------------------------------------------------- the public sweep
@@ -713,7 +496,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
           in_bins: int = 64, out_bins: int = 64, samples: int = 100_000,
           sensitivity_samples: int = 500, measures=MEASURES, policy: str = "drop",
           method: str = "auto", activation=None, max_batch: int | None = None,
-          memory_budget: int = DEFAULT_MEMORY_BUDGET, devices=None) -> SweepResult:
+          memory_budget: int = DEFAULT_CALL_MEMORY_BUDGET, devices=None) -> SweepResult:
     """EI, EI_parts, sensitivity and degeneracy of K parameter sets of one chain, compiled once.
 
     Args:
@@ -743,68 +526,70 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
     Returns:
       SweepResult with float64 arrays of shape [K] (and [K, n_in, n_out] matrices).
     """
-    names = _check_measures(measures)
+    names = _checks.check_measures(measures, MEASURES)
     _checks.check_samples("samples", samples)
     _checks.check_samples("sensitivity_samples", sensitivity_samples)
     if max_batch is not None:
         _checks.check_samples("max_batch", max_batch)
-    if not isinstance(chain, Chain):
-        raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
-    if not isinstance(stacked_params, (tuple, list)) or len(stacked_params) != len(chain.layers):
-        got = len(stacked_params) if isinstance(stacked_params, (tuple, list)) else \
-            type(stacked_params).__name__
-        raise ValueError(f"stacked_params must have one entry per layer of the chain "
-                         f"({len(chain.layers)}); got {got}")
-    num_sets = _num_sets(stacked_params)
+    num_sets = _check_stacked(chain, stacked_params)
     _checks.check_params(chain, stacked_params, stacked=True)  # shapes, NaN/inf in any set
     stacked_params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), stacked_params)
     params0 = jax.tree_util.tree_map(lambda a: a[0], stacked_params)
-    method = _sweep_method(method)
+    backend = backends.resolve(method, require_available=True)
     mesh = sample_mesh(devices)  # checked in every case
-    if method == "numba" and (mesh is not None or not _vectorized(chain)):
-        # numba's host counters serve Dense chains on one device; sharded sets, and chains
+    if mesh is not None or not _vectorized(chain):
+        # the host counters serve Dense chains on one device; sharded sets, and chains
         # measured set by set, count on their devices
-        method = "scatter"
-    plan, key, ranges, batch = _plan(
-        key, chain, params0, in_range=in_range, out_range=out_range, in_bins=in_bins,
-        out_bins=out_bins, policy=policy, method=method, activation=activation,
-        samples=samples, sensitivity_samples=sensitivity_samples, names=names,
-        num_sets=num_sets, max_batch=max_batch, memory_budget=memory_budget)
-
-    if not plan.vectorized:
-        mesh = None  # chains measured set by set run on one device
-    sharding = None
-    if mesh is not None:
-        batch = -(-batch // mesh.size) * mesh.size  # whole sets per device (padding repeats one)
-        sharding = jax.sharding.NamedSharding(
-            jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
-    host_counting = method == "numba" and (plan.vector is None or plan.vector.method == "numba")
-    if host_counting:  # every count on the host; the passes split K into calls themselves
+        backend = backends.device_fallback(backend)
+    binning = Binning(in_range=in_range, out_range=out_range, in_bins=in_bins, out_bins=out_bins,
+                      policy=policy, method=backend, activation=activation,
+                      memory_budget=memory_budget)
+    plan, key, ranges, batch = plan_sweep(key, chain, params0, binning, samples=samples,
+                                     sensitivity_samples=sensitivity_samples, names=names,
+                                     num_sets=num_sets, max_batch=max_batch)
+    if backend.on_host:  # every count on the host; the passes split K into calls themselves
         merged = {}
         if plan.vector is not None:
-            merged.update(_host_vector_pass(plan, key, stacked_params, ranges, num_sets, batch))
+            merged.update(driver.host_vector_pass(
+                *plan.vector, key, ranges, stacked_params, num_sets, batch,
+                exact_vmap=plan.exact_vmap, sorted_states=plan.sorted_states,
+                samples=plan.samples))
         if plan.single is not None:
             merged.update(_host_sensitivity_pass(plan, key, stacked_params, ranges, num_sets,
                                                  batch))
         outputs = [merged]
     else:
-        outputs = []
-        for start, sets, part in _batches(stacked_params, num_sets, batch):
-            keys = jax.random.wrap_key_data(np.broadcast_to(
-                np.asarray(jax.random.key_data(key)), (batch,) + jax.random.key_data(key).shape),
-                impl=jax.random.key_impl(key))
-            if sharding is not None:
-                part, keys = jax.device_put((part, keys), sharding)
-            result = _sweep_kernel(plan, keys, part, ranges)
-            outputs.append(jax.tree_util.tree_map(lambda a: a[:len(sets)], result))
+        outputs = _device_passes(plan, key, stacked_params, ranges, num_sets, batch,
+                                 mesh if plan.vectorized else None)  # set by set: one device
     outputs = jax.device_get(outputs)
     merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
     result = _assemble(names, merged, samples, sensitivity_samples)
-    _warn_dropped(result)
+    _warn_sets_dropped(result)
     return result
 
 
-def _warn_dropped(result: SweepResult):
+def _device_passes(plan: _Plan, key, stacked_params, ranges, num_sets: int, batch: int,
+                   mesh) -> list:
+    """Every measure of every set on the device, `batch` sets per compiled call (sharded over
+    `mesh` when given): one result dict per call."""
+    sharding = None
+    if mesh is not None:
+        batch = -(-batch // mesh.size) * mesh.size  # whole sets per device (padding repeats one)
+        sharding = jax.sharding.NamedSharding(
+            jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
+    outputs = []
+    for _, sets, part in driver.batches(stacked_params, num_sets, batch):
+        keys = jax.random.wrap_key_data(np.broadcast_to(
+            np.asarray(jax.random.key_data(key)), (batch,) + jax.random.key_data(key).shape),
+            impl=jax.random.key_impl(key))
+        if sharding is not None:
+            part, keys = jax.device_put((part, keys), sharding)
+        result = sweep_kernel(plan, keys, part, ranges)
+        outputs.append(jax.tree_util.tree_map(lambda a: a[:len(sets)], result))
+    return outputs
+
+
+def _warn_sets_dropped(result: SweepResult):
     if result.dropped is None:
         return
     fraction = result.dropped / result.samples

@@ -152,7 +152,8 @@ def test_residual_function_equals_dense_with_identity_added():
 
 def test_chain_mixing_function_and_builtin_layers():
     rng = np.random.default_rng(6)
-    double = lambda p, x: 2.0 * x * p["scale"]
+    def double(p, x):
+        return 2.0 * x * p["scale"]
     chain = pure.Chain(layers=(pure.Dense(activation="relu"),
                                pure.Function(double, name="double", activation="sigmoid")),
                        in_shape=(4,))

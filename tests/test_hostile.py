@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deep_ei_jax import adaptive, measures, pure
+from deep_ei_jax import adaptive, planning, pure
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -328,7 +328,7 @@ def test_chunk_sizes_do_not_change_results_bit_for_bit(monkeypatch):
                pure.ei(KEY, CHAIN, params, **kwargs)[0],
                pure.sensitivity_matrix(KEY, CHAIN, params, **{**kwargs, "samples": 3000})[0],
                pure.eis_between_groups(KEY, CHAIN, params, [((0, 1), (1,))], **kwargs)[0])
-    monkeypatch.setattr(measures, "_blocks_per_chunk", lambda *args: 1)  # one block per chunk
+    monkeypatch.setattr(planning, "blocks_per_chunk", lambda *args: 1)  # one block per chunk
     small = (pure.ei_parts_matrix(KEY, CHAIN, params, **kwargs)[0],
              pure.ei(KEY, CHAIN, params, **kwargs)[0],
              pure.sensitivity_matrix(KEY, CHAIN, params, **{**kwargs, "samples": 3000})[0],

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deep_ei_jax import backends
 from deep_ei_jax.binning import bin_indices
 from deep_ei_jax.histogram import StateCounts, join_states, pack_states, pairwise_counts, state_bits
 from deep_ei_jax.information import entropy, mutual_information, mutual_information_standard_error
@@ -34,7 +35,8 @@ def random_bins(rng, samples, n_in, n_out, bx, by):
 def test_pairwise_counts_match_histogram2d(method, jitted):
     rng = np.random.default_rng(1)
     x, y, valid = random_bins(rng, 3000, 3, 4, 5, 7)
-    fn = lambda a, b, c: pairwise_counts(a, b, c, 5, 7, method)
+    def fn(a, b, c):
+        return pairwise_counts(a, b, c, 5, 7, method)
     if jitted:
         fn = jax.jit(fn)
     counts = np.asarray(fn(x, y, valid))
@@ -45,6 +47,60 @@ def test_pairwise_counts_match_histogram2d(method, jitted):
             expected, _, _ = np.histogram2d(x[keep, a], y[keep, b], bins=(5, 7),
                                             range=((0, 5), (0, 7)))
             np.testing.assert_array_equal(counts[a, b], expected.astype(np.int64))
+
+
+@pytest.mark.parametrize("backend", list(backends.REGISTRY.values()), ids=str)
+def test_every_backend_counts_the_pairwise_tables(backend):
+    """Through the counter interface the driver uses (new counts, the in-kernel step, the host's
+    consume of a sample range, the tables view), every backend gives np.histogram2d's counts."""
+    rng = np.random.default_rng(3)
+    x, y, valid = random_bins(rng, 3000, 3, 4, 5, 7)
+    counts = backend.new_pair_counts((3, 4), 5, 7)
+    step = jax.jit(lambda c, a, b, v: backend.count_in_kernel(c, a, b, v, 5, 7))
+    # host counts stay on the host: the kernel's carry is then a placeholder it leaves alone
+    carry, host_bins = step(jnp.zeros((), jnp.int32) if backend.on_host else counts, x, y, valid)
+    assert bool(host_bins) == backend.on_host
+    if not backend.on_host:
+        counts = carry
+    else:  # two ranges: the host counter's sample bounds
+        backend.consume(counts, host_bins, 7, 0, 1000)
+        backend.consume(counts, host_bins, 7, 1000, 3000)
+    tables = np.asarray(backend.tables(counts, 5, 7))
+    assert tables.shape == (3, 4, 5, 7)
+    for a in range(3):
+        for b in range(4):
+            keep = valid[:, b]
+            expected, _, _ = np.histogram2d(x[keep, a], y[keep, b], bins=(5, 7),
+                                            range=((0, 5), (0, 7)))
+            np.testing.assert_array_equal(tables[a, b], expected.astype(np.int64))
+
+
+def test_backend_registry_and_resolution():
+    assert backends.METHODS == ("auto",) + tuple(backends.REGISTRY)
+    for name, backend in backends.REGISTRY.items():
+        assert backends.resolve(name) is backend and backend.name == name
+    assert backends.resolve("auto") is backends.default_backend()
+    # a single call's sensitivity counts few samples per input: XLA's scatter on a CPU
+    assert backends.resolve("auto", one_input=True) is (
+        backends.SCATTER if jax.default_backend() == "cpu" else backends.ONEHOT)
+    assert backends.device_fallback(backends.HOST) is backends.SCATTER
+    assert backends.device_fallback(backends.ONEHOT) is backends.ONEHOT
+    with pytest.raises(ValueError, match="method must be one of"):
+        backends.resolve("fast")
+
+
+def test_backends_are_named_in_the_registry_only():
+    """Code asks a backend object, never compares method names: the host backend's name is a
+    string literal at most twice in the package (the registry)."""
+    import pathlib
+    import tokenize
+    import deep_ei_jax
+    sites = []
+    for path in sorted(pathlib.Path(deep_ei_jax.__file__).parent.rglob("*.py")):
+        with open(path, "rb") as source:
+            sites += [(path.name, token.start[0]) for token in tokenize.tokenize(source.readline)
+                      if token.type == tokenize.STRING and token.string.strip("'\"") == "numba"]
+    assert len(sites) <= 2 and all(name == "backends.py" for name, _ in sites), sites
 
 
 def test_scatter_and_onehot_identical():
@@ -111,19 +167,16 @@ def test_state_counts_match_unique(width, bins):
 
 @pytest.mark.parametrize("with_numba", [True, False])
 @pytest.mark.parametrize("bits", [27, 40])  # one word / two words per state
-def test_state_counts_exact_through_table_growth(monkeypatch, with_numba, bits):
+def test_state_counts_exact_through_table_growth(with_numba, bits):
     """Many distinct states with repeats, in uneven chunks and merged across buffer flushes: the
     radix-sorted counts (numba) and np.unique's (without numba) equal a direct count."""
-    from deep_ei_jax import histogram
-    if not with_numba:
-        monkeypatch.setattr(histogram, "numba", None)
     rng = np.random.default_rng(6)
     keys = rng.integers(0, 2 ** bits, 150_000, dtype=np.uint64)
     keys = keys[rng.integers(0, keys.size, 400_000)]  # repeats, so counts above 1
     words = np.stack([keys >> np.uint64(32), keys & np.uint64(2 ** 32 - 1)], 1).astype(np.uint32)
     words = words[:, 1:] if bits <= 32 else words
     valid = rng.random(keys.size) > 0.1
-    counter = StateCounts(bits, buffer_rows=100_000)  # several merges
+    counter = StateCounts(bits, buffer_rows=100_000, compiled=with_numba)  # several merges
     assert counter.compiled == with_numba
     for lo, hi in [(0, 1000), (1000, 250_000), (250_000, 400_000)]:
         counter.add(words[lo:hi], valid[lo:hi])
@@ -134,17 +187,14 @@ def test_state_counts_exact_through_table_growth(monkeypatch, with_numba, bits):
 
 @pytest.mark.parametrize("with_numba", [True, False])
 @pytest.mark.parametrize("bits", [12, 30, 40])  # dense / one-word sparse / two-word sparse
-def test_state_counts_absorb_equals_counting_together(monkeypatch, with_numba, bits):
-    from deep_ei_jax import histogram
-    if not with_numba:
-        monkeypatch.setattr(histogram, "numba", None)
+def test_state_counts_absorb_equals_counting_together(with_numba, bits):
     rng = np.random.default_rng(7)
     keys = rng.integers(0, 2 ** min(bits, 14), 20_000, dtype=np.uint64) << np.uint64(bits - 14) \
         if bits > 14 else rng.integers(0, 2 ** bits, 20_000, dtype=np.uint64)
     words = np.stack([keys >> np.uint64(32), keys & np.uint64(2 ** 32 - 1)], 1).astype(np.uint32)
     words = words[:, 1:] if bits <= 32 else words
     valid = rng.random(keys.size) > 0.1
-    together, first, second, empty = (StateCounts(bits) for _ in range(4))
+    together, first, second, empty = (StateCounts(bits, compiled=with_numba) for _ in range(4))
     together.add(words, valid)
     first.add(words[:7000], valid[:7000])
     second.add(words[7000:], valid[7000:])
@@ -206,11 +256,13 @@ def test_pairwise_counts_do_not_retrace():
         count(x, y, valid)
 
 
-def test_default_method_without_numba(monkeypatch):
+def test_default_backend_without_numba(monkeypatch):
     from deep_ei_jax import histogram
-    assert histogram.default_method() == "numba"  # the test install has numba
-    monkeypatch.setattr(histogram, "numba", None)
-    assert histogram.default_method() == "scatter"
+    assert backends.default_backend() is backends.HOST  # the test install has numba
+    monkeypatch.setattr(histogram, "numba", None)  # an install without numba
+    assert backends.default_backend() is backends.SCATTER
+    with pytest.raises(ValueError, match="method='numba' needs numba"):
+        backends.resolve("numba", require_available=True)
     with pytest.raises(ValueError, match="method='numba' needs numba"):
         histogram.add_pairwise_counts_host(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8),
                                            2, np.zeros((1, 1, 6), np.int32))
@@ -251,7 +303,7 @@ def test_host_counter_matches_scatter(monkeypatch, parallel_from, inputs_paired_
 
 @pytest.mark.parametrize("shape", [(1,), (1024,), (1024, 7), (3, 5, 2)])
 def test_fast_uniform_is_jax_uniform_bit_for_bit(shape):
-    from deep_ei_jax.sampling import _uniform
+    from deep_ei_jax.sampling import fast_uniform as _uniform
     for seed in range(3):
         key = jax.random.fold_in(jax.random.key(seed), 11)
         ours = jax.jit(lambda k: _uniform(k, shape, -1.5, 2.0))(key)

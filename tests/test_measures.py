@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deep_ei_jax import pure
-from deep_ei_jax import measures
+from deep_ei_jax import backends, driver, kernels, planning
 
 
 def bias_bound(bx, by, n):
@@ -127,24 +127,24 @@ def test_chunking_and_steps_do_not_change_results(key):
     streamed, _ = pure.ei_parts_matrix(key, chain, params, samples=20_000,
                                        memory_budget=5 * 16 * 16 * 4, **kwargs)
     np.testing.assert_allclose(streamed, fixed, rtol=1e-5, atol=1e-7)
-    setup = measures._prepare(key, chain, params, samples_hint=20_000, single_input=False,
-                              pairs=True, groups=(), policy="drop", method="scatter",
-                              activation=None, memory_budget=2**30, **kwargs)
-    whole = measures._pair_block_counts(setup, 0, 0, 20_000)[0]
-    split = measures._pair_block_counts(setup, 0, 0, 7_000)
-    split = measures._pair_block_counts(setup, 0, 7_000, 20_000, split)[0]
+    def plan(backend):
+        return planning.plan(key, chain, params, planning.Binning(method=backend,
+                                                                  memory_budget=2**30, **kwargs),
+                             samples_hint=20_000, single_input=False, pairs=True, groups=())
+    setup = plan(backends.SCATTER)
+    whole = driver.pair_block_counts(setup, 0, 0, 20_000)[0]
+    split = driver.pair_block_counts(setup, 0, 0, 7_000)
+    split = driver.pair_block_counts(setup, 0, 7_000, 20_000, split)[0]
     np.testing.assert_array_equal(whole, split)  # sample i is the same whatever the steps
-    # every counting method gives the same integer counts
-    for method in ("onehot", "numba"):
-        other = measures._prepare(key, chain, params, samples_hint=20_000, single_input=False,
-                                  pairs=True, groups=(), policy="drop", method=method,
-                                  activation=None, memory_budget=2**30, **kwargs)
-        counts = measures._pair_block_counts(other, 0, 0, 20_000)[0]
-        np.testing.assert_array_equal(measures._tables(other.static, counts), whole)
+    # every counting backend gives the same integer counts
+    for backend in (backends.ONEHOT, backends.HOST):
+        other = plan(backend)
+        counts = driver.pair_block_counts(other, 0, 0, 20_000)[0]
+        np.testing.assert_array_equal(backend.tables(counts, 16, 16), whole)
         # steps that start and stop inside a chunk (the host counter's sample bounds)
-        part = measures._pair_block_counts(other, 0, 0, 7_000)
-        part = measures._pair_block_counts(other, 0, 7_000, 20_000, part)[0]
-        np.testing.assert_array_equal(measures._tables(other.static, part), whole)
+        part = driver.pair_block_counts(other, 0, 0, 7_000)
+        part = driver.pair_block_counts(other, 0, 7_000, 20_000, part)[0]
+        np.testing.assert_array_equal(backend.tables(part, 16, 16), whole)
     onehot, _ = pure.ei_parts_matrix(key, chain, params, samples=20_000, method="onehot",
                                      **kwargs)
     np.testing.assert_allclose(onehot, fixed, atol=1e-6)
@@ -155,14 +155,56 @@ def test_same_key_same_result_and_no_retrace_across_weights(key):
     chain, params = dense(rng.normal(size=(6, 3)), activation="tanh")
     kwargs = dict(in_range=(0, 1), out_range=(-1, 1), in_bins=8, out_bins=8, samples=30_000)
     first, _ = pure.ei_parts_matrix(key, chain, params, **kwargs)
-    compiled = measures._step._cache_size()
+    compiled = kernels.step._cache_size()
     again, _ = pure.ei_parts_matrix(key, chain, params, **kwargs)
     np.testing.assert_array_equal(first, again)
     _, other = dense(rng.normal(size=(6, 3)), activation="tanh")
     pure.ei_parts_matrix(key, chain, other, **{**kwargs, "in_range": (-1, 1)})
-    assert measures._step._cache_size() == compiled  # new weights and ranges: no recompilation
+    assert kernels.step._cache_size() == compiled  # new weights and ranges: no recompilation
     different, _ = pure.ei_parts_matrix(jax.random.key(1), chain, params, **kwargs)
     assert not np.array_equal(first, different)
+
+
+def test_new_estimator_or_significance_does_not_recompile_sampling(key):
+    # the plan keys the sampling kernels on its Sampling and Counting records only: another
+    # estimator or significance recompiles the statistics of the tables, never the sampling
+    rng = np.random.default_rng(11)
+    chain, params = dense(rng.normal(size=(7, 3)), activation="sigmoid")
+    kwargs = dict(in_range=(0, 1), out_range=(0, 1), in_bins=8, out_bins=8)
+    sampling_kernels = (kernels.step, kernels.host_single_input_chunk,
+                        kernels.single_input_step)
+    for method in ("numba", "scatter"):
+        pure.ei_parts_matrix(key, chain, params, samples=3000, method=method, **kwargs)
+        pure.sensitivity_matrix(key, chain, params, samples=300, method=method, **kwargs)
+        traces = [k._cache_size() for k in sampling_kernels]
+        statistics = kernels.block_statistics._cache_size() + \
+            kernels.table_statistics._cache_size()
+        for estimator in ("miller_madow", "jackknife"):
+            pure.ei_parts_matrix(key, chain, params, samples=3000, method=method,
+                                 estimator=estimator, significance=True, **kwargs)
+            pure.sensitivity_matrix(key, chain, params, samples=300, method=method,
+                                    estimator=estimator, significance=True, **kwargs)
+        assert [k._cache_size() for k in sampling_kernels] == traces
+        assert kernels.block_statistics._cache_size() + \
+            kernels.table_statistics._cache_size() > statistics  # (these did recompile)
+
+
+@pytest.mark.parametrize("backend", list(backends.REGISTRY.values()), ids=str)
+def test_sensitivity_equal_on_every_backend(key, backend):
+    # the one-input intervention counted by each backend (the host one on the single call's
+    # path a sweep of one set takes): the same integer counts, so the same bits exactly
+    rng = np.random.default_rng(12)
+    chain, params = dense(4 * rng.normal(size=(5, 4)), activation="sigmoid")
+    kwargs = dict(in_range=(0, 1), out_range=(0.1, 0.9), in_bins=8, out_bins=8, samples=900)
+    reference, reference_info = pure.sensitivity_matrix(key, chain, params, method="scatter",
+                                                        **kwargs)
+    matrix, info = pure.sensitivity_matrix(key, chain, params, method=backend.name, **kwargs)
+    assert matrix.tobytes() == reference.tobytes()
+    assert info.method == backend.name
+    assert info.out_of_range == info.dropped == reference_info.out_of_range > 0
+    clip, clip_info = pure.sensitivity_matrix(key, chain, params, method=backend.name,
+                                              policy="clip", **kwargs)
+    assert clip_info.out_of_range == reference_info.out_of_range and clip_info.dropped == 0
 
 
 def test_adaptive_rule_and_extrapolation(key):

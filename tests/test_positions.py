@@ -145,7 +145,8 @@ def test_attention_token_depends_on_every_input():
                              out_bins=8)
     assert np.isfinite(value) and value > 0
     # a token-wise map (no mixing) depends on its own token only
-    tokenwise = lambda p, x: jnp.tanh(x @ p["q"])
+    def tokenwise(p, x):
+        return jnp.tanh(x @ p["q"])
     np.testing.assert_array_equal(
         pure.dependencies(tokenwise, params, (4, 3), np.s_[1, :]), [3, 4, 5])
 
@@ -166,7 +167,8 @@ def test_dead_relu_unit_is_still_a_dependency():
 
 def test_a_select_depends_on_its_predicate_and_cases():
     """jnp.where(x > 0.5, x, 0): x reaches the output through the predicate and the case."""
-    fn = lambda p, x: jnp.where(x > 0.5, x, 0.0)[:, ::-1]
+    def fn(p, x):
+        return jnp.where(x > 0.5, x, 0.0)[:, ::-1]
     np.testing.assert_array_equal(pure.dependencies(fn, {}, (5,), np.s_[1:3]), [2, 3])
 
 
@@ -176,7 +178,8 @@ def test_dependencies_of_a_large_input():
     chain = pure.Chain(layers=(pure.Conv2d(padding=(1, 1)), pure.MaxPool2d((2, 2), (2, 2))),
                        in_shape=(4, 50, 50))
     params = (_conv(rng, 2, 4, (3, 3)), {})
-    fn = lambda p, x: pure.apply(chain, p, x)
+    def fn(p, x):
+        return pure.apply(chain, p, x)
     found = pure.dependencies(fn, params, chain.in_shape, np.s_[:, 12, 12])
     np.testing.assert_array_equal(found, _patch_oracle(chain, params, (12, 12)))
 
@@ -276,12 +279,14 @@ def test_dependency_rules(name, fn, in_shape, outputs, expected):
 
 
 def test_primitives_without_a_rule_are_conservative_and_named():
-    loop = lambda p, x: jax.lax.fori_loop(0, 2, lambda i, v: v * 2.0, x)
+    def loop(p, x):
+        return jax.lax.fori_loop(0, 2, lambda i, v: v * 2.0, x)
     with pytest.warns(UserWarning, match=r"no rule for the primitive.*\[.scan.\]"):
         found = pure.dependencies(loop, {}, (3,), np.s_[0])
     np.testing.assert_array_equal(found, [0, 1, 2])  # every input: the loop is opaque
     # a gather whose index is computed from the input (max pooling written with argmax)
-    pick = lambda p, x: jnp.take_along_axis(x, jnp.argmax(x, axis=1, keepdims=True), axis=1)
+    def pick(p, x):
+        return jnp.take_along_axis(x, jnp.argmax(x, axis=1, keepdims=True), axis=1)
     with pytest.warns(UserWarning, match="gather \\(with indices that depend on the input\\)"):
         np.testing.assert_array_equal(pure.dependencies(pick, {}, (3,)), [0, 1, 2])
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import deep_ei_jax as dei
-from deep_ei_jax import measures
+from deep_ei_jax import driver, planning
 from deep_ei_jax.information import mutual_information_standard_error
 
 Z = 4 * math.sqrt(2)
@@ -34,17 +34,17 @@ def pairwise_standard_errors(layer, top, samples, bins, seed=0):
     """Delta-method standard errors of each pair's plug-in MI, from our own counts."""
     span, in_range, out_range = dei.bridge.resolve_span(layer, top, in_range=(0, 1),
                                                         out_range=(0, 1))
-    setup = measures._prepare(jax.random.key(seed), span.chain, span.params, in_range=in_range,
-                              out_range=out_range, in_bins=bins, out_bins=bins, policy="drop",
-                              method="auto", activation=None, samples_hint=samples,
-                              single_input=False, pairs=True, groups=(),
-                              memory_budget=measures.DEFAULT_MEMORY_BUDGET)
+    binning = planning.Binning(in_range=in_range, out_range=out_range, in_bins=bins,
+                               out_bins=bins)
+    setup = planning.plan(jax.random.key(seed), span.chain, span.params, binning,
+                          samples_hint=samples, single_input=False, pairs=True, groups=())
+    sampling, counting = setup.sampling, setup.counting
     errors = []
-    for offset in range(0, setup.static.padded_outputs, setup.static.block_size):
-        counts = measures._tables(setup.static,
-                                  measures._pair_block_counts(setup, offset, 0, samples)[0])
+    for offset in range(0, sampling.padded_outputs, counting.block_size):
+        counts = counting.backend.tables(driver.pair_block_counts(setup, offset, 0, samples)[0],
+                                         bins, bins)
         errors.append(np.asarray(mutual_information_standard_error(np.asarray(counts))))
-    return np.concatenate(errors, axis=1)[:, :setup.static.num_outputs]
+    return np.concatenate(errors, axis=1)[:, :sampling.num_outputs]
 
 
 @pytest.mark.parametrize("case", ["a_identity_1x1", "b_identity_2x2", "b_identity_5x5"])

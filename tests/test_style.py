@@ -21,19 +21,10 @@ MAX_NUMBA_SITES = 2
 
 # The core modules that issue 13's refactor (another branch) brings under the rules. Remove these
 # entries, and the marks they give, once it is merged.
-CORE_PENDING = {
-    "long functions": {"deep_ei_jax/histogram.py", "deep_ei_jax/measures.py",
-                       "deep_ei_jax/sweeping.py"},
-    "private names": {"deep_ei_jax/sweeping.py"},
-}
-PENDING = pytest.mark.xfail(strict=False, reason="core refactor pending (issue 13)")
 
 
 def modules(rule):
-    return [pytest.param(path, id=path.relative_to(ROOT).as_posix(),
-                         marks=[PENDING] if path.relative_to(ROOT).as_posix()
-                         in CORE_PENDING[rule] else [])
-            for path in MODULES]
+    return [pytest.param(path, id=path.relative_to(ROOT).as_posix()) for path in MODULES]
 
 
 def ruff_command():
@@ -155,7 +146,6 @@ def test_no_private_name_reached_across_modules(path):
     assert private_reaches(path.read_text(), *module_name(path)) == []
 
 
-@PENDING
 def test_numba_named_at_no_more_than_two_sites():
     sites = [f"{path.relative_to(ROOT)}:{line}" for path in MODULES
              for line in numba_sites(path.read_text())]

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deep_ei_jax import pure, sweeping
+from deep_ei_jax import backends, driver, kernels, pure, sweeping
+from deep_ei_jax.planning import Binning
 
 EI_TOL = 1e-4
 
@@ -64,10 +65,10 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
 def test_sweep_equals_single_calls_one_word_states(key, method, monkeypatch):
     # 4 -> 5 sigmoid at 8 bins: X 12 bits (dense count), Y 15 bits (dense), joint 27 bits (sort)
     sorted_calls = []
-    real = sweeping.SortedInputs
-    monkeypatch.setattr(sweeping, "SortedInputs", lambda *a: sorted_calls.append(1) or real(*a))
+    real = driver.SortedInputs
+    monkeypatch.setattr(driver, "SortedInputs", lambda *a: sorted_calls.append(1) or real(*a))
     if method == "numba-state-counts":
-        monkeypatch.setattr(sweeping, "_sorted_call_sets", lambda *a: 0)  # no call holds all
+        monkeypatch.setattr(sweeping, "sorted_call_sets", lambda *a: 0)  # no call holds all
         method = "numba"
     rng = np.random.default_rng(1)
     chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(4,))
@@ -77,7 +78,7 @@ def test_sweep_equals_single_calls_one_word_states(key, method, monkeypatch):
     assert result.ei.shape == (3,) and result.ei_parts_matrix.shape == (3, 4, 5)
     assert result.sensitivity_matrix.shape == (3, 4, 5)
     assert len(set(np.round(result.ei, 6))) == 3  # three different sets, three different values
-    assert bool(sorted_calls) == (method == "numba" and sweeping._sorted_call_sets(1, 1, 1, 99) > 0)
+    assert bool(sorted_calls) == (method == "numba" and sweeping.sorted_call_sets(1, 1, 1, 99) > 0)
 
 
 @pytest.mark.filterwarnings("ignore:.*outside out_range:RuntimeWarning")
@@ -123,9 +124,9 @@ def test_chunking_over_k_gives_identical_results(key, monkeypatch):
     whole = pure.sweep(key, chain, stacked, **binning)
     by_two = pure.sweep(key, chain, stacked, max_batch=2, **binning)      # 2 + 2 + 1 (padded)
     calls = []
-    for name in ("_sweep_kernel", "_host_chunk"):  # the device and the host (CPU) paths' calls
-        batch = getattr(sweeping, name)
-        monkeypatch.setattr(sweeping, name, lambda *a, batch=batch: calls.append(1) or batch(*a))
+    real_batches = driver.batches  # the compiled calls (of either path) take one batch each
+    monkeypatch.setattr(driver, "batches", lambda *a: (calls.append(1) or batch
+                                                       for batch in real_batches(*a)))
     pure.sweep(key, chain, stacked, **binning)
     unsplit, calls[:] = len(calls), []
     tight = pure.sweep(key, chain, stacked, memory_budget=500_000, **binning)
@@ -145,7 +146,7 @@ def test_measures_subset_and_no_recompile_for_new_weights(key):
     first = pure.sweep(key, chain, pure.stack_params(_sets(rng, [(2, 2)], 2)), **binning)
     assert first.ei is None and first.ei_parts is None and first.degeneracy is None
     assert first.sensitivity.shape == (2,)
-    programs = (sweeping._sweep_kernel, sweeping._host_single_chunk)  # device / host paths
+    programs = (sweeping.sweep_kernel, kernels.host_single_input_chunk)  # device / host paths
     traces = [program._cache_size() for program in programs]
     assert sum(traces) > 0
     pure.sweep(key, chain, pure.stack_params(_sets(rng, [(2, 2)], 2)), **binning)
@@ -320,13 +321,14 @@ def test_host_plan_holds_every_sample_within_the_memory_budget(key):
     # hold the shared inputs and one set (780 MiB) falls back to StateCounts over chunks
     chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(5,))
     params0 = ({"w": np.ones((5, 5), np.float32)},)
-    plan = lambda budget: sweeping._plan(
-        key, chain, params0, in_range=(0, 1), out_range=(0, 1), in_bins=8, out_bins=8,
-        policy="drop", method="numba", activation=None, samples=10 ** 7,
-        sensitivity_samples=100, names=sweeping.MEASURES, num_sets=50, max_batch=None,
-        memory_budget=budget)
-    big, _, _, batch = plan(sweeping.DEFAULT_MEMORY_BUDGET)
+    def plan(budget):
+        return sweeping.plan_sweep(
+            key, chain, params0, Binning(in_bins=8, out_bins=8, method=backends.HOST,
+                                         memory_budget=budget),
+            samples=10 ** 7, sensitivity_samples=100, names=sweeping.MEASURES, num_sets=50,
+            max_batch=None)
+    big, _, _, batch = plan(sweeping.DEFAULT_CALL_MEMORY_BUDGET)
     assert big.sorted_states and batch == 1 and big.num_chunks == 1
     small, _, _, _ = plan(780 * 2 ** 20)
     assert not small.sorted_states and small.num_chunks > 1
-    assert sweeping._sorted_call_sets(10 ** 5, 4, 5, 2 ** 30) > 50
+    assert sweeping.sorted_call_sets(10 ** 5, 4, 5, 2 ** 30) > 50

@@ -24,7 +24,7 @@ from .. import sweeping
 from .._checks import (check_bins, check_choice, check_measures, check_positive_int,
                        check_samples, check_seed)
 from ..binning import POLICIES
-from ..histogram import METHODS
+from ..backends import METHODS
 from .api import resolve_span
 from .topology import topology_of
 
@@ -178,7 +178,7 @@ def _check_same(k, name, chain, ranges, first_params, span, span_ranges):
 
 
 def check_settings(*, samples, sensitivity_samples, in_bins, out_bins, seed, policy, method,
-                   max_batch=None, memory_budget=sweeping.DEFAULT_MEMORY_BUDGET):
+                   max_batch=None, memory_budget=sweeping.DEFAULT_CALL_MEMORY_BUDGET):
     """The scalar settings of a sweep (also checked by `Tracker` when it is made)."""
     check_seed("seed", seed)
     check_samples("samples", samples)
@@ -196,7 +196,7 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
           samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
           out_bins: int = 64, seed: int = 0, steps=None, policy: str = "drop",
           method: str = "auto", max_batch: int | None = None,
-          memory_budget: int = sweeping.DEFAULT_MEMORY_BUDGET, devices=None) -> list[dict]:
+          memory_budget: int = sweeping.DEFAULT_CALL_MEMORY_BUDGET, devices=None) -> list[dict]:
     """EI, EI_parts, sensitivity and degeneracy of every layer of many models of one architecture.
 
     Each layer's parameter sets are stacked and measured in one compiled call. Ranges come from
