@@ -21,7 +21,8 @@ def doubling_totals(first: int = FIRST_STEP, limit: int | None = None):
 
 
 def parts_converged(estimates: list[tuple[int, float]], threshold: float) -> bool:
-    """deep-ei's rule for EI_parts: the extrapolated drop from doubling again, relative to the estimate.
+    """deep-ei's rule for EI_parts: the extrapolated drop from doubling again, relative to the
+    estimate.
 
     With (n1, e1), (n2, e2) the last two (samples, estimate) points, the estimate falls by
     (e1 - e2) / (n2 - n1) per sample; doubling n2 would move it by that slope times n2. Converged
@@ -36,7 +37,8 @@ def parts_converged(estimates: list[tuple[int, float]], threshold: float) -> boo
 
 
 def vector_converged(estimates: list[tuple[int, float]], threshold: float) -> bool:
-    """deep-ei's rule for vector EI: the last doubling moved the estimate by less than threshold bits."""
+    """deep-ei's rule for vector EI: the last doubling moved the estimate by less than threshold
+    bits."""
     if len(estimates) < 2:
         return False
     return abs(estimates[-1][1] - estimates[-2][1]) < threshold

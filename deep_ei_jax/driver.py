@@ -418,7 +418,8 @@ def host_vector_pass(sampling: Sampling, counting: Counting, key, ranges, stacke
                      samples: int) -> dict:
     """EI and EI_parts of every set, counted on the host (numba), `batch` sets per device call.
 
-    The device samples each chunk's inputs once for all calls (`kernels.host_inputs`), runs every set's
+    The device samples each chunk's inputs once for all calls (`kernels.host_inputs`), runs every
+    set's
     layer as a single call does and bins (`kernels.host_chunk`); the host counts
     (`HostVectorCounts`), while the device computes the next call. EI_parts: the single calls'
     pairwise counter. EI: with `sorted_states` (all samples in one chunk, narrow states) the

@@ -379,7 +379,8 @@ def expected_plugin_mutual_information(probabilities, num_samples: int):
     Returns:
       float64 NumPy array [...].
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (numbers.Integral, np.integer)) \
+    if isinstance(num_samples, bool) or not isinstance(num_samples,
+                                                       (numbers.Integral, np.integer)) \
             or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
     _check_table(probabilities, "probabilities")
@@ -411,7 +412,8 @@ def spectrum_entropy(values, multiplicity, estimator: str = "plugin") -> float:
     (`values`, `multiplicity`) (see `count_spectrum`: multiplicity[i] cells hold values[i] samples
     each), by estimator.
 
-    Plug-in: log2 N - sum_c m_c c log2(c) / N. Miller-Madow adds (m - 1) / (2 N ln 2), m the occupied
+    Plug-in: log2 N - sum_c m_c c log2(c) / N. Miller-Madow adds (m - 1) / (2 N ln 2), m the
+    occupied
     cells. The jackknife, in closed form as for `mutual_information`: removing one sample of a
     cell holding c changes only c and N, which gives H_plugin + [sum_c m_c (c / N) psi(c) -
     psi(N)] / ln 2. `I = H(X) + H(Y) - H(X, Y)` with each entropy corrected this way equals

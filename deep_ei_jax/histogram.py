@@ -498,7 +498,8 @@ class _StateKernels(NamedTuple):
 
 if numba is not None:
     _STATE_KERNELS = _StateKernels(*(numba.njit(nogil=True, cache=True)(f) for f in (
-        _add_dense, _keys_of, _run_counts, _merge, _state_keys, _sorted_order, _group_bounds, _spectra)))
+        _add_dense, _keys_of, _run_counts, _merge, _state_keys, _sorted_order, _group_bounds,
+        _spectra)))
 
 
 def _state_kernels() -> _StateKernels:
@@ -686,7 +687,8 @@ class StateCounts:
 
 
 def join_states(x_words: jax.Array, x_bits: int, y_words: jax.Array, y_bits: int) -> jax.Array:
-    """The packed state of the pair (x, y): one word when both fit in 32 bits, else x's words then y's."""
+    """The packed state of the pair (x, y): one word when both fit in 32 bits, else x's words then
+    y's."""
     if x_words.shape[1] == 1 and y_words.shape[1] == 1 and x_bits + y_bits <= 32:
         return (x_words << jnp.uint32(y_bits)) | y_words
     return jnp.concatenate([x_words, y_words], axis=1)

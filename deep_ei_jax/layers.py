@@ -50,7 +50,8 @@ class Dense(NamedTuple):
 
 
 class Conv2d(NamedTuple):
-    """Cross-correlation as torch.nn.Conv2d. Params: `w` [C_out, C_in/groups, kH, kW], optional `b`."""
+    """Cross-correlation as torch.nn.Conv2d. Params: `w` [C_out, C_in/groups, kH, kW], optional
+    `b`."""
 
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
@@ -131,7 +132,8 @@ def activation_fn(activation: Activation) -> Callable[[jax.Array], jax.Array]:
     if isinstance(activation, str):
         if activation not in ACTIVATIONS:
             raise ValueError(
-                f"activation must be one of {sorted(ACTIVATIONS)} or a callable; got {activation!r}")
+                f"activation must be one of {sorted(ACTIVATIONS)} or a callable; "
+                f"got {activation!r}")
         return ACTIVATIONS[activation]
     if callable(activation):
         return activation

@@ -112,7 +112,8 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
       out_range: (low, high) of the output bins, or 'dynamic' (per output, from the first 10k
         samples' min and max).
       in_bins: input bins; out_bins: output bins or 'dynamic' (the input bins' width).
-      samples: a fixed number of samples; None means adaptive (`threshold`, deep-ei's doubling rule).
+      samples: a fixed number of samples; None means adaptive (`threshold`, deep-ei's doubling
+        rule).
       threshold: adaptive stopping threshold in (0, 1).
       extrapolate: estimate at 100k..2M samples and return the fitted asymptote a/n^e + C.
       policy: "drop" out-of-range outputs (per pair) or "clip" them into the end bins.
@@ -269,7 +270,8 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
                        out_range=(0.0, 1.0), in_bins: int = 64, out_bins=64,
                        samples: int | None = None, threshold: float = 0.05,
                        policy: str = "drop", method: str = "auto", activation=None,
-                       max_samples: int = 2 ** 27, memory_budget: int = planning.DEFAULT_TABLE_MEMORY_BUDGET,
+                       max_samples: int = 2 ** 27,
+                       memory_budget: int = planning.DEFAULT_TABLE_MEMORY_BUDGET,
                        pairs: bool = False, devices=None,
                        state_memory_budget: int = DEFAULT_STATE_MEMORY_BUDGET,
                        estimator: str = "plugin", error_bars: int = 0):
@@ -477,11 +479,13 @@ def sensitivity(key, chain: Chain, params, **kwargs):
     return float(matrix.sum()), info
 
 
-def degeneracy(key, chain: Chain, params, *, ei_kind: str = "vector", sensitivity_samples: int = 500,
+def degeneracy(key, chain: Chain, params, *, ei_kind: str = "vector",
+               sensitivity_samples: int = 500,
                **kwargs):
     """Degeneracy = sensitivity - EI (`ei_kind="vector"`) or sensitivity - EI_parts
     (`ei_kind="parts"`). Keyword arguments are those of `ei` / `ei_parts`; sensitivity uses
-    `sensitivity_samples` and the same binning. Returns (float bits, (ei Info, sensitivity Info))."""
+    `sensitivity_samples` and the same binning. Returns (float bits, (ei Info, sensitivity
+    Info))."""
     _checks.check_choice("ei_kind", ei_kind, ("vector", "parts"))
     _checks.check_samples("sensitivity_samples", sensitivity_samples)
     ei_key, sensitivity_key = jax.random.split(_as_key(key))

@@ -80,7 +80,8 @@ def uniform_inputs(key: jax.Array, first_block: jax.Array, num_blocks: int, in_s
 
 def single_input_noise(key: jax.Array, first_block: jax.Array, num_blocks: int, num_inputs: int,
                        input_index: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
-    """Input `input_index` uniform on [low, high), every other input 0: the sensitivity intervention.
+    """Input `input_index` uniform on [low, high), every other input 0: the sensitivity
+    intervention.
 
     Returns:
       Flat inputs, shape [num_blocks * SAMPLE_BLOCK, num_inputs].

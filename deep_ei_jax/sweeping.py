@@ -516,7 +516,8 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_batch: at most this many sets per compiled call (None: as many as memory_budget allows).
       devices: devices to shard the sets over (None: every local device of the default backend;
-        an int n; a list of jax Devices; see `deep_ei_jax.measures.sample_mesh`). Each call's sets are split
+        an int n; a list of jax Devices; see `deep_ei_jax.measures.sample_mesh`). Each call's sets
+        are split
         along K over a 1-d mesh and the vmapped kernel runs as a sharded jit, each device
         measuring its own sets exactly as one device would. Chains measured set by set (with
         `lax.map`, e.g. convolutions) run on one device.

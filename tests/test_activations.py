@@ -66,7 +66,8 @@ def test_hashable_and_defaults_filled():
     assert activation("softplus", 2) == Activation("softplus", (2.0, 20.0))
     assert hash(activation("gelu")) == hash(activation("gelu"))
     assert activation("elu", 0.5) != activation("elu")
-    assert jax.jit(lambda x, a: a(x), static_argnums=1)(jnp.ones(2), activation("tanh")).shape == (2,)
+    jitted = jax.jit(lambda x, a: a(x), static_argnums=1)
+    assert jitted(jnp.ones(2), activation("tanh")).shape == (2,)
 
 
 def test_bad_arguments_are_named():

@@ -54,7 +54,8 @@ def test_mobilenet_v1_depthwise_separable():
     # the whole model, the stem and the first depthwise-separable pair (27 conv layers in all)
     chosen = ("conv_stem", "layer.0", "layer.1")
     _, spans = check_every_call(model, torch.randn(1, 3, 32, 32), only=lambda name: name == ""
-                                or name in chosen or name.startswith(tuple(c + "." for c in chosen)))
+                                or name in chosen
+                                or name.startswith(tuple(c + "." for c in chosen)))
     depthwise = model.layer[0].convolution
     assert depthwise.groups == depthwise.in_channels > 1
     assert spans[("layer.0", 0)].out_activation == activation("relu6")
@@ -67,7 +68,8 @@ def test_mobilenet_v2_inverted_residuals():
     residual = next(i for i, b in enumerate(model.layer) if b.use_residual)
     blocks = ("conv_stem", "layer.0", f"layer.{residual}")
     _, spans = check_every_call(model, torch.randn(1, 3, 32, 32), only=lambda name: name == ""
-                                or name in blocks or name.startswith(tuple(b + "." for b in blocks)))
+                                or name in blocks
+                                or name.startswith(tuple(b + "." for b in blocks)))
     assert (f"layer.{residual}.expand_1x1.convolution", 0) in spans
     assert spans[(f"layer.{residual}.expand_1x1", 0)].out_activation == activation("relu6")
 

@@ -3,6 +3,7 @@ numerical edges, interruptions of long runs, and a fuzz pass over the command li
 
 Every refusal names the argument (or layer, module, option, file), the expected form and what came.
 """
+# ruff: noqa: E501  (tables of the exact error messages, one case a line, read best unwrapped)
 import contextlib
 import io
 import json

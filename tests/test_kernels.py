@@ -114,7 +114,8 @@ def test_binning_edges_inclusive_and_policies():
     values = jnp.array([0.0, 0.5, 1.0, 1.0 + 1e-6, -1e-6, jnp.nan, 0.999999])
     idx, in_range = bin_indices(values, 0.0, 1.0, 4, "drop")
     np.testing.assert_array_equal(in_range, [True, True, True, False, False, False, True])
-    np.testing.assert_array_equal(np.asarray(idx)[[0, 1, 2, 6]], [0, 2, 3, 3])  # the top edge is in bin 3
+    # the top edge is in bin 3
+    np.testing.assert_array_equal(np.asarray(idx)[[0, 1, 2, 6]], [0, 2, 3, 3])
     clipped, _ = bin_indices(values, 0.0, 1.0, 4, "clip")
     np.testing.assert_array_equal(np.asarray(clipped)[[3, 4]], [3, 0])
     with pytest.raises(ValueError, match="policy must be one of"):

@@ -23,7 +23,8 @@ def bias_bound(bx, by, n):
 def dense(w, activation="identity", b=None):
     w = np.asarray(w, np.float32)
     params = {"w": w} if b is None else {"w": w, "b": np.asarray(b, np.float32)}
-    return pure.Chain(layers=(pure.Dense(activation=activation),), in_shape=(w.shape[0],)), (params,)
+    chain = pure.Chain(layers=(pure.Dense(activation=activation),), in_shape=(w.shape[0],))
+    return chain, (params,)
 
 
 def test_identity_layer_gives_n_log2_bins(key):

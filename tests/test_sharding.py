@@ -46,7 +46,8 @@ net = nn.Sequential(nn.Linear(6, 4), nn.Sigmoid())
 top = dei.topology_of(net, torch.zeros((1, 6)))
 t = dict(samples=20_000, in_range=(0, 1), in_bins=8, out_bins=8, seed=0)
 out["torch api"] = dei.ei_of_layer(net[0], top, **t) == dei.ei_of_layer(net[0], top, devices=1, **t)
-out["torch api cpu:2"] = dei.ei_of_layer(net[0], top, device="cpu:2", **t) == dei.ei_of_layer(net[0], top, devices=1, **t)
+out["torch api cpu:2"] = (dei.ei_of_layer(net[0], top, device="cpu:2", **t)
+                          == dei.ei_of_layer(net[0], top, devices=1, **t))
 sets = pure.stack_params([({"w": rng.normal(size=(6, 4)).astype(np.float32)},) for _ in range(5)])
 one = pure.sweep(jax.random.key(0), chain, sets, samples=20_000, sensitivity_samples=500,
                  in_bins=8, out_bins=8, devices=1)
@@ -92,8 +93,9 @@ def test_bad_devices_argument(key):
     from deep_ei_jax import pure
     chain = pure.Chain((pure.Dense(),), (2,))
     params = ({"w": np.eye(2, dtype=np.float32)},)
-    with pytest.raises(TypeError, match="devices must be None, an int or a non-empty sequence of jax "
-                                        "Devices; got .gpu0."):
+    with pytest.raises(TypeError,
+                       match="devices must be None, an int or a non-empty sequence of jax "
+                             "Devices; got .gpu0."):
         pure.ei_parts(key, chain, params, samples=10, devices="gpu0")
     with pytest.raises(ValueError, match="devices must be between 1 and the 1 local"):
         pure.ei_parts(key, chain, params, samples=10, devices=0)

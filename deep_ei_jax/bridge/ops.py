@@ -83,7 +83,8 @@ def supported_ops() -> list[str]:
 
 
 def dtype_of(value) -> np.dtype:
-    """A graph DType -> the dtype JAX uses for it (64-bit types narrowed, as JAX does by default)."""
+    """A graph DType -> the dtype JAX uses for it (64-bit types narrowed, as JAX does by
+    default)."""
     name = value.name if isinstance(value, DType) else str(value)
     narrowed = {"float64": "float32", "int64": "int32", "uint64": "uint32", "complex128":
                 "complex64"}.get(name, name)
