@@ -526,7 +526,7 @@ _SAMPLED_ONLY = ("ei", "vector_ei", "ei_and_ei_parts", "groups", "eis_between_gr
 
 # The span's affine map is read off its images of the basis vectors, in float64.
 BASIS_LIMIT = 2 ** 30       # bytes: w [n_in, n_out] in float64 larger than this is refused
-_BASIS_BATCH_BYTES = 256 * 2 ** 20   # bytes of one batch of basis evaluations (upper bound)
+BASIS_BATCH_BYTES = 256 * 2 ** 20   # bytes of one batch of basis evaluations (upper bound)
 
 
 def affine_map(chain: Chain, params) -> tuple[jax.Array, jax.Array]:
@@ -605,7 +605,7 @@ def _images(chain: Chain, params, x):
 
 def _affine_by_basis(chain: Chain, params):
     """The affine map's weights as the images of the basis vectors minus the image of 0, in
-    batches of basis vectors small enough for `_BASIS_BATCH_BYTES`. Call under x64."""
+    batches of basis vectors small enough for `BASIS_BATCH_BYTES`. Call under x64."""
     n_in = math.prod(chain.in_shape)
     identity_chain = Chain(layers=tuple(spec._replace(activation="identity")
                                         for spec in chain.layers), in_shape=tuple(chain.in_shape))
@@ -619,7 +619,7 @@ def _affine_by_basis(chain: Chain, params):
             "(deep_ei_jax.positions.restrict) or use sampling: " + _SAMPLING_HINT)
     per_sample = affine.traced_bytes_per_sample(
         lambda p, x: apply(identity_chain, p, x), params, identity_chain.in_shape)
-    batch = int(min(n_in, max(1, _BASIS_BATCH_BYTES // per_sample)))
+    batch = int(min(n_in, max(1, BASIS_BATCH_BYTES // per_sample)))
     bias = _images(identity_chain, params, jnp.zeros((1, n_in)))[0]
     rows = []
     for first in range(0, n_in, batch):
