@@ -2,7 +2,19 @@
 
 The sampled measures estimate I(x_A; y_B) from histograms; here the same binned quantity is
 computed from the distribution itself, for a layer whose pre-activation is affine in the inputs
-and whose activation is elementwise and monotone ('identity', 'sigmoid', 'tanh', 'relu').
+and whose activation is elementwise and monotone (every non-decreasing activation of
+`deep_ei_jax.activations`: identity, relu, sigmoid, tanh, leaky_relu, elu, selu, celu, softplus,
+relu6, hardtanh, hardsigmoid, logsigmoid, softsign).
+
+Which layers. One affine map z = x @ w + b and the activation: a Dense layer; a Conv2d on its
+receptive field; a chain of Dense, Conv2d, AvgPool2d, Flatten and `Function` layers with identity
+activations between them, where a Function counts when its fn is affine in its input
+(`deep_ei_jax.affine` walks its jaxpr: a translated torch span with an eval-mode BatchNorm folded
+in, a residual x + x @ w + b, one restricted output position of a conv span). `affine_map`
+reads (w, b) off the chain's images of 0 and of the basis vectors, in float64. Anything else
+raises NotImplementedError saying why (the primitive that makes a span nonlinear; for a
+non-monotone activation such as gelu, that an output bin is then the image of several
+pre-activation intervals, so a table cell is not the length ratio of one interval).
 
 The target. Inputs are independent and uniform on `in_range`; `x_A` is binned into `in_bins`
 equal-width bins and `y_B` into `out_bins` equal-width bins over `out_range` (top edge inclusive).
@@ -15,7 +27,8 @@ fraction). `policy="clip"` instead counts them in the end bins, as the sampled m
 EI_parts, pair (A, B). The pre-activation is z = w_AB x_A + s with s = b_B + sum_{k != A} w_kB x_k,
 a shifted sum of independent uniforms of widths abs(w_kB) (in_high - in_low). Because act is
 monotone, y_B < e  <=>  z < t(e) for a threshold t(e) = act^-1(e) (+-inf where e lies beyond the
-activation's range; ReLU maps all z <= 0 to 0, so the bin holding 0 takes all that mass). Hence
+activation's range; ReLU maps all z <= 0 to 0, so the bin holding 0 takes all that mass; flat
+regions and the inclusive top edge as `activations.threshold` defines them). Hence
 
     P(x_A in bin i, y_B < e) = (1 / D) * integral over bin i of F_s(t(e) - w x) dx
                              = (G_s(t - w x_i) - G_s(t - w x_{i+1})) / (w D),
