@@ -180,8 +180,10 @@ class _Walk:
 
 def _spec(leaf, dtype) -> jax.ShapeDtypeStruct:
     """A param leaf as an abstract value: floating leaves in `dtype`, others as they are."""
-    own = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
-    return jax.ShapeDtypeStruct(np.shape(leaf),
+    if not hasattr(leaf, "dtype"):
+        leaf = np.asarray(leaf)
+    own = np.dtype(leaf.dtype)
+    return jax.ShapeDtypeStruct(tuple(leaf.shape),
                                 dtype if jnp.issubdtype(own, jnp.floating) else own)
 
 
@@ -190,8 +192,9 @@ def affinity(fn: Callable, params, in_shape, *, dtype=jnp.float32) -> Affinity:
 
     Args:
       fn: `fn(params, x)` with x of shape `[N, *in_shape]`, samples independent.
-      params: what fn takes as params (any pytree of arrays; constants here). Floating leaves
-        are traced in `dtype`, the others as they are.
+      params: what fn takes as params (any pytree of arrays or `jax.ShapeDtypeStruct`s; only
+        their shapes and dtypes matter). Floating leaves are traced in `dtype`, the others as
+        they are.
       in_shape: the per-sample input shape.
       dtype: the float type x and the params are traced in (float64 traces under a scoped
         `jax.enable_x64`).

@@ -593,9 +593,7 @@ def _check_affine_layers(chain: Chain, params):
                 "cover one affine layer (or an affine span) and its last activation; "
                 + _SAMPLING_HINT)
         if isinstance(spec, Function):
-            in_shape = layers_out_shape(tuple(chain.layers[:position]),
-                                        param_shapes(params[:position]), tuple(chain.in_shape))
-            found = affine.affinity(spec.fn, params[position], in_shape, dtype=jnp.float64)
+            found = _function_affinity(chain, params, position)
             if found.reason is not None:
                 raise NotImplementedError(
                     f"layer {position}, the Function layer {spec.name!r}, is not affine in its "
@@ -607,6 +605,35 @@ def _check_affine_layers(chain: Chain, params):
                     f"layer {position}, the Function layer {spec.name!r}: {found.narrowed}; its "
                     "affine map, read off in float64, carries that type's rounding",
                     RuntimeWarning, stacklevel=4)
+
+
+def _function_affinity(chain: Chain, params, position: int) -> affine.Affinity:
+    """`affine.affinity` of the Function layer at `position`, traced in float64 (cached by the
+    fn, the params' shapes and the input shape when the fn hashes: a sweep traces it once)."""
+    spec = chain.layers[position]
+    in_shape = layers_out_shape(tuple(chain.layers[:position]), param_shapes(params[:position]),
+                                tuple(chain.in_shape))
+    shapes = param_shapes(params[position:position + 1])[0]
+    try:
+        hash(spec.fn)
+        cached = True
+    except TypeError:
+        cached = False
+    try:
+        if cached:
+            return _cached_affinity(spec.fn, shapes, in_shape)
+        return affine.affinity(spec.fn, params[position], in_shape, dtype=jnp.float64)
+    except (TypeError, ValueError) as error:
+        raise NotImplementedError(
+            f"layer {position}, the Function layer {spec.name!r}, could not be traced in float64, "
+            f"which the exact method needs to read off its affine map ({type(error).__name__}: "
+            f"{error}); " + _SAMPLING_HINT) from error
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_affinity(fn, shapes: tuple, in_shape: tuple) -> affine.Affinity:
+    params = {name: jax.ShapeDtypeStruct(shape, jnp.float64) for name, shape in shapes}
+    return affine.affinity(fn, params, in_shape, dtype=jnp.float64)
 
 
 @functools.partial(jax.jit, static_argnames=("chain",))

@@ -313,6 +313,17 @@ def test_a_span_computed_in_float32_inside_warns():
         affine_map(chain, ({"w": np.ones((3, 2))},))
 
 
+def test_a_span_that_cannot_run_in_float64_is_refused_clearly():
+    chain = pure.Chain(layers=(pure.Function(
+        lambda p, x: jax.lax.add(x @ p["w"], jnp.float32(1.0)), name="f32 only",
+        activation="sigmoid"),), in_shape=(3,))
+    params = ({"w": np.ones((3, 2), np.float32)},)
+    assert pure.apply(chain, params, jnp.ones((1, 3))).shape == (1, 2)   # fine in float32
+    with pytest.raises(NotImplementedError, match="'f32 only', could not be traced in float64.*"
+                                                  "TypeError.*sampling"):
+        exact_for_chain(chain, params)
+
+
 # ---------------------------------------------------------------- bridged torch modules
 
 def _bridged(model, example, module, **kwargs):
@@ -380,3 +391,30 @@ def test_bridged_layer_norm_span_is_refused_with_the_primitive():
             exact_for_chain(chain, params, out_range=(-1, 1))
     assert math.isfinite(float(pure.ei_parts(jax.random.key(0), chain, params, samples=2000,
                                              in_bins=8, out_bins=8, out_range=(-1, 1))[0]))
+
+
+def test_bridged_conv_batchnorm_relu_position_equals_the_folded_receptive_field():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.BatchNorm2d(3),
+                                torch.nn.ReLU())
+    with torch.no_grad():
+        model[1].running_mean.copy_(torch.randn(3))
+        model[1].running_var.copy_(torch.rand(3) + 0.5)
+        model[1].weight.copy_(torch.randn(3))
+        model[1].bias.copy_(torch.randn(3))
+    chain, params, span = _bridged(model, torch.randn(1, 2, 6, 6), model[0])
+    assert span.out_activation == activation("relu")      # the BatchNorm joined the span
+    restriction = pure.restrict(chain, params, feature_axis=0)   # the centre pixel (3, 3)
+    p = {k: np.asarray(v, np.float64) for k, v in span.params.items()}
+    scale = p["1.weight"] / np.sqrt(p["1.running_var"] + model[1].eps)
+    kernel = p["weight"] * scale[:, None, None, None]
+    bias = (p["bias"] - p["1.running_mean"]) * scale + p["1.bias"]
+    w, b = affine_map(restriction.chain, restriction.params)
+    np.testing.assert_allclose(np.asarray(w), kernel.reshape(3, -1).T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(b), bias, rtol=0, atol=1e-12)
+    kwargs = dict(in_bins=8, out_bins=8, out_range=(0, 10))
+    value, _ = pure.ei_parts(jax.random.key(0), restriction.chain, restriction.params, **kwargs,
+                             method="exact")
+    assert abs(value - float(exact_ei_parts(kernel.reshape(3, -1).T, bias, activation="relu",
+                                            **kwargs))) < 1e-9
