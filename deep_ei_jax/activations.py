@@ -41,6 +41,7 @@ ops onto these names.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -220,3 +221,110 @@ def _image(a: Activation, low: float, high: float) -> tuple[float, float]:
     fine_values = np.asarray(a(jnp.asarray(fine, jnp.float32)), np.float64)
     return (float(min(values.min(), fine_values.min())),
             float(max(values.max(), fine_values.max())))
+
+
+# ---------------------------------------------------------------- pre-activation thresholds
+
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+_INT64_MIN = np.int64(np.iinfo(np.int64).min)
+
+
+def threshold(a: Activation | None, levels, *, inclusive: bool = False) -> np.ndarray:
+    """The pre-activation threshold of each output level of a non-decreasing activation.
+
+    With `inclusive=False`, t is such that `a(z) < level  <=>  z < t`; with `inclusive=True`,
+    `a(z) <= level  <=>  z <= t`. Where no finite t exists the answer is -inf (the event never
+    happens: the level lies at or below the activation's infimum, e.g. relu and level 0 strictly)
+    or +inf (it always happens: the level lies at or above the supremum, e.g. sigmoid and level 1,
+    relu6 and level 6 inclusively). Flat regions are handled by the definitions: for relu6,
+    `a(z) < 6 <=> z < 6`, `a(z) <= 0 <=> z <= 0`.
+
+    identity, relu, sigmoid and tanh use their closed-form inverses. Every other monotone
+    activation is inverted by bisection over the float64 numbers (at most 64 steps, on their
+    ordered bit patterns) against `a` evaluated in float64: t is the exact boundary of the
+    float64 function, where `a(z) >= level` first holds (strict) or `a(z) <= level` last holds
+    (inclusive). Limits that the function approaches but never reaches (elu's -alpha,
+    softsign's -1 and 1, softplus's 0, logsigmoid's 0) are treated as the mathematics says, not
+    as float64 rounding says (float64 elu is exactly -1 below z = -37.4): a level at or beyond
+    such a limit gets -inf or +inf. softplus's own threshold switch (torch's: x itself once
+    beta x > threshold) makes it jump down by about exp(-threshold) / beta there; a level inside
+    that jump gets one of the two crossing points, a difference of that size.
+
+    Args:
+      a: a monotone activation (`is_monotone(a)`), or None for the identity.
+      levels: output levels, any shape (converted to float64).
+      inclusive: the inclusive comparison (`<=`) instead of the strict one (`<`).
+
+    Returns:
+      float64 NumPy array of the thresholds, the shape of `levels`.
+    """
+    a = _checked(a)
+    if not is_monotone(a):
+        raise ValueError(f"threshold needs a non-decreasing activation; {a.name}{a.args} is not "
+                         "monotone")
+    levels = np.asarray(levels, np.float64)
+    if a.name == "identity":
+        return levels.copy()
+    if a.name == "relu":
+        # max(z, 0) < e is impossible for e <= 0; max(z, 0) <= e needs e >= 0 (then z <= e)
+        never = (levels <= 0) if not inclusive else (levels < 0)
+        return np.where(never, -np.inf, levels)
+    if a.name in ("sigmoid", "tanh"):
+        low, high = (0.0, 1.0) if a.name == "sigmoid" else (-1.0, 1.0)
+        inside = (levels > low) & (levels < high)
+        safe = np.where(inside, levels, (low + high) / 2)
+        inverse = (np.log(safe) - np.log1p(-safe)) if a.name == "sigmoid" else np.arctanh(safe)
+        return np.where(inside, inverse, np.where(levels <= low, -np.inf, np.inf))
+    return _bisect(a, levels, inclusive)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jitted(a: Activation, z: jax.Array) -> jax.Array:
+    return a(z)
+
+
+def _float64(a: Activation, z: np.ndarray) -> np.ndarray:
+    with jax.enable_x64(True):
+        return np.asarray(_jitted(a, jnp.asarray(z, jnp.float64)), np.float64)
+
+
+def _limits_not_reached(a: Activation) -> tuple[bool, bool]:
+    """Whether a(-inf) and a(+inf), the float64 values at -+max, are limits that a never
+    reaches at a finite point (elu's -alpha, softsign's -1 and 1, ...), as opposed to values it
+    takes on a flat region (relu6's 0 and 6) or at no level a bin edge can have (leaky_relu's
+    -1.8e306 and more)."""
+    if a.name in ("relu6", "hardtanh", "hardsigmoid"):
+        return False, False
+    if a.name in ("leaky_relu", "elu", "celu"):
+        return a.args[0] > 0, True      # a zero slope or alpha makes it relu
+    return True, True                   # selu, softplus, logsigmoid, softsign
+
+
+def _ordered_key(z: np.ndarray) -> np.ndarray:
+    """float64 -> int64, order-preserving (-0.0 and 0.0 both to 0)."""
+    bits = np.asarray(z, np.float64).view(np.int64)
+    return np.where(bits >= 0, bits, _INT64_MIN - np.minimum(bits, -1))
+
+
+def _from_key(key: np.ndarray) -> np.ndarray:
+    bits = np.where(key >= 0, key, _INT64_MIN - np.minimum(key, -1))
+    return np.asarray(bits, np.int64).view(np.float64)
+
+
+def _bisect(a: Activation, levels: np.ndarray, inclusive: bool) -> np.ndarray:
+    """`threshold` for any non-decreasing `a`, by bisection on the ordered float64 keys."""
+    def above(values):   # the event's complement: a(z) >= e (strict) or a(z) > e (inclusive)
+        return values > levels if inclusive else values >= levels
+
+    ends = _float64(a, np.array([-_FLOAT64_MAX, _FLOAT64_MAX]))
+    open_low, open_high = _limits_not_reached(a)
+    low = np.broadcast_to(_ordered_key(np.float64(-_FLOAT64_MAX)), levels.shape).copy()
+    high = np.broadcast_to(_ordered_key(np.float64(_FLOAT64_MAX)), levels.shape).copy()
+    while np.any(high > low + 1):   # invariant: not above at low, above at high
+        middle = (low >> 1) + (high >> 1) + (low & high & 1)   # floor of the mean, no overflow
+        up = above(_float64(a, _from_key(middle)))
+        high, low = np.where(up, middle, high), np.where(up, low, middle)
+    found = _from_key(low if inclusive else high)
+    never = above(ends[0]) | (open_low & (levels <= ends[0]))
+    always = ~above(ends[1]) | (open_high & (levels >= ends[1]))
+    return np.where(never, -np.inf, np.where(always, np.inf, found))

@@ -132,9 +132,9 @@ def _dense(eqn, masks, unknown: set, name: str):
     return [jnp.broadcast_to(total, v.aval.shape) for v in eqn.outvars]
 
 
-def _inner_jaxpr(eqn):
-    """The jaxpr a call primitive runs on its operands as they are (None for other primitives,
-    loops and conditionals included)."""
+def inner_jaxpr(eqn):
+    """(jaxpr, consts) that a call primitive (jit, custom_jvp_call, ...) runs on its operands as
+    they are; None for other primitives, loops and conditionals included."""
     if eqn.primitive.name not in _CALLS:
         return None
     for name in _CALL_PARAMS:
@@ -183,7 +183,7 @@ def _evaluate(jaxpr, consts, values, masks, unknown: set):
         env[var] = (value, mask)
     for eqn in jaxpr.eqns:
         in_values, in_masks = zip(*(read(v) for v in eqn.invars)) if eqn.invars else ((), ())
-        inner = _inner_jaxpr(eqn)
+        inner = inner_jaxpr(eqn)
         if inner is not None and any(m is not None for m in in_masks):
             out_values, out_masks = _evaluate(inner[0], inner[1], in_values, in_masks, unknown)
         else:

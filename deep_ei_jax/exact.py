@@ -2,7 +2,19 @@
 
 The sampled measures estimate I(x_A; y_B) from histograms; here the same binned quantity is
 computed from the distribution itself, for a layer whose pre-activation is affine in the inputs
-and whose activation is elementwise and monotone ('identity', 'sigmoid', 'tanh', 'relu').
+and whose activation is elementwise and monotone (every non-decreasing activation of
+`deep_ei_jax.activations`: identity, relu, sigmoid, tanh, leaky_relu, elu, selu, celu, softplus,
+relu6, hardtanh, hardsigmoid, logsigmoid, softsign).
+
+Which layers. One affine map z = x @ w + b and the activation: a Dense layer; a Conv2d on its
+receptive field; a chain of Dense, Conv2d, AvgPool2d, Flatten and `Function` layers with identity
+activations between them, where a Function counts when its fn is affine in its input
+(`deep_ei_jax.affine` walks its jaxpr: a translated torch span with an eval-mode BatchNorm folded
+in, a residual x + x @ w + b, one restricted output position of a conv span). `affine_map`
+reads (w, b) off the chain's images of 0 and of the basis vectors, in float64. Anything else
+raises NotImplementedError saying why (the primitive that makes a span nonlinear; for a
+non-monotone activation such as gelu, that an output bin is then the image of several
+pre-activation intervals, so a table cell is not the length ratio of one interval).
 
 The target. Inputs are independent and uniform on `in_range`; `x_A` is binned into `in_bins`
 equal-width bins and `y_B` into `out_bins` equal-width bins over `out_range` (top edge inclusive).
@@ -15,7 +27,8 @@ fraction). `policy="clip"` instead counts them in the end bins, as the sampled m
 EI_parts, pair (A, B). The pre-activation is z = w_AB x_A + s with s = b_B + sum_{k != A} w_kB x_k,
 a shifted sum of independent uniforms of widths abs(w_kB) (in_high - in_low). Because act is
 monotone, y_B < e  <=>  z < t(e) for a threshold t(e) = act^-1(e) (+-inf where e lies beyond the
-activation's range; ReLU maps all z <= 0 to 0, so the bin holding 0 takes all that mass). Hence
+activation's range; ReLU maps all z <= 0 to 0, so the bin holding 0 takes all that mass; flat
+regions and the inclusive top edge as `activations.threshold` defines them). Hence
 
     P(x_A in bin i, y_B < e) = (1 / D) * integral over bin i of F_s(t(e) - w x) dx
                              = (G_s(t - w x_i) - G_s(t - w x_{i+1})) / (w D),
@@ -59,15 +72,20 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, information
-from .layers import AvgPool2d, Chain, Conv2d, Dense, Flatten, Function, apply
+from . import _checks, activations, affine, information
+from .layers import (AvgPool2d, Chain, Conv2d, Dense, Flatten, Function, apply, layers_out_shape,
+                     param_shapes)
 
-EXACT_ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu")
+# Every monotone activation of `deep_ei_jax.activations` (by name: torch's default arguments;
+# or as an `activations.Activation` object with its own).
+EXACT_ACTIVATIONS = tuple(name for name in activations.NAMES
+                          if name not in activations.NON_MONOTONE)
 DEFAULT_GRID_STEP = 1e-3
 _MEMORY_BUDGET = 256 * 2 ** 20  # bytes of per-column temporaries held at once
 _MIN_GRID_POINTS = 64
@@ -81,25 +99,19 @@ _SAMPLING_HINT = ("use the sampling measures instead (deep_ei_jax.pure.ei_parts,
 
 # ---------------------------------------------------------------- shared pieces (float64)
 
-def _thresholds(activation: str, edges: np.ndarray) -> np.ndarray:
+def _thresholds(activation: activations.Activation, edges: np.ndarray) -> np.ndarray:
     """Pre-activation thresholds of the output bin edges (NumPy float64, on the host): y < e_j <=>
     z < t_j for j < B, and y <= e_B <=> z <= t_B for the inclusive top edge; +-inf where the edge
-    lies beyond the activation's range. Shape [..., B + 1] -> same.
+    lies beyond the activation's range (`activations.threshold`: closed forms for identity,
+    relu, sigmoid and tanh, float64 bisection for the other monotone activations, flat regions
+    such as relu's z <= 0 and relu6's z >= 6 included). Shape [B + 1] -> same.
 
     They depend on the binning only, not on the weights, so the kernels take them as data and
     one compiled program serves every activation.
     """
-    top = np.arange(edges.shape[-1]) == edges.shape[-1] - 1
-    if activation == "identity":
-        return edges
-    if activation == "relu":
-        # y = max(z, 0): y < e is impossible for e <= 0; y <= e for e = 0 means z <= 0.
-        return np.where((edges < 0) | ((edges == 0) & ~top), -np.inf, edges)
-    low, high = (0.0, 1.0) if activation == "sigmoid" else (-1.0, 1.0)
-    inside = (edges > low) & (edges < high)
-    safe = np.where(inside, edges, (low + high) / 2)
-    inverse = np.log(safe) - np.log1p(-safe) if activation == "sigmoid" else np.arctanh(safe)
-    return np.where(inside, inverse, np.where(edges <= low, -np.inf, np.inf))
+    strict = activations.threshold(activation, edges[:-1])
+    top = activations.threshold(activation, edges[-1:], inclusive=True)
+    return np.concatenate([strict, top])
 
 
 def _mutual_information_bits(p: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -288,17 +300,29 @@ _call_x64.defvjp(_call_x64_fwd, _call_x64_bwd)
 
 # ---------------------------------------------------------------- argument handling
 
-def _check_activation(activation):
-    if isinstance(activation, str) and activation in EXACT_ACTIVATIONS:
-        return activation
+def _check_activation(activation) -> activations.Activation:
+    """A name or an `activations.Activation` -> the Activation, if monotone; else a clear error."""
     if isinstance(activation, str):
-        raise ValueError(f"activation must be one of {EXACT_ACTIVATIONS}; got {activation!r}")
-    if callable(activation):
+        if activation not in activations.NAMES:
+            raise ValueError(f"activation must be one of {EXACT_ACTIVATIONS} (or an "
+                             f"activations.Activation); got {activation!r}")
+        activation = activations.activation(activation)
+    elif not isinstance(activation, activations.Activation):
+        if callable(activation):
+            raise NotImplementedError(
+                "exact measures need a named monotone elementwise activation "
+                f"{EXACT_ACTIVATIONS} (or an activations.Activation); got the callable "
+                f"{activation!r}, whose inverse is unknown; " + _SAMPLING_HINT)
+        raise TypeError(f"activation must be one of {EXACT_ACTIVATIONS} or an "
+                        f"activations.Activation; got {activation!r}")
+    if not activations.is_monotone(activation):
         raise NotImplementedError(
-            "exact measures need a named monotone elementwise activation "
-            f"{EXACT_ACTIVATIONS}; got the callable {activation!r}, whose inverse is unknown; "
-            + _SAMPLING_HINT)
-    raise TypeError(f"activation must be one of {EXACT_ACTIVATIONS}; got {activation!r}")
+            f"the activation {activation.name}{activation.args or ''} is not monotone: an output "
+            "bin is then the image of several pre-activation intervals, so the pairwise table is "
+            "not the length ratio of one interval (nor one difference of the other inputs' "
+            "distribution), which is what the exact method computes; exact measures need a "
+            f"monotone activation {EXACT_ACTIVATIONS}; " + _SAMPLING_HINT)
+    return activation
 
 
 def _check_layer(w, b):
@@ -393,7 +417,7 @@ def _common(w, b, activation, in_range, out_range, in_bins, out_bins, policy):
 
 # ---------------------------------------------------------------- public functions
 
-def exact_ei_parts_matrix(w, b=None, *, activation: str, in_range=(0.0, 1.0),
+def exact_ei_parts_matrix(w, b=None, *, activation, in_range=(0.0, 1.0),
                           out_range=(0.0, 1.0), in_bins: int = 64, out_bins: int = 64,
                           grid_step: float = DEFAULT_GRID_STEP, grid_points: int | None = None,
                           policy: str = "drop", return_coverage: bool = False):
@@ -405,7 +429,9 @@ def exact_ei_parts_matrix(w, b=None, *, activation: str, in_range=(0.0, 1.0),
     Args:
       w: weights [n_in, n_out] (a JAX or NumPy array; differentiable).
       b: bias [n_out] or None.
-      activation: 'identity', 'sigmoid', 'tanh' or 'relu'.
+      activation: a monotone activation: a name from `EXACT_ACTIVATIONS` ('identity', 'sigmoid',
+        'tanh', 'relu', 'leaky_relu', 'elu', 'softplus', ... with torch's default arguments) or
+        an `activations.Activation` (e.g. `activations.activation('leaky_relu', 0.1)`).
       in_range: (low, high) of the uniform inputs and of the input bins.
       out_range: (low, high) of the output bins (top edge inclusive).
       in_bins, out_bins: numbers of equal-width bins.
@@ -425,7 +451,7 @@ def exact_ei_parts_matrix(w, b=None, *, activation: str, in_range=(0.0, 1.0),
     return (mi, coverage) if return_coverage else mi
 
 
-def exact_ei_parts_tables(w, b=None, *, activation: str, in_range=(0.0, 1.0),
+def exact_ei_parts_tables(w, b=None, *, activation, in_range=(0.0, 1.0),
                           out_range=(0.0, 1.0), in_bins: int = 64, out_bins: int = 64,
                           grid_step: float = DEFAULT_GRID_STEP, grid_points: int | None = None,
                           policy: str = "drop"):
@@ -468,7 +494,7 @@ def _summed(matrix_fn, w, b, kwargs):
         return matrix_fn(w, b, **kwargs).sum()
 
 
-def exact_sensitivity_matrix(w, b=None, *, activation: str, in_range=(0.0, 1.0),
+def exact_sensitivity_matrix(w, b=None, *, activation, in_range=(0.0, 1.0),
                              out_range=(0.0, 1.0), in_bins: int = 64, out_bins: int = 64,
                              policy: str = "drop", return_coverage: bool = False):
     """The exact sensitivity matrix: I(bin of x_A; bin of y_B) with x_A uniform on in_range and
@@ -481,7 +507,7 @@ def exact_sensitivity_matrix(w, b=None, *, activation: str, in_range=(0.0, 1.0),
     return (mi, coverage) if return_coverage else mi
 
 
-def exact_sensitivity_tables(w, b=None, *, activation: str, in_range=(0.0, 1.0),
+def exact_sensitivity_tables(w, b=None, *, activation, in_range=(0.0, 1.0),
                              out_range=(0.0, 1.0), in_bins: int = 64, out_bins: int = 64,
                              policy: str = "drop"):
     """The joint probability tables behind `exact_sensitivity_matrix`: float64
@@ -511,59 +537,137 @@ _SAMPLED_ONLY = ("ei", "vector_ei", "ei_and_ei_parts", "groups", "eis_between_gr
                  "degeneracy")
 
 
+# The span's affine map is read off its images of the basis vectors, in float64.
+BASIS_LIMIT = 2 ** 30       # bytes: w [n_in, n_out] in float64 larger than this is refused
+BASIS_BATCH_BYTES = 256 * 2 ** 20   # bytes of one batch of basis evaluations (upper bound)
+
+
 def affine_map(chain: Chain, params) -> tuple[jax.Array, jax.Array]:
-    """(w [n_in, n_out], b [n_out]) of a chain whose layers are all affine before the last
-    activation (Dense, Conv2d, AvgPool2d, Flatten with identity activations between them), over
-    flattened inputs and outputs (float64 unless the chain is one Dense layer, whose params come
-    back as given; b may then be None). Raises NotImplementedError otherwise."""
+    """(w [n_in, n_out], b [n_out]) of a chain that is affine before its last activation, over
+    flattened inputs and outputs.
+
+    Affine layers: Dense, Conv2d, AvgPool2d, Flatten, and `Function` layers whose fn is affine
+    in its input (`deep_ei_jax.affine`: a translated torch span with an eval-mode BatchNorm, a
+    residual x + x @ w + b, a `positions.Restricted` conv position, ...), with identity
+    activations between them. The map comes back in float64 (as given for one Dense layer, whose
+    b may then be None), read off the chain's images of 0 and of the n_in basis vectors,
+    evaluated in float64 with the params cast to float64.
+
+    Raises:
+      NotImplementedError: a layer is not affine (the message says why: the layer type, the
+        activation inside the span, or the primitive that makes a Function nonlinear).
+      ValueError: w would take more than `BASIS_LIMIT` bytes.
+    """
     if not isinstance(chain, Chain):
         raise TypeError(f"chain must be a deep_ei_jax Chain; got {type(chain).__name__}")
     if len(chain.layers) == 0:
         raise ValueError("chain must contain at least one layer")
-    _refuse_functions(chain)
+    _check_affine_layers(chain, params)
+    if len(chain.layers) == 1 and isinstance(chain.layers[0], Dense):
+        return params[0]["w"], params[0].get("b")
+    with jax.enable_x64(True):
+        return _affine_by_basis(chain, jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, jnp.float64), tuple(params)))
+
+
+def _is_identity(activation) -> bool:
+    if isinstance(activation, activations.Activation):
+        return activation.name == "identity"
+    return isinstance(activation, str) and activation == "identity"
+
+
+def _check_affine_layers(chain: Chain, params):
+    """Raises NotImplementedError, saying why, unless every layer is affine and every
+    activation but the last is the identity."""
     for position, spec in enumerate(chain.layers):
-        if not isinstance(spec, (Dense, Conv2d, AvgPool2d, Flatten)):
+        if not isinstance(spec, (Dense, Conv2d, AvgPool2d, Flatten, Function)):
             raise NotImplementedError(
                 f"layer {position} is {type(spec).__name__}, which is not affine (exact measures "
-                "support Dense, Conv2d, AvgPool2d and Flatten, nonlinear only in the last "
-                "activation); " + _SAMPLING_HINT)
-        if position < len(chain.layers) - 1 and spec.activation != "identity":
+                "support Dense, Conv2d, AvgPool2d, Flatten and affine Function layers, nonlinear "
+                "only in the last activation); " + _SAMPLING_HINT)
+        if position < len(chain.layers) - 1 and not _is_identity(spec.activation):
             raise NotImplementedError(
                 f"layer {position} ({type(spec).__name__}) is followed by the activation "
                 f"{spec.activation!r} inside the span: the pairwise terms then depend on a "
                 "nonlinear function of many inputs, not on one sum of uniforms; exact measures "
                 "cover one affine layer (or an affine span) and its last activation; "
                 + _SAMPLING_HINT)
-    if len(chain.layers) == 1 and isinstance(chain.layers[0], Dense):
-        return params[0]["w"], params[0].get("b")
-    with jax.enable_x64(True):
-        return _affine_by_basis(chain, jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, jnp.float64), params))
-
-
-def _refuse_functions(chain: Chain):
-    """A Function layer cannot be measured exactly: say why."""
-    for position, spec in enumerate(chain.layers):
         if isinstance(spec, Function):
-            raise NotImplementedError(
-                f"layer {position} is a Function layer ({spec.name!r}): a Function layer is not "
-                "affine-known; its fn is an opaque JAX function, and the exact method needs the "
-                "layer's affine map (Dense, Conv2d, AvgPool2d and Flatten layers) followed by a "
-                "named monotone activation; " + _SAMPLING_HINT)
+            found = _function_affinity(chain, params, position)
+            if found.reason is not None:
+                raise NotImplementedError(
+                    f"layer {position}, the Function layer {spec.name!r}, is not affine in its "
+                    f"input: {found.reason}; the exact method needs an affine span (linear "
+                    "maps, convolutions, eval-mode normalization with fixed statistics, sums, "
+                    "reshapes) followed by a named monotone activation; " + _SAMPLING_HINT)
+            if found.narrowed is not None:
+                warnings.warn(
+                    f"layer {position}, the Function layer {spec.name!r}: {found.narrowed}; its "
+                    "affine map, read off in float64, carries that type's rounding",
+                    RuntimeWarning, stacklevel=4)
+
+
+def _function_affinity(chain: Chain, params, position: int) -> affine.Affinity:
+    """`affine.affinity` of the Function layer at `position`, traced in float64 (cached by the
+    fn, the params' shapes and the input shape when the fn hashes: a sweep traces it once)."""
+    spec = chain.layers[position]
+    in_shape = layers_out_shape(tuple(chain.layers[:position]), param_shapes(params[:position]),
+                                tuple(chain.in_shape))
+    shapes = param_shapes(params[position:position + 1])[0]
+    try:
+        hash(spec.fn)
+        cached = True
+    except TypeError:
+        cached = False
+    try:
+        if cached:
+            return _cached_affinity(spec.fn, shapes, in_shape)
+        return affine.affinity(spec.fn, params[position], in_shape, dtype=jnp.float64)
+    except (TypeError, ValueError) as error:
+        raise NotImplementedError(
+            f"layer {position}, the Function layer {spec.name!r}, could not be traced in float64, "
+            f"which the exact method needs to read off its affine map ({type(error).__name__}: "
+            f"{error}); " + _SAMPLING_HINT) from error
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_affinity(fn, shapes: tuple, in_shape: tuple) -> affine.Affinity:
+    params = {name: jax.ShapeDtypeStruct(shape, jnp.float64) for name, shape in shapes}
+    return affine.affinity(fn, params, in_shape, dtype=jnp.float64)
+
+
+@functools.partial(jax.jit, static_argnames=("chain",))
+def _images(chain: Chain, params, x):
+    """The chain (identity activations) on flat inputs x [k, n_in] -> flat outputs [k, n_out]."""
+    out = apply(chain, params, x.reshape((x.shape[0],) + tuple(chain.in_shape)))
+    return out.reshape(x.shape[0], -1)
 
 
 def _affine_by_basis(chain: Chain, params):
-    """The affine map's weights as the images of the basis vectors minus the image of 0."""
-    n_in = int(np.prod(chain.in_shape))
+    """The affine map's weights as the images of the basis vectors minus the image of 0, in
+    batches of basis vectors small enough for `BASIS_BATCH_BYTES`. Call under x64."""
+    n_in = math.prod(chain.in_shape)
     identity_chain = Chain(layers=tuple(spec._replace(activation="identity")
-                                        for spec in chain.layers), in_shape=chain.in_shape)
-
-    def flat(x):
-        return apply(identity_chain, params, x.reshape((-1,) + tuple(chain.in_shape))
-                     ).reshape(x.shape[0], -1)
-
-    bias = flat(jnp.zeros((1, n_in)))[0]
-    weights = flat(jnp.eye(n_in)) - bias[None, :]
+                                        for spec in chain.layers), in_shape=tuple(chain.in_shape))
+    n_out = math.prod(layers_out_shape(identity_chain.layers, param_shapes(params),
+                                       identity_chain.in_shape))
+    if 8 * n_in * n_out > BASIS_LIMIT:
+        raise ValueError(
+            f"the exact method needs the span's affine map as a float64 [n_in, n_out] = "
+            f"[{n_in}, {n_out}] matrix, {8 * n_in * n_out / 2 ** 30:.1f} GiB, more than its "
+            f"limit of {BASIS_LIMIT / 2 ** 30:.0f} GiB; measure one output position "
+            "(deep_ei_jax.positions.restrict) or use sampling: " + _SAMPLING_HINT)
+    per_sample = affine.traced_bytes_per_sample(
+        lambda p, x: apply(identity_chain, p, x), params, identity_chain.in_shape)
+    batch = int(min(n_in, max(1, BASIS_BATCH_BYTES // per_sample)))
+    bias = _images(identity_chain, params, jnp.zeros((1, n_in)))[0]
+    rows = []
+    for first in range(0, n_in, batch):
+        # a full batch every time (one compiled program); rows past n_in are dropped
+        index = jnp.minimum(first + jnp.arange(batch), n_in - 1)
+        basis = jax.nn.one_hot(index, n_in, dtype=jnp.float64)
+        rows.append(_images(identity_chain, params, basis)[:min(batch, n_in - first)])
+    weights = jnp.concatenate(rows, axis=0) - bias[None, :]
     return weights, bias
 
 
@@ -574,13 +678,16 @@ def exact_for_chain(chain: Chain, params, *, measure: str = "ei_parts", activati
                     return_coverage: bool = False):
     """Exact EI_parts or sensitivity (matrix or sum) of a chain that is one affine map and an
     elementwise monotone activation: one Dense layer, one Conv2d (e.g. on its receptive field,
-    where it is a dense layer over C_in*kH*kW inputs), or such layers chained with identity
-    activations between them (and AvgPool2d / Flatten).
+    where it is a dense layer over C_in*kH*kW inputs), a `Function` layer whose fn is affine (a
+    translated torch span such as Linear -> BatchNorm1d in eval mode, a residual block without
+    nonlinearity, one restricted output position of a conv span), or such layers chained with
+    identity activations between them (and AvgPool2d / Flatten). See `affine_map`.
 
     Args:
       chain, params: as for the sampling measures.
       measure: 'ei_parts', 'ei_parts_matrix', 'sensitivity' or 'sensitivity_matrix'.
-      activation: replaces the chain's last activation (a name), as in the sampling measures.
+      activation: replaces the chain's last activation (a name or an `activations.Activation`),
+        as in the sampling measures; it must be monotone (`EXACT_ACTIVATIONS`).
       in_range, out_range, in_bins, out_bins, grid_step, grid_points, policy, return_coverage:
         as in `exact_ei_parts_matrix` (grid arguments only matter for EI_parts).
 
@@ -589,15 +696,15 @@ def exact_for_chain(chain: Chain, params, *, measure: str = "ei_parts", activati
 
     Raises:
       NotImplementedError: for vector EI / groups (joint states of many inputs), pooling by max,
-        nonlinear activations inside a span, and callable activations: use sampling there.
+        nonlinear activations inside a span, a Function layer that is not affine (the message
+        names the primitive), non-monotone activations (gelu, silu, mish, hardswish) and
+        callable activations: use sampling there.
     """
     if measure in _SAMPLED_ONLY:
         raise NotImplementedError(
             f"measure={measure!r} has no exact method here (it needs the joint distribution of "
             "whole binned vectors, not pairwise terms); " + _SAMPLING_HINT)
     _checks.check_choice("measure", measure, EXACT_MEASURES)
-    if isinstance(chain, Chain):
-        _refuse_functions(chain)
     last = activation if activation is not None else (
         chain.layers[-1].activation if isinstance(chain, Chain) and chain.layers else None)
     _check_activation(last)

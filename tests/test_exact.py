@@ -356,7 +356,7 @@ def test_affine_span_with_identity_between_is_exact():
 def test_argument_errors_name_the_argument():
     w = np.ones((2, 2))
     with pytest.raises(ValueError, match="activation must be one of"):
-        exact_ei_parts(w, activation="softplus")
+        exact_ei_parts(w, activation="swish")
     with pytest.raises(NotImplementedError, match="dynamic"):
         exact_ei_parts(w, activation="sigmoid", out_range="dynamic")
     with pytest.raises(ValueError, match=r"w must have shape \[n_in, n_out\]"):

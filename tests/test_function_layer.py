@@ -169,12 +169,20 @@ def test_chain_mixing_function_and_builtin_layers():
     assert np.isfinite(value) and value > 0 and info.samples == 4096
 
 
-def test_exact_method_refuses_a_function_layer(dense_params):
-    _, function = _chains()
+def test_exact_method_on_a_function_layer(dense_params):
+    """An affine Function is measured exactly, as its Dense twin (its map read off in float64);
+    one that is not affine is refused, naming the primitive (tests/test_exact_spans.py has more)."""
+    dense, function = _chains()
     for measure in (pure.ei_parts, pure.sensitivity):
-        with pytest.raises(NotImplementedError, match="not affine-known.*'affine'|'affine'.*"
-                                                      "not affine-known"):
-            measure(jax.random.key(0), function, dense_params, **BINNING, method="exact")
+        value, info = measure(jax.random.key(0), function, dense_params, **BINNING,
+                              method="exact")
+        twin, _ = measure(jax.random.key(0), dense, dense_params, **BINNING, method="exact")
+        assert info.method == "exact" and abs(value - twin) < 1e-9
+    squashed = pure.Chain(layers=(pure.Function(lambda p, x: jnp.tanh(affine(p, x)),
+                                                name="squashed", activation="sigmoid"),),
+                          in_shape=(N_IN,))
+    with pytest.raises(NotImplementedError, match="'squashed', is not affine in its input: tanh"):
+        pure.ei_parts(jax.random.key(0), squashed, dense_params, **BINNING, method="exact")
 
 
 def test_sweep_over_stacked_function_params_equals_single_calls():
