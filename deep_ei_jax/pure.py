@@ -12,6 +12,7 @@ For example::
 
 No torch is needed or imported.
 """
+from .affine import affine_reason
 from .dependency import dependencies
 from .information import entropy, mutual_information, nats_to_bits
 from .layers import (AvgPool2d, Chain, Conv2d, Dense, Flatten, Function, MaxPool2d, apply,
@@ -23,8 +24,8 @@ from .sweeping import SweepResult, stack_params, sweep
 
 __all__ = [
     "AvgPool2d", "Chain", "Conv2d", "Dense", "Flatten", "Function", "MaxPool2d", "Info", "apply",
-    "out_shape", "receptive_field", "dependencies", "position_outputs", "restrict",
-    "Restriction", "entropy", "mutual_information", "nats_to_bits", "ei", "ei_parts",
+    "out_shape", "receptive_field", "affine_reason", "dependencies", "position_outputs",
+    "restrict", "Restriction", "entropy", "mutual_information", "nats_to_bits", "ei", "ei_parts",
     "ei_parts_matrix", "ei_and_ei_parts", "eis_between_groups", "sensitivity",
     "sensitivity_matrix", "degeneracy", "sweep", "stack_params", "SweepResult",
 ]

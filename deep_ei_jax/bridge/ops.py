@@ -223,7 +223,7 @@ for _n in (1, 2, 3):
 
 def _adaptive_matrix(size: int, out: int) -> np.ndarray:
     """[out, size] averaging weights of torch's adaptive pooling along one axis."""
-    matrix = np.zeros((out, size), np.float32)
+    matrix = np.zeros((out, size), np.float64)  # cast to the input's dtype where used
     for i in range(out):
         start, end = (i * size) // out, -((-(i + 1) * size) // out)
         matrix[i, start:end] = 1.0 / (end - start)
@@ -235,7 +235,7 @@ def _adaptive_avg_pool(spatial):
         out = _tuple(output_size, spatial)
         y = self
         for axis, size in zip(range(self.ndim - spatial, self.ndim), out):
-            matrix = jnp.asarray(_adaptive_matrix(self.shape[axis], size))
+            matrix = jnp.asarray(_adaptive_matrix(self.shape[axis], size), self.dtype)
             y = jnp.moveaxis(jnp.tensordot(y, matrix, axes=((axis,), (1,)), precision=HIGHEST),
                              -1, axis)
         return y
