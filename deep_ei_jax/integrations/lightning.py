@@ -1,5 +1,7 @@
 """`EICallback`: EI, EI_parts, sensitivity and degeneracy of a LightningModule at epoch ends.
 
+Usage::
+
     from lightning.pytorch import Trainer
     from deep_ei_jax.integrations.lightning import EICallback
 
