@@ -223,20 +223,24 @@ def test_tracker_hands_every_record_to_on_record(tmp_path):
 
 # ---------------------------------------------------------------- export --tensorboard
 
-def run_cli(*args, blocked=()):
-    """`deep-ei-jax ARGS` in a subprocess where the `blocked` top-level modules cannot be
+def run_python(code, *args, blocked=()):
+    """`code` run by Python in a subprocess where the `blocked` top-level modules cannot be
     imported: a finder first on sys.meta_path raises what a missing module raises."""
-    code = ("import sys\n"
-            f"BLOCKED = {tuple(blocked)!r}\n"
-            "class Blocker:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in BLOCKED:\n"
-            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-            "sys.meta_path.insert(0, Blocker())\n"
-            "from deep_ei_jax.cli import main\n"
-            "raise SystemExit(main(sys.argv[1:]))\n")
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+    blocker = ("import sys\n"
+               f"BLOCKED = {tuple(blocked)!r}\n"
+               "class Blocker:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in BLOCKED:\n"
+               "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+               "sys.meta_path.insert(0, Blocker())\n")
+    return subprocess.run([sys.executable, "-c", blocker + code, *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def run_cli(*args, blocked=()):
+    """`deep-ei-jax ARGS` in a subprocess (see `run_python`)."""
+    return run_python("from deep_ei_jax.cli import main\nraise SystemExit(main(sys.argv[1:]))\n",
+                      *args, blocked=blocked)
 
 
 def test_export_tensorboard_reads_back_the_tracker_values(tmp_path, capsys):
@@ -301,3 +305,12 @@ def test_a_missing_extra_is_named(tmp_path, blocked, args, extra):
     assert result.stderr.startswith("deep-ei-jax: error:"), result.stderr
     assert f"needs {blocked}, which is not installed" in result.stderr
     assert f"pip install 'deep_ei_jax[{extra}]'" in result.stderr
+
+
+def test_the_torch_api_without_torch_names_the_extra():
+    result = run_python("import deep_ei_jax\n"
+                        "print(deep_ei_jax.pure.__name__)\n"  # the pure-JAX API still works
+                        "deep_ei_jax.sweep\n", blocked=["torch"])
+    assert result.returncode == 1 and result.stdout.strip() == "deep_ei_jax.pure"
+    assert "ModuleNotFoundError: deep_ei_jax's torch API" in result.stderr
+    assert "pip install 'deep_ei_jax[torch]'" in result.stderr
