@@ -6,6 +6,7 @@ import importlib
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -173,6 +174,14 @@ def test_lightning_callback_measures_every_n_epochs_and_checks_arguments():
         EICallback(torch.zeros((1, 4)), in_bins=1)
     with pytest.raises(ValueError, match="measures"):
         EICallback(torch.zeros((1, 4)), measures=["entropy"])
+    # a wrong input or layer name fails when fitting starts, not after the first epoch
+    trainer = types.SimpleNamespace(is_global_zero=True)
+    net = nn.Sequential(nn.Linear(4, 2), nn.Sigmoid())
+    EICallback(torch.zeros((1, 4))).on_fit_start(trainer, net)
+    with pytest.raises(ValueError, match="input of shape \\(1, 5\\) does not fit the model"):
+        EICallback(torch.zeros((1, 5))).on_fit_start(trainer, net)
+    with pytest.raises(ValueError, match="layers: 'fc' is not a measurable module"):
+        EICallback(torch.zeros((1, 4)), layers=["fc"]).on_fit_start(trainer, net)
 
 
 def test_a_missing_lightning_is_named(monkeypatch):

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from .._checks import check_measures
-from ..bridge.sweeping import check_settings, sweep
+from ..bridge.sweeping import check_settings, layer_names, sweep
+from ..bridge.topology import topology_of
 from ..bridge.tracking import undisturbed
 from . import MEASURES, metric_name
 
@@ -104,6 +105,15 @@ class EICallback(Callback):
             record.pop("model", None)
         return records
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Checks, before training, that `example_input` fits the module and `layers` names
+        measurable layers (a bad argument fails now, not after the first epoch)."""
+        if not trainer.is_global_zero:
+            return
+        with undisturbed(pl_module):
+            example = self.example_input.to(_device_of(pl_module))
+            layer_names(pl_module, topology_of(pl_module, example), self.settings["layers"])
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self.should_measure(trainer.current_epoch):
             return
@@ -114,9 +124,9 @@ class EICallback(Callback):
         for record in records:
             record.update(epoch=trainer.current_epoch, step=trainer.global_step)
             for measure in self.measures:
-                # a float64 tensor: the loggers get the value as measured, not float32-rounded
-                value = torch.tensor(float(record[measure]), dtype=torch.float64,
-                                     device=pl_module.device)
+                # a float64 tensor (on the CPU, which has float64 whatever the accelerator):
+                # the loggers get the value as measured, not rounded to float32
+                value = torch.tensor(float(record[measure]), dtype=torch.float64)
                 pl_module.log(metric_name(measure, record["layer"]), value, on_step=False,
                               on_epoch=True, prog_bar=self.prog_bar, logger=True, batch_size=1,
                               rank_zero_only=several)
