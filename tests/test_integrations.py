@@ -323,3 +323,14 @@ def test_the_torch_api_without_torch_names_the_extra():
     assert result.returncode == 1 and result.stdout.strip() == "deep_ei_jax.pure"
     assert "ModuleNotFoundError: deep_ei_jax's torch API" in result.stderr
     assert "pip install 'deep_ei_jax[torch]'" in result.stderr
+
+
+def test_export_help(capsys):
+    from deep_ei_jax import cli
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "RESULTS" in text and "--tensorboard DIR" in text and "Tracker's JSON lines" in text
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "export" in capsys.readouterr().out
