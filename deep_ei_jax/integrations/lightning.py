@@ -11,11 +11,11 @@ Usage::
 
 At the end of every `every_n_epochs`-th training epoch the module is measured by
 `deep_ei_jax.sweep` (a sweep of one parameter set, with the callback's fixed `seed`, so a value
-equals a sweep of the checkpoint saved at that epoch with the same seed), and every value is
-logged with `LightningModule.log` as `ei/<layer>`, `ei_parts/<layer>`, `sensitivity/<layer>` and
-`degeneracy/<layer>`: whatever loggers the trainer has (TensorBoard, CSV, W&B, MLflow, ...)
-receive them at the trainer's step, next to the loss, and `EarlyStopping` or `ModelCheckpoint`
-may monitor them.
+equals a sweep of the checkpoint saved at that epoch, in eval mode, with the same seed), and
+every value is logged with `LightningModule.log` as `ei/<layer>`, `ei_parts/<layer>`,
+`sensitivity/<layer>` and `degeneracy/<layer>`: whatever loggers the trainer has (TensorBoard,
+CSV, W&B, MLflow, ...) receive them at the trainer's step, next to the loss, and `EarlyStopping`
+or `ModelCheckpoint` may monitor them.
 
 Measuring leaves training as it was: the module is measured in eval mode without gradients and
 every module's train/eval flag is put back; torch's random generators are not drawn from (the
