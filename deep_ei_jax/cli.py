@@ -1,19 +1,22 @@
-"""The command line: `deep-ei-jax measure MODEL_FILE ...` and `deep-ei-jax plot RESULTS ...`.
+"""The command line: `deep-ei-jax measure MODEL_FILE ...`, `plot RESULTS ...`, `export RESULTS ...`.
 
     deep-ei-jax measure model.pt --input-shape 1,4 --bins 8 --samples 100000 --json out.json
     deep-ei-jax plot out.json --out figures/
+    deep-ei-jax export run.jsonl --tensorboard runs/run1
     python -m deep_ei_jax --help
 
 Errors in what the user gave (a missing file, a file that is not a model, a module that cannot be
 measured, a bad option) print one line on stderr and exit with status 2, without a traceback.
 Output files are written whole or not at all (a temporary file in the same folder, then renamed),
-so an interruption (Ctrl-C: status 130) never leaves a half-written file. The program turns on
-JAX's persistent compilation cache (`DEEP_EI_JAX_COMPILATION_CACHE=0` turns it off).
+so an interruption (Ctrl-C: status 130) never leaves a half-written file. A command whose
+optional dependency is missing names the extra to install and exits with status 1. The program
+turns on JAX's persistent compilation cache (`DEEP_EI_JAX_COMPILATION_CACHE=0` turns it off).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import math
 import os
@@ -31,6 +34,22 @@ MAX_SAMPLES = 2 ** 31       # the library counts in int32
 
 class UserError(Exception):
     """A problem with the user's input: reported as one line, no traceback."""
+
+
+class MissingExtra(Exception):
+    """An optional dependency a command needs is not installed: reported as one line."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """`module`, imported; when it is not installed, a `MissingExtra` naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        missing = getattr(error, "name", None) or ""
+        if missing.split(".")[0] != module.split(".")[0]:
+            raise  # installed, but something it needs is broken: keep the real error
+        raise MissingExtra(f"{purpose} needs {module.split('.')[0]}, which is not installed: "
+                           f"pip install 'deep_ei_jax[{extra}]'") from None
 
 
 # ---------------------------------------------------------------- loading models
@@ -276,8 +295,7 @@ def _progress(items, enabled: bool, description: str):
 
 
 def measure(args) -> int:
-    import torch
-
+    torch = require("torch", "torch", "'deep-ei-jax measure' (it loads torch models)")
     from .bridge import sweep, topology_of
     from .bridge.sweeping import MEASURED_MODULES
     _check_input_shape(args.input_shape)
@@ -349,8 +367,8 @@ def write_csv(path: str, records) -> None:
 
 # ---------------------------------------------------------------- plot
 
-def load_results(path: str) -> list[dict]:
-    """Records from a `measure --json` file, a tracker's JSON lines, a sweep list or a CSV."""
+def read_results(path: str) -> list[dict]:
+    """The list of records in a results file (JSON, JSON lines or CSV), unchecked."""
     if not os.path.exists(path):
         raise UserError(f"RESULTS {path!r} does not exist")
     try:
@@ -376,6 +394,12 @@ def load_results(path: str) -> list[dict]:
                                 f"{error}") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise UserError(f"RESULTS {path!r} holds no list of records")
+    return records
+
+
+def load_results(path: str) -> list[dict]:
+    """Records from a `measure --json` file, a tracker's JSON lines, a sweep list or a CSV."""
+    records = read_results(path)
     needed = {"layer", "sensitivity", "degeneracy"}
     if not records or not needed <= set(records[0]):
         raise UserError(f"RESULTS {path!r} has no records with {sorted(needed)} (made by "
@@ -400,6 +424,7 @@ def _number(value):
 
 
 def plot(args) -> int:
+    require("matplotlib", "plot", "'deep-ei-jax plot'")
     from . import plotting
     records = load_results(args.results)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -407,6 +432,24 @@ def plot(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     for path in plotting.save_figures(records, args.out):
         print(path)
+    return 0
+
+
+# ---------------------------------------------------------------- export
+
+def export(args) -> int:
+    require("tensorboard", "tensorboard", "'deep-ei-jax export --tensorboard'")
+    from .integrations.tensorboard import write_scalars
+    records = read_results(args.results)
+    if not records:
+        raise UserError(f"RESULTS {args.results!r} holds no records")
+    if os.path.exists(args.tensorboard) and not os.path.isdir(args.tensorboard):
+        raise UserError(f"--tensorboard {args.tensorboard!r} exists and is not a folder")
+    try:
+        path = write_scalars(records, args.tensorboard)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"RESULTS {args.results!r}: {error}") from None
+    print(path)
     return 0
 
 
@@ -460,6 +503,17 @@ def parser() -> argparse.ArgumentParser:
                    "of deep_ei_jax.sweep records, or a CSV of them")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
     p.set_defaults(run=plot)
+    e = commands.add_parser(
+        "export", help="write results as TensorBoard scalars",
+        description="Write measurement records as TensorBoard scalars (tags ei/LAYER, "
+        "ei_parts/LAYER, sensitivity/LAYER, degeneracy/LAYER, at each record's step) in a new "
+        "event file; view them with 'tensorboard --logdir DIR'. Needs tensorboard.")
+    e.add_argument("results", metavar="RESULTS",
+                   help="records: 'measure --json' output, a Tracker's JSON lines, a JSON list "
+                   "of deep_ei_jax.sweep records, or a CSV of them")
+    e.add_argument("--tensorboard", required=True, metavar="DIR",
+                   help="the run folder for the event file (created if missing)")
+    e.set_defaults(run=export)
     return main
 
 
@@ -482,6 +536,9 @@ def main(argv=None) -> int:
     except UserError as error:
         print(f"deep-ei-jax: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except MissingExtra as error:
+        print(f"deep-ei-jax: error: {error}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError, NotImplementedError, OSError) as error:
         print(f"deep-ei-jax: error: {error}", file=sys.stderr)
         return EXIT_USAGE

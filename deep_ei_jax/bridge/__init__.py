@@ -1,4 +1,13 @@
 """The torch bridge: the only part of deep_ei_jax that imports torch."""
+try:
+    import torch  # noqa: F401
+except ModuleNotFoundError as error:  # the extra is missing: name it
+    if error.name != "torch":
+        raise
+    raise ModuleNotFoundError("deep_ei_jax's torch API (deep_ei_jax.sweep, Tracker, topology_of, "
+                              "ei_of_layer, ...) needs torch: pip install 'deep_ei_jax[torch]'",
+                              name="torch") from error
+
 from .api import (MI, degeneracy_of_layer, ei, ei_of_layer, ei_of_layer_matrix, ei_parts,
                   ei_parts_matrix, eis_between_groups, resolve_span, sensitivity,
                   sensitivity_matrix, sensitivity_of_layer, sensitivity_of_layer_matrix,

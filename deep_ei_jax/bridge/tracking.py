@@ -6,6 +6,12 @@
         train_one_step(model)
         tracker(model, step)          # measures when step % every == 0, else returns []
 
+`on_record=` hands each record to your own code once it is on disk (a logger, a plot, a check):
+`Tracker(..., on_record=lambda r: writer.add_scalar(f"ei/{r['layer']}", r["ei"], r["step"]))`.
+
+The model is measured in eval mode without gradients (as a checkpoint would be, after
+`model.eval()`); its modules' train/eval flags and torch's random generators are left as they were.
+
 Each record is written with one `os.write` on a file opened for appending, then fsynced, so a
 record is on disk before training goes on and appends never interleave. After an interruption a
 new `Tracker` on the same file reads what is there: a last line torn by the crash is cut off,
@@ -14,6 +20,7 @@ nothing again, so a resumed loop may simply replay from its last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import os
@@ -28,6 +35,27 @@ from .._checks import check_measures
 from .api import resolve_span
 from .sweeping import check_settings, layer_names, sweep
 from .topology import topology_of
+
+
+@contextlib.contextmanager
+def undisturbed(model):
+    """Measuring a model in training without disturbing it: eval mode and no gradients inside;
+    afterwards every module's train/eval flag is as it was, and so are torch's random generators
+    (CPU, and the current CUDA device when CUDA is in use), should a forward pass draw from them.
+
+    Args:
+      model: a torch module.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and \
+        torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            model.eval()
+            yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 def read_records(path) -> list[dict]:
@@ -81,6 +109,9 @@ class Tracker:
       layers, measures, samples, sensitivity_samples, in_bins, out_bins, seed, policy, method:
         as `deep_ei_jax.sweep` (the same seed every time: differences between steps are the
         network's, not the noise's).
+      on_record: optional callable, called with each new record (a dict, as written to the file)
+        once the records of its step are on disk, in order; an exception it raises reaches the
+        training loop, and the records stay written.
 
     Attributes:
       last_step: the last step recorded (None before any).
@@ -89,7 +120,8 @@ class Tracker:
 
     def __init__(self, path, example_input, *, every: int = 50, layers=None, measures=None,
                  samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
-                 out_bins: int = 64, seed: int = 0, policy: str = "drop", method: str = "auto"):
+                 out_bins: int = 64, seed: int = 0, policy: str = "drop", method: str = "auto",
+                 on_record=None):
         if isinstance(every, bool) or not isinstance(every, (numbers.Integral, np.integer)) \
                 or every <= 0:
             raise ValueError(f"every must be a positive integer; got {every!r}")
@@ -101,6 +133,10 @@ class Tracker:
         if layers is not None and not isinstance(layers, (str, list, tuple, torch.nn.Module)):
             raise TypeError(f"layers must be None or a list of module names or modules; "
                             f"got {layers!r}")
+        if on_record is not None and not callable(on_record):
+            raise TypeError(f"on_record must be None or a callable taking a record (a dict); "
+                            f"got {type(on_record).__name__}")
+        self.on_record = on_record
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise TypeError(f"path must be a file path (str or os.PathLike); got {path!r}")
         self.path = os.fspath(path)
@@ -142,13 +178,14 @@ class Tracker:
         step = int(step)
         if not self.should_measure(step):
             return []
-        names = self._layer_names(model)
-        remaining = [name for name in names if (step, name) not in self.done]
-        if not remaining:  # all recorded before an interruption: nothing is measured again
-            return []
-        settings = self.settings if len(remaining) == len(names) else \
-            {**self.settings, "layers": remaining}
-        records = sweep([model], self.example_input, steps=[step], **settings)
+        with undisturbed(model):  # eval mode, no grad; modes and torch's generators kept
+            names = self._layer_names(model)
+            remaining = [name for name in names if (step, name) not in self.done]
+            if not remaining:  # all recorded before an interruption: nothing is measured again
+                return []
+            settings = self.settings if len(remaining) == len(names) else \
+                {**self.settings, "layers": remaining}
+            records = sweep([model], self.example_input, steps=[step], **settings)
         new = [r for r in records if (step, r["layer"]) not in self.done]
         for record in new:
             record.pop("model", None)
@@ -159,6 +196,9 @@ class Tracker:
             self.done.add((step, record["layer"]))
         if new:
             self.last_step = step if self.last_step is None else max(self.last_step, step)
+        if self.on_record is not None:
+            for record in new:
+                self.on_record(_plain(record))
         return new
 
     def _layer_names(self, model) -> list:
