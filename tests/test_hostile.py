@@ -271,11 +271,13 @@ def test_unsupported_module_as_the_layer_itself(module):
     net = nn.Sequential(nn.Linear(4, 4), module) if not isinstance(module, nn.Conv3d) else \
         nn.Sequential(module, nn.Flatten(), nn.Linear(4, 4))
     example = torch.zeros((1, 1, 1, 1, 4)) if isinstance(module, nn.Conv3d) else torch.zeros((2, 4))
-    top = dei.topology_of(net.eval(), example)
+    top = dei.topology_of(net.eval(), example, capture=False)   # hooks only: refused
     with pytest.raises(NotImplementedError, match=re.escape(type(module).__name__) + r".* is not "
                        r"supported: .* Supported modules: Linear, Conv2d, AvgPool2d, MaxPool2d, "
                        r"Flatten, Sigmoid, Tanh, ReLU"):
         dei.ei_of_layer(module, top, **TORCH)
+    top = dei.topology_of(net.eval(), example)    # the captured graph measures it
+    assert dei.ei_of_layer(module, top, **TORCH) >= 0
 
 
 def test_non_sequential_graph_is_refused_across_the_branch():
@@ -288,12 +290,16 @@ def test_non_sequential_graph_is_refused_across_the_branch():
             return self.c(torch.cat([self.a(x), self.b(x)], dim=1))
 
     net = Branches()
-    top = dei.topology_of(net, torch.zeros((1, 4)))
+    top = dei.topology_of(net, torch.zeros((1, 4)), capture=False)   # hooks only
     with pytest.raises(NotImplementedError, match="non-module operation .*skip connection"):
         dei.ei_of_layer(net.c, top, in_layer=net.b, **TORCH)
     with pytest.raises(NotImplementedError, match="cannot infer the activation after"):
         dei.ei_of_layer(net.a, top, **TORCH)
     assert dei.ei_of_layer(net.a, top, activation=nn.Sigmoid(), **TORCH) >= 0  # told: it works
+    # the captured graph: both branches start from b's input x, so the span b..c is measured
+    top = dei.topology_of(net, torch.zeros((1, 4)))
+    assert dei.ei_of_layer(net.c, top, in_layer=net.b, **TORCH) >= 0
+    assert dei.ei_of_layer(net.a, top, **TORCH) >= 0
 
 
 def test_inf_bias_is_refused_naming_module_and_parameter():
