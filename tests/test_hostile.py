@@ -486,7 +486,7 @@ def model_files(tmp_path_factory):
     (folder / "text.pt").write_text("this is not a model\n")
     (folder / "a_folder").mkdir()
     torch.save(net.state_dict(), folder / "state_dict.pt")
-    torch.save(nn.Sequential(nn.Linear(4, 3), nn.LSTM(3, 2)), folder / "lstm.pt")
+    torch.save(nn.Sequential(nn.LSTM(4, 2)), folder / "lstm.pt")   # no Linear or Conv2d
     nan = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid())
     with torch.no_grad():
         nan[0].weight[1, 2] = float("nan")
@@ -576,8 +576,8 @@ def test_atomic_write_keeps_the_old_file_on_any_error(tmp_path):
     ("a_folder", [], ["MODEL_FILE", "is a directory"]),
     ("state_dict.pt", ["--trust-pickle"], ["MODEL_FILE", "state dict"]),
     ("pickled.pt", [], ["MODEL_FILE", "--trust-pickle", "runs code"]),
-    ("lstm.pt", ["--trust-pickle"], ["MODEL_FILE", "no layer of the model can be measured",
-                                     "LSTM", "supported: Linear"]),
+    ("lstm.pt", ["--trust-pickle"], ["MODEL_FILE", "no Linear or Conv2d layer to measure",
+                                     "LSTM", "--layers", "measurable: ['0']"]),
     ("nan.pt", ["--trust-pickle"], ["MODEL_FILE", "layer '0'", "non-finite values", "weight"]),
     ("good.pt", ["--seed", str(2 ** 70)], ["--seed", "expected an integer seed"]),
     ("good.pt", ["--bins", "1"], ["--bins", "expected an integer >= 2; got '1'"]),

@@ -32,7 +32,7 @@ from .._checks import (check_bins, check_choice, check_measures, check_positive_
 from ..binning import POLICIES
 from ..histogram import METHODS
 from .api import resolve_span
-from .topology import captured_of, share_capture, topology_of
+from .topology import ACTIVATION_MODULES, captured_of, share_capture, topology_of
 
 MEASURED_MODULES = (nn.Linear, nn.Conv2d)
 
@@ -115,14 +115,16 @@ def layer_names(model, topology, layers):
     chosen = []
     for layer in layers:
         if isinstance(layer, nn.Module):
-            if layer not in names:
-                raise ValueError(f"layers: {layer!r} is not a measurable module of the first model; "
-                                 f"pass modules of models_or_state_dicts[0] (or names)")
+            if layer not in names or isinstance(layer, ACTIVATION_MODULES):
+                raise ValueError(f"layers: {layer!r} is not a measurable module of the first "
+                                 f"model; pass modules of models_or_state_dicts[0] (or names)")
             chosen.append(names[layer])
         elif isinstance(layer, str):
-            if layer not in dict(model.named_modules()):
-                raise ValueError(f"layers: {layer!r} is not a measurable module of the model: "
-                                 f"not a submodule; its modules: {[n for n in names.values() if n][:40]}")
+            module = dict(model.named_modules()).get(layer)
+            if module is None or isinstance(module, ACTIVATION_MODULES):
+                raise ValueError(f"layers: {layer!r} is not a measurable module of the model; "
+                                 f"measurable: {[names[m] for m in topology]} and the other "
+                                 f"submodules the captured graph can measure")
             chosen.append(layer)
         else:
             raise TypeError(f"layers must be module names or modules; got {layer!r}")
@@ -309,8 +311,8 @@ def check_example_input(example_input) -> None:
     if isinstance(example_input, (tuple, list)) and example_input and all(
             isinstance(v, (torch.Tensor, tuple, list)) for v in example_input):
         return
-    raise TypeError(f"example_input must be a torch.Tensor batch or a tuple of tensors (a cell's "
-                    f"(x, h)); got {type(example_input).__name__}")
+    raise TypeError(f"example_input must be a tuple of tensors (a cell's (x, h)) or a "
+                    f"torch.Tensor batch; got {type(example_input).__name__}")
 
 
 def measurable_layers(model, example_input, captured=None) -> dict:
