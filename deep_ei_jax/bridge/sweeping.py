@@ -311,8 +311,9 @@ def check_example_input(example_input) -> None:
     if isinstance(example_input, (tuple, list)) and example_input and all(
             isinstance(v, (torch.Tensor, tuple, list)) for v in example_input):
         return
-    raise TypeError(f"example_input must be a tuple of tensors (a cell's (x, h)) or a "
-                    f"torch.Tensor batch; got {type(example_input).__name__}")
+    raise TypeError(f"example_input must be a torch.Tensor batch; got "
+                    f"{type(example_input).__name__} (a tuple of tensors, a cell's (x, h), "
+                    f"is also accepted)")
 
 
 def measurable_layers(model, example_input, captured=None) -> dict:
