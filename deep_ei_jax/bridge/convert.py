@@ -300,6 +300,17 @@ def check_position(position) -> None:
                          f"{position!r}")
 
 
+def _qualified(captured, module):
+    """A module's qualified name in the captured model (the graph may be shared by another
+    checkpoint of the architecture, whose module objects it does not hold), or `module`."""
+    if module is None or isinstance(module, str):
+        return module
+    for name, candidate in captured.model.named_modules():
+        if candidate is module:
+            return name
+    return module
+
+
 def graph_span(captured, layer, *, in_layer=None, activation=None, position=None) -> Span:
     """The span of any submodule (from `in_layer`'s input) on the captured graph.
 
@@ -316,7 +327,8 @@ def graph_span(captured, layer, *, in_layer=None, activation=None, position=None
       NotImplementedError: an op with no JAX translation (naming it).
     """
     check_position(position)
-    found = span_function(captured, layer, in_module=in_layer)
+    found = span_function(captured, _qualified(captured, layer),
+                          in_module=_qualified(captured, in_layer))
     act = activation_of(activation) if activation is not None else \
         jax_activation(found.out_activation)
     chain = Chain(layers=(Function(fn=found.fn, name=found.name, activation=act),),
