@@ -182,7 +182,8 @@ def test_container_block_equals_w_plus_identity():
     assert span.name == "0" and out_range == (0.0, 1.0)
     seed, samples = 3, 30_000
     x = _samples(jax.random.key(seed), samples, N_IN, in_range)
-    w, b = block.linear.weight.double().detach().numpy(), block.linear.bias.double().detach().numpy()
+    w = block.linear.weight.double().detach().numpy()
+    b = block.linear.bias.double().detach().numpy()
     z = x + x @ w.T + b
     n = N_IN + 2     # a sum of n + 2 float32 terms each way (test_function_layer.py)
     gamma = n * GAMMA_UNIT / (1 - n * GAMMA_UNIT)
