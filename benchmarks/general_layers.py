@@ -7,8 +7,9 @@ Run from the repository root with the project venv. Cases (EI_parts by `ei_of_la
                statistics), identity shortcut, ReLU; input 16 x 8 x 8; measured at the centre
                pixel: its inputs are the 16 x 5 x 5 elements that pixel depends on.
   transformer  a GPT-2 block (transformers; layer norm, causal attention with 4 heads, MLP),
-               d_model 16, 4 tokens; measured at the centre token (index 2): its inputs are the
-               3 x 16 elements of the tokens it attends to. Skipped when transformers is absent.
+               d_model 16, 4 tokens; measured at the centre token (index 2): its inputs are all
+               4 x 16 elements (dependencies are structural: the causal mask is a select whose
+               masked branch still counts). Skipped when transformers is absent.
 
 Every case runs in a fresh subprocess (peak RSS per case). Timing as `_timing.timed`: compile_s is
 the first call (capture, dependency tracing and compilation included), run_s the median of
