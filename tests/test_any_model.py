@@ -282,8 +282,8 @@ def test_positions_are_selectable():
     assert corner.position == (0, 0) and corner.chain.in_shape == (75,)
     whole, _, _ = resolve_span(net.conv2, top, position="all")
     assert whole.position == "all" and whole.chain.in_shape == (6, 14, 14)
-    _, info = dei.sensitivity_of_layer(net.conv1, top, samples=50, seed=0, position=(3, 4),
-                                       return_info=True, in_bins=4, out_bins=4)
+    _, info = dei.ei_of_layer(net.conv1, top, samples=200, seed=0, position=(3, 4),
+                              return_info=True, in_bins=4, out_bins=4)
     assert info.position == (3, 4)
 
 
@@ -358,22 +358,28 @@ def test_sweep_over_checkpoints_equals_single_calls():
     models = _checkpoints(3)
     x = torch.zeros((1, 3, 32, 32))
     settings = dict(samples=1000, sensitivity_samples=10, in_bins=4, out_bins=4, seed=1)
-    records = dei.sweep(models, x, layers=["fc1", "conv1"], **settings)
+    # a restricted layer runs conv1 on the whole 3 x 32 x 32 input for every sample, and
+    # sensitivity draws a block of 1024 samples per input (75 of them): conv1 is swept for EI
+    # and EI_parts only, to keep the test short; fc1 for all four measures
+    records = dei.sweep(models, x, layers=["fc1"], **settings) + dei.sweep(
+        models, x, layers=["conv1"], measures=["ei", "ei_parts"], **settings)
     assert [(r["model"], r["layer"]) for r in records] == [
-        (k, name) for k in range(3) for name in ("fc1", "conv1")]
-    for record in records[:2] + records[4:]:     # checkpoints 0 and 2 (1 alike, for time)
+        (k, name) for name in ("fc1", "conv1") for k in range(3)]
+    for record in records[::2]:     # checkpoints 0 and 2 of fc1, 1 of conv1 (for time)
         model = models[record["model"]]
         top = dei.topology_of(model, x)
         layer = getattr(model, record["layer"])
         ei, parts = dei.vector_and_pairwise_ei(layer, top, samples=1000, seed=1, in_bins=4,
                                                out_bins=4)
-        sens = dei.sensitivity_of_layer(layer, top, samples=10, seed=1, in_bins=4, out_bins=4)
+        sens = dei.sensitivity_of_layer(layer, top, samples=10, seed=1, in_bins=4,
+                                        out_bins=4) if "sensitivity" in record else None
         pairs = resolve_span(layer, top)[0].chain.in_shape[0] * (120 if record["layer"] == "fc1"
                                                                  else 6)
         # same counts; float32 formula rounding as tests/test_sweep.py (EI within 1e-4)
         assert abs(record["ei"] - ei) < 1e-4
         assert abs(record["ei_parts"] - parts) <= _rounding(pairs, 1000)
-        assert abs(record["sensitivity"] - sens) <= _rounding(pairs, 10)
+        if sens is not None:
+            assert abs(record["sensitivity"] - sens) <= _rounding(pairs, 10)
         assert record.get("position") == ([14, 14] if record["layer"] == "conv1" else None)
 
 
@@ -409,8 +415,11 @@ def test_cli_lists_and_measures_the_tutorial_cnn(tmp_path, capsys):
                             "20", "--bins", "4", "--json", str(tmp_path / "out.json")]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[1].startswith("fc1")
-    assert cli.main(base + ["--layers", "conv1", "--samples", "300", "--sensitivity-samples",
-                            "10", "--bins", "4", "--position", "2,3"]) == 0
-    assert "conv1 at (2, 3)" in capsys.readouterr().out
+    small = tmp_path / "small.pt"    # --position on a small conv (the CNN's would take longer)
+    torch.save(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU()), small)
+    assert cli.main(["measure", str(small), "--input-shape", "1,1,6,6", "--trust-pickle",
+                     "--no-progress", "--samples", "300", "--sensitivity-samples", "10",
+                     "--bins", "4", "--position", "2,3"]) == 0
+    assert "0 at (2, 3)" in capsys.readouterr().out
     assert cli.main(base + ["--layers", "nope"]) == 2
     assert "measurable: ['conv1', 'pool', 'conv2', 'fc1'" in capsys.readouterr().err
