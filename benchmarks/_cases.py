@@ -44,6 +44,7 @@ class Case(NamedTuple):
     calls: tuple                      # of Call, each applied to every Linear layer in order
     quick_calls: Optional[tuple] = None   # smaller calls for --quick (None: same as calls)
     deep_ei_skip: str = ""            # why deep-ei cannot run this case ('' if it can)
+    functional: bool = False          # activations by torch.sigmoid: deep_ei_jax's graph path
 
     def calls_for(self, quick: bool) -> tuple:
         return self.quick_calls if quick and self.quick_calls else self.calls
@@ -55,6 +56,11 @@ class Case(NamedTuple):
 
 CASES = {case.name: case for case in (
     Case("W1", (20, 10), 64, (Call("ei_of_layer", 10 ** 6),)),
+    # W1's network and weights written with torch.sigmoid: the hooks cannot see the activation,
+    # so deep_ei_jax measures it on the captured graph (a Function layer): the general path
+    Case("W1-graph", (20, 10), 64, (Call("ei_of_layer", 10 ** 6),),
+         deep_ei_skip="deep-ei cannot see a functional activation (torch.sigmoid); W1's deep-ei "
+                      "row is the same network and weights", functional=True),
     Case("W2", (4, 5), 8, (Call("vector_and_pairwise_ei", 10 ** 6),)),
     Case("W3", (100, 50), 16, (Call("ei_of_layer", 10 ** 5),)),
     Case("W4", (20, 10), 64, (Call("sensitivity_of_layer", 1000),)),
@@ -68,7 +74,18 @@ CASES = {case.name: case for case in (
 )}
 
 
-def build_model(widths) -> nn.Sequential:
+class FunctionalMLP(nn.Sequential):
+    """`build_model`'s network (same modules, same state dict) whose forward applies the
+    activations with torch.sigmoid instead of calling its Sigmoid modules."""
+
+    def forward(self, x):
+        for module in self:
+            if isinstance(module, nn.Linear):
+                x = torch.sigmoid(module(x))
+        return x
+
+
+def build_model(widths, functional: bool = False) -> nn.Sequential:
     """nn.Sequential(Linear(w0, w1, bias=False), Sigmoid(), Linear(w1, w2, bias=False), ...).
 
     Weights are torch's default init after torch.manual_seed(WEIGHT_SEED), so networks of the same
@@ -78,7 +95,7 @@ def build_model(widths) -> nn.Sequential:
     modules = []
     for a, b in zip(widths[:-1], widths[1:]):
         modules += [nn.Linear(a, b, bias=False), nn.Sigmoid()]
-    return nn.Sequential(*modules)
+    return (FunctionalMLP if functional else nn.Sequential)(*modules)
 
 
 def save_weights(path, case_names) -> None:
@@ -92,7 +109,7 @@ def save_weights(path, case_names) -> None:
 
 def load_model(case: Case, weights_path) -> nn.Sequential:
     """The case's network with the weights stored by `save_weights`."""
-    model = build_model(case.widths)
+    model = build_model(case.widths, case.functional)
     with np.load(weights_path) as stored:
         state = {key: torch.from_numpy(stored[f"{case.name}/{key}"])
                  for key in model.state_dict()}

@@ -1,6 +1,8 @@
 """The command line: `deep-ei-jax measure MODEL_FILE ...`, `plot RESULTS ...`, `export RESULTS ...`.
 
     deep-ei-jax measure model.pt --input-shape 1,4 --bins 8 --samples 100000 --json out.json
+    deep-ei-jax measure model.pt --input-shape 1,3,32,32 --trust-pickle --list-layers
+    deep-ei-jax measure model.pt --input-shape 1,3,32,32 --trust-pickle --layers conv1,layer1.0
     deep-ei-jax plot out.json --out figures/
     deep-ei-jax export run.jsonl --tensorboard runs/run1
     python -m deep_ei_jax --help
@@ -244,29 +246,44 @@ def _model_dtype(model, torch):
     return torch.float32
 
 
-def _measurable_layers(model, topology, requested, measured_modules):
+def _measurable_names(model, topology) -> list:
+    """The qualified names of every submodule the model's captured graph can measure."""
+    from .bridge.sweeping import measurable_layers
+    captured = _captured(topology)
+    found = measurable_layers(model, None, captured) if captured is not None else {}
+    return [name for name, why in found.items() if why is None and name]
+
+
+def _captured(topology):
+    from .bridge.topology import captured_of
+    return captured_of(topology)
+
+
+def _measurable_layers(model, topology, requested, position=None):
     """The layer names to measure: the requested ones (each must be measurable), or every
     Linear/Conv2d layer that can be measured, the others reported on stderr and skipped."""
     from .bridge.api import resolve_span
-    names = {module: name for name, module in model.named_modules()}
+    from .bridge.sweeping import default_layers, position_of
+    from .bridge.topology import ACTIVATION_MODULES
     modules = dict(model.named_modules())
-    candidates = requested if requested else \
-        [names[m] for m in topology if isinstance(m, measured_modules)]
+    candidates = requested if requested else default_layers(model, topology)
     if not candidates:
-        raise UserError(f"the model has no Linear or Conv2d layer to measure (found: "
-                        f"{sorted({type(m).__name__ for m in model.modules()})}; supported: "
-                        f"{', '.join(t.__name__ for t in measured_modules)})")
+        raise UserError(f"the model has no Linear or Conv2d layer to measure by default (found: "
+                        f"{sorted({type(m).__name__ for m in model.modules()})}); name the layers "
+                        f"with --layers (measurable: {_measurable_names(model, topology)}; "
+                        f"--list-layers lists them with the reasons for the others)")
     chosen, skipped = [], []
     for name in candidates:
         module = modules.get(name)
-        if module is None or module not in topology:
-            measurable = [names[m] for m in topology if isinstance(m, measured_modules)]
-            raise UserError(f"--layers: {name!r} is not a measurable module of the model; "
-                            f"measurable: {measurable}")
+        if module is None or isinstance(module, ACTIVATION_MODULES):
+            what = "not a submodule" if module is None else \
+                f"an activation ({type(module).__name__}): name the module before it"
+            raise UserError(f"--layers: {name!r} is not a measurable module of the model ({what});"
+                            f" measurable: {_measurable_names(model, topology)}")
         if name in chosen:
             raise UserError(f"--layers names layer {name!r} more than once")
         try:
-            resolve_span(module, topology)
+            resolve_span(module, topology, position=position_of(position, name))
         except NotImplementedError as error:
             why = str(error).replace("; pass activation= explicitly", "")
             if requested:
@@ -294,10 +311,40 @@ def _progress(items, enabled: bool, description: str):
     return tqdm(items, desc=description, unit="layer", file=sys.stderr)
 
 
+def list_layers(model, topology) -> str:
+    """Every submodule call of the model's captured graph: measurable or why not (one line)."""
+    from .bridge.sweeping import measurable_layers
+    captured = _captured(topology)
+    if captured is None:
+        raise UserError("the model cannot be traced by torch.export (see the warning), so only "
+                        "deep-ei's modules can be measured; --layers names them")
+    found = measurable_layers(model, None, captured)
+    modules = dict(model.named_modules())
+    width = max((len(name) for name in found), default=5) + 2
+    lines = ["measurable layers (qualified names for --layers):"]
+    lines += [f"  {name:<{width}}{type(modules[name]).__name__}" for name, why in found.items()
+              if why is None and name]
+    lines.append("not measurable:")
+    lines += [f"  {name or '(model)':<{width}}{why}" for name, why in found.items() if why]
+    return "\n".join(lines)
+
+
+def _position(text: str):
+    if text in ("centre", "center"):
+        return None
+    if text == "all":
+        return "all"
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'centre', 'all' or comma-separated integers "
+                                         f"(one per position axis) such as 3,4; got "
+                                         f"{text!r}") from None
+
+
 def measure(args) -> int:
     torch = require("torch", "torch", "'deep-ei-jax measure' (it loads torch models)")
     from .bridge import sweep, topology_of
-    from .bridge.sweeping import MEASURED_MODULES
     _check_input_shape(args.input_shape)
     _check_output("--json", args.json)
     _check_output("--csv", args.csv)
@@ -307,11 +354,15 @@ def measure(args) -> int:
         topology = topology_of(model, example)
     except ValueError as error:
         raise UserError(f"--input-shape {','.join(map(str, args.input_shape))}: {error}") from None
+    if args.list_layers:
+        print(list_layers(model, topology))
+        return 0
     requested = [name.strip() for name in args.layers.split(",")] if args.layers else []
     try:
-        layers = _measurable_layers(model, topology, requested, MEASURED_MODULES)
+        layers = _measurable_layers(model, topology, requested, args.position)
     except UserError as error:
         raise UserError(f"MODEL_FILE {args.model_file!r}: {error}") from None
+    captured = topology.graph.get("captured")   # traced once, if a layer needed it
     in_bins = args.in_bins or args.bins
     out_bins = args.out_bins or args.bins
     records = []
@@ -319,7 +370,8 @@ def measure(args) -> int:
         try:
             records += sweep([model], example, layers=[layer], samples=args.samples,
                              sensitivity_samples=args.sensitivity_samples, in_bins=in_bins,
-                             out_bins=out_bins, seed=args.seed)
+                             out_bins=out_bins, seed=args.seed, position=args.position,
+                             captured=captured)
         except NotImplementedError as error:
             raise UserError(f"layer {layer!r} cannot be measured: {error}") from None
         except ValueError as error:  # e.g. count tables too large for these bins
@@ -331,7 +383,9 @@ def measure(args) -> int:
     print(format_table(records))
     settings = dict(model_file=args.model_file, input_shape=list(args.input_shape),
                     samples=args.samples, sensitivity_samples=args.sensitivity_samples,
-                    in_bins=in_bins, out_bins=out_bins, seed=args.seed)
+                    in_bins=in_bins, out_bins=out_bins, seed=args.seed,
+                    position=args.position if args.position is None or isinstance(
+                        args.position, str) else list(args.position))
     if args.json:
         atomic_write(args.json, lambda file: json.dump({"settings": settings, "records": records},
                                                        file, indent=1))
@@ -341,15 +395,21 @@ def measure(args) -> int:
 
 
 def format_table(records) -> str:
-    header = f"{'layer':<8}{'module':<24}{'EI':>9}{'EI_parts':>10}{'sensitivity':>13}" \
+    width = max([8] + [len(str(r["layer"])) + 2 for r in records])
+    header = f"{'layer':<{width}}{'module':<24}{'EI':>9}{'EI_parts':>10}{'sensitivity':>13}" \
              f"{'degeneracy':>12}{'samples':>10}"
     lines = [header]
     for r in records:
         values = "".join(f"{r.get(m, math.nan):>{w}.4f}" for m, w in zip(
             MEASURE_COLUMNS, (9, 10, 13, 12)))
-        lines.append(f"{r['layer']:<8}{r['module']:<24}{values}{r['samples']:>10}")
+        lines.append(f"{r['layer']:<{width}}{r['module']:<24}{values}{r['samples']:>10}")
     lines.append("(bits; degeneracy = sensitivity - EI; sensitivity from "
                  f"{records[0]['sensitivity_samples'] if records else 0} samples per input)")
+    at = [f"{r['layer']} at {tuple(r['position']) if isinstance(r['position'], list) else 'all'}"
+          for r in records if r.get("position") is not None]
+    if at:
+        lines.append("(measured at one output position, channels or features by position: "
+                     + ", ".join(dict.fromkeys(at)) + ")")
     return "\n".join(lines)
 
 
@@ -462,11 +522,12 @@ def parser() -> argparse.ArgumentParser:
     commands = main.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     m = commands.add_parser(
-        "measure", help="measure every Linear/Conv2d layer of a saved model",
-        description="Measure every Linear/Conv2d layer of a saved torch model and print a table "
-        "(EI, EI_parts, sensitivity, degeneracy = sensitivity - EI, samples). Ranges follow the "
-        "activations around each layer, as in deep-ei: Sigmoid (0,1), Tanh (-1,1), ReLU (0,10), "
-        "none (-10,10).")
+        "measure", help="measure the layers of a saved model",
+        description="Measure every Linear/Conv2d layer of a saved torch model, or the submodules "
+        "named by --layers (any submodule the captured graph can measure: --list-layers), and "
+        "print a table (EI, EI_parts, sensitivity, degeneracy = sensitivity - EI, samples). "
+        "Ranges follow the activations around each layer, as in deep-ei: Sigmoid (0,1), Tanh "
+        "(-1,1), ReLU (0,10), none (-10,10); other activations: their image of (-10,10).")
     m.add_argument("model_file", metavar="MODEL_FILE",
                    help="a TorchScript file (torch.jit.save; an nn.Sequential is rebuilt as an "
                    "eager module) or a module saved with torch.save (needs --trust-pickle)")
@@ -482,8 +543,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out-bins", type=_bins, metavar="B",
                    help="output bins (default: --bins)")
     m.add_argument("--layers", metavar="NAMES",
-                   help="comma-separated module names (as in model.named_modules()) to measure "
-                   "(default: every Linear and Conv2d layer)")
+                   help="comma-separated qualified module names (as in model.named_modules()) "
+                   "to measure: any measurable submodule, a container included (default: every "
+                   "Linear and Conv2d layer)")
+    m.add_argument("--list-layers", action="store_true",
+                   help="list every measurable submodule by its qualified name (and why the "
+                   "others cannot be measured), then exit")
+    m.add_argument("--position", type=_position, default=None, metavar="POS",
+                   help="for layers whose output has positions (pixels, tokens): 'centre' "
+                   "(default), 'all' (the whole output) or one index per position axis, "
+                   "e.g. 3,4")
     m.add_argument("--seed", type=_seed, default=0, help="PRNG seed (default 0)")
     m.add_argument("--json", metavar="PATH", help="also write the settings and records as JSON")
     m.add_argument("--csv", metavar="PATH", help="also write the records as CSV")

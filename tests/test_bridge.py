@@ -194,7 +194,8 @@ DEEP_EI_0_6_4 = {
                              ("device", "cpu")),
 }
 DEEP_EI_0_6_4["sensitivity_of_layer_matrix"] = DEEP_EI_0_6_4["sensitivity_of_layer"]
-OURS_KEYWORD_ONLY = (("seed", None), ("policy", "drop"), ("devices", None), ("return_info", False))
+OURS_KEYWORD_ONLY = (("seed", None), ("policy", "drop"), ("devices", None), ("return_info", False),
+                     ("position", None))
 # the other layer measures (ours, or deep-ei's later names): (positional, own keyword-only)
 SHARED_TAIL = DEEP_EI_0_6_4["ei_of_layer"][5:]
 OTHERS = {

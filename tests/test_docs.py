@@ -36,7 +36,7 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     assert "deep_ei_jax.ei_of_layer(layer, topology, threshold=0.05, samples=None, " \
         "extrapolate=False, batch_size=20, in_layer=None, in_range=None, in_bins=64, " \
         "out_range=None, out_bins=64, activation=None, device='cpu', *, seed=None, " \
-        "policy='drop', devices=None, return_info=False, **options)" in text
+        "policy='drop', devices=None, return_info=False, position=None, **options)" in text
     assert "deep_ei_jax.eis_between_groups(layer, topology, groups, samples=None" in text
     assert 'id="deep_ei_jax.bridge.resolve_span"' in torch_page
     for page in ("architecture", "contributing"):

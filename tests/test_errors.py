@@ -68,7 +68,8 @@ def test_in_layer_after_layer(mlp):
 def test_unsupported_module_in_span():
     net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sigmoid(), nn.Linear(4, 2))
     net.eval()
-    top = dei.topology_of(net, torch.zeros((2, 3)))
+    # hooks only (deep-ei's modules, as when torch.export cannot trace the model)
+    top = dei.topology_of(net, torch.zeros((2, 3)), capture=False)
     with pytest.raises(NotImplementedError, match=r"unsupported module BatchNorm1d\(4.*supported: "
                                                   r"Linear, Conv2d"):
         dei.ei_of_layer(net[3], top, in_layer=net[0], **FAST)
@@ -78,11 +79,15 @@ def test_unsupported_module_in_span():
     assert dei.ei_of_layer(net[0], top, activation=nn.Sigmoid(), **FAST) >= 0
     # the layer after the BatchNorm still gets its in_range from the Sigmoid before it
     assert top.nodes[net[3]]["input"]["activation"] is net[2]
+    # with the captured graph (the default) the eval BatchNorm joins the span: both are measured
+    top = dei.topology_of(net, torch.zeros((2, 3)))
+    assert dei.ei_of_layer(net[3], top, in_layer=net[0], **FAST) >= 0
+    assert dei.ei_of_layer(net[0], top, **FAST) >= 0
 
 
 def test_dropout_train_mode_and_skip_connection():
     net = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2))
-    top = dei.topology_of(net.train(), torch.zeros((1, 3)))
+    top = dei.topology_of(net.train(), torch.zeros((1, 3)), capture=False)
     with pytest.raises(NotImplementedError, match=r"unsupported module Dropout"):
         dei.ei_of_layer(net[2], top, in_layer=net[0], **FAST)
     top = dei.topology_of(net.eval(), torch.zeros((1, 3)))  # eval-mode dropout is the identity
@@ -99,9 +104,12 @@ def test_dropout_train_mode_and_skip_connection():
             return self.b(h + x)
 
     model = Residual()
-    top = dei.topology_of(model, torch.zeros((1, 3)))
+    top = dei.topology_of(model, torch.zeros((1, 3)), capture=False)
     with pytest.raises(NotImplementedError, match="non-module operation .*skip connection"):
         dei.ei_of_layer(model.b, top, in_layer=model.a, **FAST)
+    # on the captured graph the skip comes from the span's own input x: b(a(x) + x) is measured
+    top = dei.topology_of(model, torch.zeros((1, 3)))
+    assert dei.ei_of_layer(model.b, top, in_layer=model.a, **FAST) >= 0
 
 
 def test_recurrent_module_reuse():
@@ -140,8 +148,12 @@ def test_nan_weights_refused():
 
 def test_unsupported_pool_option():
     net = nn.Sequential(nn.Conv2d(1, 1, 2), nn.MaxPool2d(2, ceil_mode=True))
-    top = dei.topology_of(net, torch.zeros((1, 1, 6, 6)))
+    top = dei.topology_of(net, torch.zeros((1, 1, 6, 6)), capture=False)
     with pytest.raises(NotImplementedError, match=r"MaxPool2d.* is not supported: ceil_mode=True"):
+        dei.ei_of_layer(net[1], top, **FAST)
+    top = dei.topology_of(net, torch.zeros((1, 1, 6, 6)))   # the graph path names the op
+    with pytest.raises(NotImplementedError, match=r"op aten.max_pool2d \(ceil_mode=True\) in 1 "
+                                                  r"\(MaxPool2d\).* cannot be translated"):
         dei.ei_of_layer(net[1], top, **FAST)
 
 

@@ -272,11 +272,13 @@ def test_unsupported_module_as_the_layer_itself(module):
     net = nn.Sequential(nn.Linear(4, 4), module) if not isinstance(module, nn.Conv3d) else \
         nn.Sequential(module, nn.Flatten(), nn.Linear(4, 4))
     example = torch.zeros((1, 1, 1, 1, 4)) if isinstance(module, nn.Conv3d) else torch.zeros((2, 4))
-    top = dei.topology_of(net.eval(), example)
+    top = dei.topology_of(net.eval(), example, capture=False)   # hooks only: refused
     with pytest.raises(NotImplementedError, match=re.escape(type(module).__name__) + r".* is not "
                        r"supported: .* Supported modules: Linear, Conv2d, AvgPool2d, MaxPool2d, "
                        r"Flatten, Sigmoid, Tanh, ReLU"):
         dei.ei_of_layer(module, top, **TORCH)
+    top = dei.topology_of(net.eval(), example)    # the captured graph measures it
+    assert dei.ei_of_layer(module, top, **TORCH) >= 0
 
 
 def test_non_sequential_graph_is_refused_across_the_branch():
@@ -289,12 +291,16 @@ def test_non_sequential_graph_is_refused_across_the_branch():
             return self.c(torch.cat([self.a(x), self.b(x)], dim=1))
 
     net = Branches()
-    top = dei.topology_of(net, torch.zeros((1, 4)))
+    top = dei.topology_of(net, torch.zeros((1, 4)), capture=False)   # hooks only
     with pytest.raises(NotImplementedError, match="non-module operation .*skip connection"):
         dei.ei_of_layer(net.c, top, in_layer=net.b, **TORCH)
     with pytest.raises(NotImplementedError, match="cannot infer the activation after"):
         dei.ei_of_layer(net.a, top, **TORCH)
     assert dei.ei_of_layer(net.a, top, activation=nn.Sigmoid(), **TORCH) >= 0  # told: it works
+    # the captured graph: both branches start from b's input x, so the span b..c is measured
+    top = dei.topology_of(net, torch.zeros((1, 4)))
+    assert dei.ei_of_layer(net.c, top, in_layer=net.b, **TORCH) >= 0
+    assert dei.ei_of_layer(net.a, top, **TORCH) >= 0
 
 
 def test_inf_bias_is_refused_naming_module_and_parameter():
@@ -481,7 +487,7 @@ def model_files(tmp_path_factory):
     (folder / "text.pt").write_text("this is not a model\n")
     (folder / "a_folder").mkdir()
     torch.save(net.state_dict(), folder / "state_dict.pt")
-    torch.save(nn.Sequential(nn.Linear(4, 3), nn.LSTM(3, 2)), folder / "lstm.pt")
+    torch.save(nn.Sequential(nn.LSTM(4, 2)), folder / "lstm.pt")   # no Linear or Conv2d
     nan = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid())
     with torch.no_grad():
         nan[0].weight[1, 2] = float("nan")
@@ -571,8 +577,8 @@ def test_atomic_write_keeps_the_old_file_on_any_error(tmp_path):
     ("a_folder", [], ["MODEL_FILE", "is a directory"]),
     ("state_dict.pt", ["--trust-pickle"], ["MODEL_FILE", "state dict"]),
     ("pickled.pt", [], ["MODEL_FILE", "--trust-pickle", "runs code"]),
-    ("lstm.pt", ["--trust-pickle"], ["MODEL_FILE", "no layer of the model can be measured",
-                                     "LSTM", "supported: Linear"]),
+    ("lstm.pt", ["--trust-pickle"], ["MODEL_FILE", "no Linear or Conv2d layer to measure",
+                                     "LSTM", "--layers", "measurable: ['0']"]),
     ("nan.pt", ["--trust-pickle"], ["MODEL_FILE", "layer '0'", "non-finite values", "weight"]),
     ("good.pt", ["--seed", str(2 ** 70)], ["--seed", "expected an integer seed"]),
     ("good.pt", ["--bins", "1"], ["--bins", "expected an integer >= 2; got '1'"]),

@@ -307,7 +307,12 @@ def test_bridge_sweep_names_the_model_that_differs():
 
 def test_bridge_sweep_skips_unmeasurable_layers_with_a_warning():
     import deep_ei_jax as dei
-    model = nn.Sequential(nn.Linear(3, 2), nn.Sigmoid(), nn.Linear(2, 2), nn.BatchNorm1d(2))
+    class Branching(nn.Sequential):   # torch.export cannot trace it: hooks only
+        def forward(self, x):
+            y = super().forward(x)
+            return y if bool(y.sum() > 0) else -y
+
+    model = Branching(nn.Linear(3, 2), nn.Sigmoid(), nn.Linear(2, 2), nn.BatchNorm1d(2))
     model.eval()
     with pytest.warns(RuntimeWarning, match=r"sweep skips layer '2'"):
         records = dei.sweep([model], torch.zeros((2, 3)), measures=["ei_parts"], samples=1000,

@@ -4,7 +4,13 @@ Same names, signatures and defaults as deep-ei 0.6.4 (and the 0.7.0 names as ali
 deep-ei user changes one import. Differences, all deliberate (README, "Migrating from deep-ei"):
 `batch_size` is accepted and ignored (chunks are sized for speed); samples with an out-of-range
 output are dropped consistently (deep-ei kept some in vector EI); Conv2d spans work; extra keyword
-arguments `seed=`, `policy=` and `return_info=` are ours.
+arguments `seed=`, `policy=`, `position=` and `return_info=` are ours.
+
+Two ways to a layer (`resolve_span`): the modules deep-ei knew, joined by its activation modules,
+are converted as deep-ei sees them (`convert.layer_chain`: same numbers, receptive-field Conv2d
+chains, `method='exact'`); any other submodule is taken from the captured forward graph
+(`convert.graph_span`: SPEC, "Any submodule as a layer"), measured at one output position where
+its output has positions.
 
 The eight layer measures are made by one specification (`_deep_ei_measure` and the parameter
 tables before it): each states only its pure-JAX measure, its own parameters and how its value is
@@ -21,11 +27,12 @@ import torch
 
 from .. import measures
 from .._checks import check_bins, check_range, check_seed
+from ..activations import default_range
 from ..binning import bin_indices
 from ..information import mutual_information
-from .convert import layer_chain
-from .topology import (ACTIVATION_RANGES, ACTIVATIONS, MODULES, supported_names,  # noqa: F401
-                       topology_of)
+from .convert import check_position, graph_span, layer_chain
+from .topology import (ACTIVATION_MODULES, ACTIVATION_RANGES, ACTIVATIONS, MODULES,  # noqa: F401
+                       captured_of, supported_names, topology_of)
 
 _PARTS_ZERO_BELOW = 0.01  # deep-ei's ei_of_layer reports EI_parts below this as 0.0
 
@@ -82,13 +89,24 @@ def _check_modules(layer, topology, in_layer):
         if (module is not None or name == "layer") and not isinstance(module, torch.nn.Module):
             raise TypeError(f"{name} must be a torch module of the model (a node of topology_of's "
                             f"graph); got {module!r}")
-        if module is not None and type(module) in ACTIVATIONS:
+        model = topology.graph.get("model") if isinstance(getattr(topology, "graph", None),
+                                                          dict) else None
+        if module is not None and model is not None and module not in topology and not any(
+                module is m for m in model.modules()):
+            raise ValueError(f"{name} {module!r} is not in the topology; pass a module of the "
+                             f"model that topology_of was called on (it is not a submodule of "
+                             f"that model)")
+        if module is not None and isinstance(module, ACTIVATION_MODULES):
             raise ValueError(f"{name} {module!r} is an activation, not a layer: pass the module "
                              f"before it (its activation is applied after it)")
-        if module is not None and not isinstance(module, MODULES):
+        if module is not None and not isinstance(module, MODULES) and \
+                captured_of(topology) is None:
+            reason = getattr(topology, "graph", {}).get("capture_error") if hasattr(
+                topology, "graph") else None
+            beyond = (f"; other modules need the captured graph, and {reason}" if reason else "")
             raise NotImplementedError(f"{name} {module!r} is not supported: it is not a module "
                                       f"that can be measured. Supported modules: "
-                                      f"{supported_names()}")
+                                      f"{supported_names()}{beyond}")
         if module is not None and hasattr(topology, "nodes") and module in topology and not {
                 "input", "output"} <= set(topology.nodes[module]):
             raise ValueError(f"topology was not made by topology_of: its node {module!r} has no "
@@ -106,7 +124,7 @@ def _check_activation(activation):
     of the same shape: checked now, so that a broken one fails here rather than inside a compiled
     measurement."""
     if activation is None or isinstance(activation, str) or not callable(activation) or \
-            type(activation) in ACTIVATIONS or type(activation) is torch.nn.Identity:
+            isinstance(activation, ACTIVATION_MODULES) or type(activation) is torch.nn.Identity:
         return  # names, known modules and non-callables are checked where they are converted
     if not isinstance(activation, torch.nn.Module):
         try:  # a JAX function
@@ -128,43 +146,87 @@ def _check_activation(activation):
 
 
 def resolve_span(layer, topology, *, in_layer=None, in_range=None, out_range=None,
-                 activation=None, batch_size=20):
+                 activation=None, batch_size=20, position=None):
     """The span a deep-ei measure of `layer` runs on, with deep-ei's default binning ranges.
 
-    Checks the arguments as the deep-ei measures do (modules of the topology, a callable
-    activation, a positive `batch_size`), converts the modules from `in_layer` to `layer` into a
-    pure-JAX chain and its params, and fills in missing ranges from the activations around the
-    span: Sigmoid (0, 1), Tanh (-1, 1), ReLU (0, 10), none (-10, 10).
+    Checks the arguments as the deep-ei measures do (modules of the model, a callable
+    activation, a positive `batch_size`, a position), converts the span from `in_layer`'s input
+    to `layer`'s output into a pure-JAX chain and its params, and fills in missing ranges from
+    the activations around the span.
+
+    Which way: when `layer` (and `in_layer`) are nodes of the topology joined by deep-ei's
+    modules and activation modules, the span is converted as deep-ei sees it
+    (`convert.layer_chain`; ranges Sigmoid (0, 1), Tanh (-1, 1), ReLU (0, 10), none (-10, 10)).
+    Otherwise (any other submodule, a functional activation, BatchNorm, a module called twice,
+    or a `position` on a Conv2d span) it is taken from the captured forward graph
+    (`convert.graph_span`): ranges by `deep_ei_jax.activations.default_range` (deep-ei's table
+    where it has an entry, the activation's image of (-10, 10) otherwise).
 
     Args:
-      layer: the module (a node of `topology`) that ends the span.
+      layer: the module that ends the span: any submodule of the model (a leaf or a container);
+        one called several times is measured at its first call.
       topology: from `topology_of(model, input)`.
       in_layer: the module that begins the span (default `layer`).
       in_range, out_range: (low, high), or None for the range of the activation before
         `in_layer` / after `layer`; out_range may be 'dynamic' (passed on as it is).
       activation: the activation after `layer`; None: the network's.
       batch_size: deep-ei's batch size, checked and otherwise unused.
+      position: when the output has positions (pixels, tokens): None measures the centre
+        position, a tuple of ints another one, 'all' the whole output (`deep_ei_jax.positions`).
 
     Returns:
       (span, in_range, out_range): a `Span` (its `chain` and `params` are what the pure-JAX
-      measures take) and the two ranges.
+      measures take; `name` and `position` say what was measured) and the two ranges.
 
     Raises:
-      TypeError / ValueError: a bad argument, named; NotImplementedError: a module on the span
-      that cannot be measured, named, with the supported ones.
+      TypeError / ValueError: a bad argument, named; a skip connection into the span (naming
+      the tensor). NotImplementedError: an op or module that cannot be measured, named.
     """
     _check_batch_size(batch_size)
     _check_modules(layer, topology, in_layer)
     _check_activation(activation)
+    check_position(position)
     if isinstance(in_range, str) and in_range == "dynamic":
         raise ValueError("in_range cannot be 'dynamic' (only out_range can be); pass (low, high) "
                          "or None for the range of the activation before in_layer")
-    span = layer_chain(layer, topology, in_layer=in_layer, activation=activation)
-    if in_range is None:
-        in_range = ACTIVATION_RANGES[ACTIVATIONS.get(type(span.in_activation))]
-    if out_range is None:
-        out_range = ACTIVATION_RANGES[ACTIVATIONS.get(type(span.out_activation))]
-    return span, in_range, out_range
+    span = _modules_span(layer, topology, in_layer, activation, position)
+    if span is None:
+        captured = captured_of(topology)
+        if captured is None:  # not traceable: deep-ei's modules only, with today's error
+            layer_chain(layer, topology, in_layer=in_layer, activation=activation)
+            raise ValueError(f"position {position!r} needs the captured graph, which "
+                             f"torch.export could not make for this model")
+        span = graph_span(captured, layer, in_layer=in_layer, activation=activation,
+                          position=position)
+        in_default, out_default = (default_range(span.in_activation),
+                                   default_range(span.out_activation))
+    else:
+        in_default = ACTIVATION_RANGES[ACTIVATIONS.get(type(span.in_activation))]
+        out_default = ACTIVATION_RANGES[ACTIVATIONS.get(type(span.out_activation))]
+    return (span, in_default if in_range is None else in_range,
+            out_default if out_range is None else out_range)
+
+
+def _modules_span(layer, topology, in_layer, activation, position):
+    """The span by deep-ei's modules (`layer_chain`), or None when the graph path must take it:
+    a module outside the topology or a barrier in the way (with a capture to fall back on), or
+    a position asked of a receptive-field span."""
+    known = all(m is None or (isinstance(m, MODULES) and m in topology)
+                for m in (layer, in_layer))
+    if not known:
+        return None
+    try:
+        span = layer_chain(layer, topology, in_layer=in_layer, activation=activation)
+    except NotImplementedError:
+        if captured_of(topology) is None:
+            raise
+        return None
+    if span.receptive_field and position is not None:
+        return None
+    if not span.receptive_field and position is not None and not isinstance(position, str):
+        raise ValueError(f"position {tuple(position)} was given, but the output of {layer!r} "
+                         f"has no positions; pass position=None or 'all'")
+    return span
 
 
 def _run(measure, arguments, own):
@@ -174,14 +236,40 @@ def _run(measure, arguments, own):
     a = arguments
     span, in_range, out_range = resolve_span(
         a["layer"], a["topology"], in_layer=a["in_layer"], in_range=a["in_range"],
-        out_range=a["out_range"], activation=a["activation"], batch_size=a["batch_size"])
+        out_range=a["out_range"], activation=a["activation"], batch_size=a["batch_size"],
+        position=a["position"])
     platform_devices = _devices(a["device"])
     devices = platform_devices if a["devices"] is None else a["devices"]
     with jax.default_device(platform_devices[0]):
-        return measure(_key(a["seed"]), span.chain, span.params, in_range=in_range,
-                       out_range=out_range, in_bins=a["in_bins"], out_bins=a["out_bins"],
-                       policy=a["policy"], devices=devices, **{name: a[name] for name in own},
-                       **a["options"])
+        value, info = measure(_key(a["seed"]), span.chain, span.params, in_range=in_range,
+                              out_range=out_range, in_bins=a["in_bins"], out_bins=a["out_bins"],
+                              policy=a["policy"], devices=devices,
+                              **{name: a[name] for name in own}, **a["options"])
+    return value, layer_info(info, span)
+
+
+class LayerInfo(measures.Info):
+    """The pure measure's `Info`, plus what the deep-ei API measured.
+
+    Attributes (besides Info's fields):
+      layer: the span's name in the model ("fc1", "layer1.0", "conv1..fc3"), or None for a
+        span of deep-ei's modules.
+      position: the output position measured (a tuple of ints, the centre by default), 'all',
+        or None (an output without positions, or a receptive-field span of deep-ei's modules,
+        which is measured at an interior position).
+    """
+
+    layer = None
+    position = None
+
+
+def layer_info(info, span):
+    """`info` as a `LayerInfo` naming `span`'s layer and position (other records as they are)."""
+    if type(info) is not measures.Info:
+        return info
+    found = LayerInfo(*info)
+    found.layer, found.position = span.name, span.position
+    return found
 
 
 # The one specification of the deep-ei layer measures' signatures: `layer, topology`, then each
@@ -189,7 +277,8 @@ def _run(measure, arguments, own):
 # keyword-only: each measure's own, then ours; then `**options` for the pure measure.
 _SHARED = (("batch_size", 20), ("in_layer", None), ("in_range", None), ("in_bins", 64),
            ("out_range", None), ("out_bins", 64), ("activation", None), ("device", "cpu"))
-_OURS = (("seed", None), ("policy", "drop"), ("devices", None), ("return_info", False))
+_OURS = (("seed", None), ("policy", "drop"), ("devices", None), ("return_info", False),
+         ("position", None))
 _REQUIRED = inspect.Parameter.empty
 
 
@@ -244,7 +333,8 @@ def ei_of_layer(value):
     noise on every input (deep-ei 0.6.4 `ei_of_layer`, 0.7.0 `ei_parts`).
 
     Args:
-      layer: the module (a node of `topology`) that ends the layer.
+      layer: the submodule that ends the layer: a node of `topology`, or any other submodule
+        of the model (a leaf or a container, measured on the captured graph).
       topology: from `topology_of(model, input)`.
       threshold: adaptive stopping threshold, used when `samples` is None.
       samples: a fixed number of samples.
@@ -255,6 +345,9 @@ def ei_of_layer(value):
         out_range may be 'dynamic'.
       in_bins, out_bins: bin counts; out_bins may be 'dynamic'.
       activation: the activation after `layer` (torch module or callable); None: the network's.
+      position: when `layer`'s output has positions (pixels, tokens), which one to measure:
+        None the centre (n // 2 on each position axis), a tuple of ints, or 'all' for the whole
+        output (see `deep_ei_jax.positions`); the Info (`return_info`) names it.
       device: 'cpu', 'cuda'/'gpu' (':index' optional), a torch.device or a jax Device: where
         JAX computes.
       devices: several devices to shard samples over (default: every local device of

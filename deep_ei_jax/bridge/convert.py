@@ -5,6 +5,13 @@ the activation the network has after it, the last gets `activation` (or the netw
 Conv2d and pooling modules only is measured on one receptive field (SPEC): the input is the
 C_in x rh x rw patch that one output position sees, padding is dropped (an interior position sees
 none), and the outputs are the channels at that position.
+
+`graph_span` makes the span of any submodule from the captured forward graph instead
+(`bridge.spans.span_function`): one `Function` layer, restricted to one output position where the
+output has positions (`deep_ei_jax.positions`). Feature axis of a per-sample output with
+positions: axis 0 (channels first) when it has 3 or more axes, or 2 axes and the module that made
+it is a convolution, pooling or normalization over channels (Conv1d: [C, L]); otherwise the last
+axis (tokens: [T, D]).
 """
 from __future__ import annotations
 
@@ -17,8 +24,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers import AvgPool2d, Chain, Conv2d, Dense, Flatten, MaxPool2d, receptive_field
+from .. import activations
+from ..layers import (ACTIVATIONS as LAYER_ACTIVATIONS, AvgPool2d, Chain, Conv2d, Dense, Flatten,
+                      Function, MaxPool2d, receptive_field)
+from ..positions import restrict
+from .spans import span_function
 from .topology import ACTIVATIONS, supported_names
+
+# torch activation modules -> the JAX activation (deep_ei_jax.activations) with the module's
+# arguments, so an explicit `activation=nn.GELU()` runs in JAX, not through a host callback.
+_MODULE_ACTIVATIONS = {
+    nn.ReLU6: lambda m: ("relu6",), nn.LeakyReLU: lambda m: ("leaky_relu", m.negative_slope),
+    nn.ELU: lambda m: ("elu", m.alpha), nn.SELU: lambda m: ("selu",),
+    nn.CELU: lambda m: ("celu", m.alpha),
+    nn.GELU: lambda m: ("gelu",) if m.approximate == "none" else ("gelu_tanh",),
+    nn.SiLU: lambda m: ("silu",), nn.Mish: lambda m: ("mish",),
+    nn.Softplus: lambda m: ("softplus", m.beta, m.threshold),
+    nn.Hardtanh: lambda m: ("hardtanh", m.min_val, m.max_val),
+    nn.Hardswish: lambda m: ("hardswish",), nn.Hardsigmoid: lambda m: ("hardsigmoid",),
+    nn.LogSigmoid: lambda m: ("logsigmoid",), nn.Softsign: lambda m: ("softsign",),
+}
+# modules whose 2-axis outputs are [C, L] (channels first); see the module docstring
+_CHANNELS_FIRST = ("Conv", "ConvTranspose", "MaxPool", "AvgPool", "AdaptiveAvgPool",
+                   "AdaptiveMaxPool", "LPPool", "BatchNorm", "InstanceNorm", "GroupNorm")
 
 _FUNCTION_NAMES = {
     torch.sigmoid: "sigmoid", torch.tanh: "tanh", torch.relu: "relu",
@@ -28,13 +56,31 @@ _FUNCTION_NAMES = {
 
 
 class Span(NamedTuple):
-    """A measurable span: the chain, its params, and the topology facts the API defaults need."""
+    """A measurable span: the chain, its params, and the topology facts the API defaults need.
+
+    Attributes:
+      chain, params: what the pure-JAX measures take.
+      in_activation, out_activation: the activation before in_layer / after layer: a torch
+        module (or None) for a span of the modules deep-ei knew, a
+        `deep_ei_jax.activations.Activation` (or None) for a span of the captured graph.
+      receptive_field: a Conv2d/pooling span measured on one receptive field.
+      name: the span's name in messages ("fc1", "conv1..fc3"); None for deep-ei's modules.
+      position: the output position measured (a tuple), 'all', or None (the output has no
+        positions, or a receptive-field span: its interior position).
+      graph: the `spans.GraphSpan` it was made from, or None.
+      inputs: for a span restricted to a position, the flat indices of the inputs measured
+        (into the per-sample input of `graph.in_shape`); None otherwise.
+    """
 
     chain: Chain
     params: tuple
-    in_activation: Any    # torch activation module before in_layer, or None
-    out_activation: Any   # torch activation module after layer, or None
+    in_activation: Any
+    out_activation: Any
     receptive_field: bool
+    name: str | None = None
+    position: Any = None
+    graph: Any = None
+    inputs: Any = None
 
 
 def _pair(value) -> tuple[int, int]:
@@ -114,6 +160,11 @@ def activation_of(activation) -> Any:
         return ACTIVATIONS[type(activation)]
     if type(activation) is nn.Identity:
         return "identity"
+    if type(activation) in _MODULE_ACTIVATIONS:
+        return jax_activation(activations.activation(*_MODULE_ACTIVATIONS[type(activation)](
+            activation)))
+    if isinstance(activation, activations.Activation):
+        return jax_activation(activation)
     try:
         if activation in _FUNCTION_NAMES:
             return _FUNCTION_NAMES[activation]
@@ -216,3 +267,90 @@ def layer_chain(layer, topology: nx.DiGraph, in_layer=None, activation=None) -> 
         chain = Chain(layers=chain.layers, in_shape=(in_shape[0], height, width))
     return Span(chain=chain, params=tuple(params), in_activation=nodes[0]["input"]["activation"],
                 out_activation=nodes[-1]["output"]["activation"], receptive_field=receptive)
+
+
+def jax_activation(found) -> Any:
+    """A graph's activation (`activations.Activation` or None) as a layer activation: the name
+    for identity, sigmoid, tanh and relu (the very functions deep-ei's modules get), else the
+    Activation itself (a hashable JAX callable)."""
+    if found is None:
+        return "identity"
+    if found.name in LAYER_ACTIVATIONS and not found.args:
+        return found.name
+    return found
+
+
+def feature_axis(captured, found) -> int:
+    """The feature axis of a span's per-sample output with positions (module docstring)."""
+    if len(found.out_shape) >= 3:
+        return 0
+    stack = captured.nodes[found.outputs[0]].stack if len(found.outputs) == 1 else ()
+    kind = captured.calls[stack[-1]].type_name.rsplit(".", 1)[-1] if stack else ""
+    return 0 if kind.startswith(_CHANNELS_FIRST) else -1
+
+
+def check_position(position) -> None:
+    """`position` is None, 'all' or a tuple of ints (checked against the output when used)."""
+    if position is None or (isinstance(position, str) and position == "all"):
+        return
+    if isinstance(position, (str, bytes)) or not isinstance(position, (tuple, list)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in position):
+        raise ValueError(f"position must be None (the centre), 'all' (the whole output) or a "
+                         f"tuple of ints, one per position axis of the layer's output; got "
+                         f"{position!r}")
+
+
+def _qualified(captured, module):
+    """A module's qualified name in the captured model (the graph may be shared by another
+    checkpoint of the architecture, whose module objects it does not hold), or `module`."""
+    if module is None or isinstance(module, str):
+        return module
+    for name, candidate in captured.model.named_modules():
+        if candidate is module:
+            return name
+    return module
+
+
+def graph_span(captured, layer, *, in_layer=None, activation=None, position=None) -> Span:
+    """The span of any submodule (from `in_layer`'s input) on the captured graph.
+
+    Args:
+      captured: `bridge.graph.capture`'s graph of the model.
+      layer, in_layer: submodules (objects or qualified names); a module called several times
+        is taken at its first call.
+      activation: the activation after `layer`; None: the graph's (identity if none).
+      position: which output position to measure when the output has positions: None (the
+        centre), a tuple (one index per position axis) or 'all' (the whole output).
+
+    Raises:
+      ValueError: a skip connection (naming the tensor), a bad `position`;
+      NotImplementedError: an op with no JAX translation (naming it).
+    """
+    check_position(position)
+    found = span_function(captured, _qualified(captured, layer),
+                          in_module=_qualified(captured, in_layer))
+    act = activation_of(activation) if activation is not None else \
+        jax_activation(found.out_activation)
+    chain = Chain(layers=(Function(fn=found.fn, name=found.name, activation=act),),
+                  in_shape=tuple(found.in_shape))
+    params = (found.params,)
+    if len(found.out_shape) < 2:
+        if position is not None and not isinstance(position, str):
+            raise ValueError(f"position {tuple(position)} was given, but the output of "
+                             f"{found.name} (per-sample shape {tuple(found.out_shape)}) has no "
+                             f"positions; pass position=None or 'all'")
+        return Span(chain=chain, params=params, in_activation=found.in_activation,
+                    out_activation=found.out_activation, receptive_field=False,
+                    name=found.name, graph=found)
+    axis = feature_axis(captured, found)
+    try:
+        restriction = restrict(chain, params, feature_axis=axis, position=position,
+                               name=found.name)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"position {position!r} for {found.name} (per-sample output "
+                         f"{tuple(found.out_shape)}, feature axis {axis}): {error}") from None
+    inputs = None if restriction.position == "all" else restriction.inputs
+    return Span(chain=restriction.chain, params=restriction.params,
+                in_activation=found.in_activation, out_activation=found.out_activation,
+                receptive_field=False, name=found.name, position=restriction.position,
+                graph=found, inputs=inputs)

@@ -8,6 +8,12 @@ Each layer's K parameter sets are stacked and measured in one compiled call
 (`deep_ei_jax.pure.sweep`); a record equals what the single calls give with the same `seed`
 (`vector_and_pairwise_ei`, `sensitivity_of_layer`, ...): exactly on a CPU with numba, EI to float32
 rounding of its entropies on the device.
+
+Layers are named by their qualified names (`model.named_modules()`): any submodule the deep-ei API
+can measure (`resolve_span`: deep-ei's modules, or any submodule on the captured graph). For the
+graph path the first model is traced once (torch.export) and the later ones reuse its graph with
+their own weights (`topology.share_capture`); layers measured at one output position are
+restricted identically for every model, so their parameter sets stack into one program.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from .._checks import (check_bins, check_choice, check_measures, check_positive_
 from ..binning import POLICIES
 from ..backends import METHODS
 from .api import resolve_span
-from .topology import topology_of
+from .topology import ACTIVATION_MODULES, captured_of, share_capture, topology_of
 
 MEASURED_MODULES = (nn.Linear, nn.Conv2d)
 
@@ -76,21 +82,29 @@ def _models(models_or_state_dicts, model):
     return models
 
 
+def default_layers(model, topology) -> list:
+    """Every Linear and Conv2d module of `model` that its forward pass calls, in call order
+    (the layers measured when none are named; those that cannot be measured are skipped)."""
+    names = {module: name for name, module in model.named_modules()}
+    called = topology.graph.get("called", tuple(topology))
+    return [names[m] for m in called if isinstance(m, MEASURED_MODULES) and m in names]
+
+
 def layer_names(model, topology, layers):
     """The names of the layers of `model` to measure, in call order.
 
     Args:
       model: a torch module.
       topology: `topology_of(model, example_input)`.
-      layers: module names (as in `model.named_modules()`) or modules of `model`, one of them
-        alone, or None for every Linear and Conv2d module of the topology.
+      layers: module names (as in `model.named_modules()`: any submodule, "" for the model) or
+        modules of `model`, one of them alone, or None for every Linear and Conv2d module.
 
     Returns:
       (names, explicit): the names, and whether `layers` chose them (False for None).
     """
     names = {module: name for name, module in model.named_modules()}
     if layers is None:
-        return [names[m] for m in topology if isinstance(m, MEASURED_MODULES)], False
+        return default_layers(model, topology), False
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     if not isinstance(layers, (list, tuple)):
@@ -101,16 +115,16 @@ def layer_names(model, topology, layers):
     chosen = []
     for layer in layers:
         if isinstance(layer, nn.Module):
-            if layer not in topology:
+            if layer not in names or isinstance(layer, ACTIVATION_MODULES):
                 raise ValueError(f"layers: {layer!r} is not a measurable module of the first "
                                  f"model; pass modules of models_or_state_dicts[0] (or names)")
             chosen.append(names[layer])
         elif isinstance(layer, str):
             module = dict(model.named_modules()).get(layer)
-            if module is None or module not in topology:
-                measurable = [names[m] for m in topology]
+            if module is None or isinstance(module, ACTIVATION_MODULES):
                 raise ValueError(f"layers: {layer!r} is not a measurable module of the model; "
-                                 f"measurable: {measurable}")
+                                 f"measurable: {[names[m] for m in topology]} and the other "
+                                 f"submodules the captured graph can measure")
             chosen.append(layer)
         else:
             raise TypeError(f"layers must be module names or modules; got {layer!r}")
@@ -119,25 +133,40 @@ def layer_names(model, topology, layers):
     return chosen, True
 
 
-def _spans(models, example_input, chosen, explicit):
-    """Per layer: (chain, ranges, short name, [params of each model]), checked against model 0."""
+def position_of(position, name):
+    """The position for layer `name`: `position` itself, or its entry in a dict by layer name."""
+    if isinstance(position, Mapping):
+        return position.get(name)
+    return position
+
+
+def _spans(models, example_input, chosen, explicit, position=None, captured=None):
+    """Per layer: (chain, ranges, short name, position, [params of each model]), checked against
+    model 0. The first model's captured graph (made when a layer needs it, or `captured`) serves
+    the others."""
     per_layer = {}
     skipped = {}
+    first = None
     for k, model in enumerate(models):
         try:
             topology = topology_of(model, example_input)
         except ValueError as error:
             raise ValueError(f"models_or_state_dicts[{k}]: {error}") from None
+        shared = captured if k == 0 else first.graph.get("captured")
+        if shared is not None:
+            share_capture(topology, shared)
+        first = topology if k == 0 else first
         modules = dict(model.named_modules())
         for name in chosen:
             if name in skipped:
                 continue
             module = modules.get(name)
-            if module is None or module not in topology:
+            if module is None:
                 raise ValueError(f"models_or_state_dicts[{k}] differs from "
-                                 f"models_or_state_dicts[0]: it has no measurable layer {name!r}")
+                                 f"models_or_state_dicts[0]: it has no module {name!r}")
             try:
-                span, in_range, out_range = resolve_span(module, topology)
+                span, in_range, out_range = resolve_span(module, topology,
+                                                         position=position_of(position, name))
             except NotImplementedError as error:
                 if explicit or k > 0:
                     raise ValueError(f"models_or_state_dicts[{k}], layer {name!r}: "
@@ -145,8 +174,9 @@ def _spans(models, example_input, chosen, explicit):
                 skipped[name] = str(error)
                 continue
             if name not in per_layer:
-                per_layer[name] = (span.chain, (in_range, out_range), _short(module), [])
-            chain, ranges, short, params = per_layer[name]
+                per_layer[name] = (span.chain, (in_range, out_range), _short(module),
+                                   span.position, [])
+            chain, ranges, short, _, params = per_layer[name]
             if _short(module) != short:
                 raise ValueError(f"models_or_state_dicts[{k}] differs from models_or_state_dicts"
                                  f"[0] at layer {name!r}: it is {_short(module)}; expected {short}")
@@ -196,7 +226,8 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
           samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
           out_bins: int = 64, seed: int = 0, steps=None, policy: str = "drop",
           method: str = "auto", max_batch: int | None = None,
-          memory_budget: int = sweeping.DEFAULT_CALL_MEMORY_BUDGET, devices=None) -> list[dict]:
+          memory_budget: int = sweeping.DEFAULT_CALL_MEMORY_BUDGET, devices=None, position=None,
+          captured=None) -> list[dict]:
     """EI, EI_parts, sensitivity and degeneracy of every layer of many models of one architecture.
 
     Each layer's parameter sets are stacked and measured in one compiled call. Ranges come from
@@ -207,8 +238,9 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
       models_or_state_dicts: a list of K torch modules, or of state dicts (loaded into copies of
         `model`), or a mix.
       example_input: an input batch for the models, e.g. `torch.zeros((1, 4))`.
-      layers: module names (as in `model.named_modules()`) or modules of the first model; None
-        means every Linear and Conv2d layer that can be measured (others are skipped with a
+      layers: module names (as in `model.named_modules()`: any submodule the deep-ei API can
+        measure, a container included) or modules of the first model; None means every Linear
+        and Conv2d module that can be measured, in call order (others are skipped with a
         warning).
       measures: names from ('ei', 'ei_parts', 'sensitivity', 'degeneracy'); None means all four.
       model: the architecture state dicts are loaded into (default: the first module given).
@@ -219,15 +251,18 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
       steps: optional labels, one per model (e.g. training steps), stored as 'step'.
       policy, method, max_batch, memory_budget, devices: as `deep_ei_jax.pure.sweep` (devices
         shards each layer's checkpoints over devices).
+      position: for layers whose output has positions (pixels, tokens): None the centre, a
+        tuple, 'all', or a dict from layer name to one of these (see `ei_of_layer`).
+      captured: the captured graph (`bridge.graph.capture`, first sample) of a model of this
+        architecture, to reuse instead of tracing the first model (a `Tracker` passes it).
 
     Returns:
       A list of records (dicts), one per (model, layer): 'model' (index), 'step' (when given),
-      'layer' (name), 'layer_index', 'module', the measures asked for (bits), 'samples',
-      'sensitivity_samples', 'in_bins', 'out_bins'.
+      'layer' (name), 'layer_index', 'module', 'position' (only for layers measured at an
+      output position), the measures asked for (bits), 'samples', 'sensitivity_samples',
+      'in_bins', 'out_bins'.
     """
-    if not isinstance(example_input, torch.Tensor):
-        raise TypeError(f"example_input must be a torch.Tensor batch; "
-                        f"got {type(example_input).__name__}")
+    check_example_input(example_input)
     check_settings(samples=samples, sensitivity_samples=sensitivity_samples, in_bins=in_bins,
                    out_bins=out_bins, seed=seed, policy=policy, method=method,
                    max_batch=max_batch, memory_budget=memory_budget)
@@ -242,10 +277,12 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
             raise ValueError(f"steps must have one entry per model ({len(models)}); "
                              f"got {len(steps)}")
     chosen, explicit = layer_names(models[0], topology_of(models[0], example_input), layers)
+    if not chosen:
+        _no_default_layers(models[0], example_input, captured)
     key = jax.random.key(int(seed))
     records = []
-    for index, (name, chain, (in_range, out_range), short, params) in enumerate(
-            _spans(models, example_input, chosen, explicit)):
+    for index, (name, chain, (in_range, out_range), short, measured, params) in enumerate(
+            _spans(models, example_input, chosen, explicit, position, captured)):
         result = sweeping.sweep(key, chain, sweeping.stack_params(params), in_range=in_range,
                                 out_range=out_range, in_bins=in_bins, out_bins=out_bins,
                                 samples=samples, sensitivity_samples=sensitivity_samples,
@@ -257,12 +294,53 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
             if steps is not None:
                 record["step"] = steps[k]
             record.update(layer=name, layer_index=index, module=short)
+            if measured is not None:
+                record["position"] = measured if isinstance(measured, str) else list(measured)
             record.update({m: row[m] for m in sweeping.MEASURES if m in row})
             record.update(samples=samples, sensitivity_samples=sensitivity_samples,
                           in_bins=in_bins, out_bins=out_bins)
             records.append(record)
     records.sort(key=lambda r: (r["model"], r["layer_index"]))
     return records
+
+
+def check_example_input(example_input) -> None:
+    """A tensor batch, or a tuple of tensors (a cell's (x, h))."""
+    if isinstance(example_input, torch.Tensor):
+        return
+    if isinstance(example_input, (tuple, list)) and example_input and all(
+            isinstance(v, (torch.Tensor, tuple, list)) for v in example_input):
+        return
+    raise TypeError(f"example_input must be a torch.Tensor batch; got "
+                    f"{type(example_input).__name__} (a tuple of tensors, a cell's (x, h), "
+                    f"is also accepted)")
+
+
+def measurable_layers(model, example_input, captured=None) -> dict:
+    """Every submodule call the captured graph can measure, and why the others cannot.
+
+    Returns:
+      dict qualified name -> None (measurable) or the reason it cannot be measured (one line),
+      for each module's first call, in call order ("" is the whole model).
+    """
+    from .spans import every_span
+    if captured is None:
+        captured = captured_of(topology_of(model, example_input))
+    if captured is None:
+        return {}
+    found = {}
+    for (name, call), span in every_span(captured).items():
+        if call == 0:
+            found[name] = span if isinstance(span, Exception) else None
+    return {name: None if why is None else str(why).splitlines()[0]
+            for name, why in found.items()}
+
+
+def _no_default_layers(model, example_input, captured):
+    measurable = [name or "''" for name, why in measurable_layers(
+        model, example_input, captured).items() if why is None]
+    raise ValueError(f"the model has no Linear or Conv2d module to measure by default; name the "
+                     f"layers with layers= (measurable submodules: {measurable})")
 
 
 def to_dataframe(records):

@@ -5,14 +5,25 @@ AvgPool2d, MaxPool2d, Flatten) in call order, with an edge from each to the next
 `{"input": {"activation", "shape"}, "output": {"activation", "shape"}}` (batch dimension kept).
 Unlike deep-ei, shapes are the real ones for Conv2d too, and anything between two nodes that is not
 one supported activation (a BatchNorm, a Dropout in train mode, a functional op such as a skip
-connection, a second activation, a module called twice) is recorded in the node's `"barrier"`
-attribute; measuring across it raises an error that names it.
+connection, a second activation, a module called twice, a functional op on the last module's
+output) is recorded in the node's `"barrier"` attribute; measuring across it raises an error that
+names it, and a layer with a barrier after it is measured on the captured graph instead.
+
+The graph also keeps what measuring beyond those modules needs (`graph.graph`): "model", "input",
+"called" (the leaf modules in the order of their first call) and, made on first need by
+`captured_of` and cached there, "captured": the forward graph that `bridge.graph.capture` traces
+with torch.export (None when torch.export cannot trace the model: hooks only, with one warning).
+Capturing costs a second or more, so it is done only when a measure needs it.
 """
 from __future__ import annotations
+
+import warnings
 
 import networkx as nx
 import torch
 from torch import nn
+
+from .graph import CaptureError, capture
 
 MODULES = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten)
 ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu"}
@@ -22,6 +33,13 @@ ACTIVATION_RANGES = {"sigmoid": (0, 1), "tanh": (-1, 1), "relu": (0, 10), None: 
 
 def supported_names() -> str:
     return ", ".join(t.__name__ for t in (*MODULES, *ACTIVATIONS))
+
+
+# torch's elementwise activation modules: passed as `layer`, they are refused (measure the module
+# before them); the graph path recognises each (see deep_ei_jax.activations).
+ACTIVATION_MODULES = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU,
+                      nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus, nn.Hardtanh,
+                      nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Softsign)
 
 
 def _is_transparent(module: nn.Module) -> bool:
@@ -37,25 +55,52 @@ def _same_data(a, b) -> bool:
             and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 
 
-def topology_of(model: nn.Module, input: torch.Tensor) -> nx.DiGraph:
+def _inputs(input) -> tuple:
+    """The model's arguments: a tensor, or a tuple of tensors (nested tuples allowed)."""
+    if isinstance(input, torch.Tensor):
+        return (input,)
+    if isinstance(input, (tuple, list)) and input:
+        def check(value, where):
+            if isinstance(value, (tuple, list)):
+                for i, v in enumerate(value):
+                    check(v, f"{where}[{i}]")
+            elif not isinstance(value, torch.Tensor):
+                raise TypeError(f"input must be a torch.Tensor batch or a tuple of tensors (a "
+                                f"cell's (x, h)); {where} is a {type(value).__name__}")
+        check(input, "input")
+        return tuple(input)
+    raise TypeError(f"input must be a torch.Tensor batch or a tuple of tensors (a cell's (x, h)); "
+                    f"got {type(input).__name__}")
+
+
+def _shapes(args: tuple):
+    shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else _shapes(a) for a in args]
+    return shapes[0] if len(shapes) == 1 else tuple(shapes)
+
+
+def topology_of(model: nn.Module, input, *, capture: bool = True) -> nx.DiGraph:
     """Runs `input` through `model` once and returns its graph of measurable modules.
 
     Args:
-      model: a feed-forward torch module.
-      input: a valid input batch for it, e.g. `torch.zeros((1, 20))`.
+      model: a torch module.
+      input: a valid input batch for it, e.g. `torch.zeros((1, 20))`, or a tuple of tensors
+        passed as separate arguments (a cell's `(x, h)`). The batch axis comes first; the
+        captured graph (see the module docstring) is traced on the first sample.
+      capture: False keeps to the hooks, as deep-ei: only deep-ei's modules, joined by its
+        activation modules, can then be measured (no torch.export).
 
     Returns:
       networkx.DiGraph whose nodes are the model's Linear, Conv2d, AvgPool2d, MaxPool2d and
-      Flatten modules, with deep-ei's node attributes.
+      Flatten modules, with deep-ei's node attributes; `graph.graph` holds the model, the input
+      and, once `captured_of` made it, the captured forward graph.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor batch; got {type(input).__name__}")
-    calls = []
+    args = _inputs(input)
+    calls, outputs = [], []
 
-    def hook(module, args, output):
-        calls.append((module, args[0] if args else None, output))
+    def hook(module, arguments, output):
+        calls.append((module, arguments[0] if arguments else None, output))
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -63,9 +108,9 @@ def topology_of(model: nn.Module, input: torch.Tensor) -> nx.DiGraph:
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         with torch.no_grad():
-            model(input)
+            outputs.append(model(*args))
     except Exception as error:
-        raise ValueError(f"input of shape {tuple(input.shape)} does not fit the model: running it "
+        raise ValueError(f"input of shape {_shapes(args)} does not fit the model: running it "
                          f"raised {type(error).__name__}: {error}") from error
     finally:
         for handle in handles:
@@ -73,10 +118,49 @@ def topology_of(model: nn.Module, input: torch.Tensor) -> nx.DiGraph:
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
-    return _graph(calls, model_input=input)
+    graph = _graph(calls, model_input=args[0], model_output=outputs[0])
+    called = []
+    for module, _, _ in calls:
+        if module not in called:
+            called.append(module)
+    graph.graph.update(model=model, input=input, called=tuple(called))
+    if not isinstance(capture, bool):
+        raise TypeError(f"capture must be True or False; got {capture!r}")
+    if not capture:
+        graph.graph["captured"] = None
+    return graph
 
 
-def _graph(calls, model_input) -> nx.DiGraph:
+def captured_of(topology):
+    """The captured forward graph of the model `topology` was made from (made on first call).
+
+    Returns:
+      The `bridge.graph.CapturedGraph`, or None when the topology was not made by `topology_of`
+      or torch.export cannot trace the model (a RuntimeWarning gives torch's reason, once).
+    """
+    attributes = getattr(topology, "graph", None)
+    if not isinstance(attributes, dict) or "model" not in attributes:
+        return None
+    if "captured" not in attributes:
+        try:
+            attributes["captured"] = capture(attributes["model"], attributes["input"],
+                                             first_sample=True)
+        except CaptureError as error:
+            attributes["captured"] = None
+            attributes["capture_error"] = str(error)
+            warnings.warn(f"measuring beyond the modules deep-ei knew needs torch.export; "
+                          f"{error}. Only {supported_names()} can be measured on this model",
+                          RuntimeWarning, stacklevel=3)
+    return attributes["captured"]
+
+
+def share_capture(topology, captured) -> None:
+    """Gives `topology` the capture of another model of the same architecture (`captured`, of
+    checkpoint 0), so that its spans read this model's weights without tracing it again."""
+    topology.graph["captured"] = captured._replace(model=topology.graph["model"])
+
+
+def _graph(calls, model_input, model_output) -> nx.DiGraph:
     graph = nx.DiGraph()
     node = None                  # the last measurable module seen
     pending_activation = None    # an activation run right before the next module
@@ -118,4 +202,7 @@ def _graph(calls, model_input) -> nx.DiGraph:
             pending_activation = None
             after_node.append(module)
         last_output = out
+    if node is not None and not _same_data(model_output, last_output):
+        block(f"a non-module operation (e.g. a functional activation) between {node!r} and "
+              f"the model's output")
     return graph

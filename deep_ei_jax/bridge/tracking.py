@@ -33,7 +33,7 @@ import torch
 from .. import sweeping
 from .._checks import check_measures
 from .api import resolve_span
-from .sweeping import check_settings, layer_names, sweep
+from .sweeping import check_example_input, check_settings, layer_names, position_of, sweep
 from .topology import topology_of
 
 
@@ -104,11 +104,15 @@ class Tracker:
 
     Args:
       path: the JSON-lines file (created, or resumed when it exists).
-      example_input: an input batch for the model, e.g. `torch.zeros((1, 4))`.
+      example_input: an input batch for the model, e.g. `torch.zeros((1, 4))`, or a tuple of
+        tensors (a cell's (x, h)).
       every: measure when `step % every == 0`.
       layers, measures, samples, sensitivity_samples, in_bins, out_bins, seed, policy, method:
         as `deep_ei_jax.sweep` (the same seed every time: differences between steps are the
-        network's, not the noise's).
+        network's, not the noise's). Layers are qualified module names of any submodule the
+        deep-ei API can measure; the model is traced (torch.export) once, on the first call,
+        when a layer needs the captured graph, and that graph serves every later step.
+      position: as `deep_ei_jax.sweep` (layers whose output has positions).
       on_record: optional callable, called with each new record (a dict, as written to the file)
         once the records of its step are on disk, in order; an exception it raises reaches the
         training loop, and the records stay written.
@@ -121,15 +125,13 @@ class Tracker:
     def __init__(self, path, example_input, *, every: int = 50, layers=None, measures=None,
                  samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
                  out_bins: int = 64, seed: int = 0, policy: str = "drop", method: str = "auto",
-                 on_record=None):
+                 position=None, on_record=None):
         if isinstance(every, bool) or not isinstance(every, (numbers.Integral, np.integer)) \
                 or every <= 0:
             raise ValueError(f"every must be a positive integer; got {every!r}")
         check_settings(samples=samples, sensitivity_samples=sensitivity_samples, in_bins=in_bins,
                        out_bins=out_bins, seed=seed, policy=policy, method=method)
-        if not isinstance(example_input, torch.Tensor):
-            raise TypeError(f"example_input must be a torch.Tensor batch; "
-                            f"got {type(example_input).__name__}")
+        check_example_input(example_input)
         if layers is not None and not isinstance(layers, (str, list, tuple, torch.nn.Module)):
             raise TypeError(f"layers must be None or a list of module names or modules; "
                             f"got {layers!r}")
@@ -146,7 +148,9 @@ class Tracker:
             check_measures(measures, sweeping.MEASURES)
         self.settings = dict(layers=layers, measures=self.measures, samples=samples,
                              sensitivity_samples=sensitivity_samples, in_bins=in_bins,
-                             out_bins=out_bins, seed=seed, policy=policy, method=method)
+                             out_bins=out_bins, seed=seed, policy=policy, method=method,
+                             position=position)
+        self._captured = None
         records, good = _read(self.path)
         if os.path.exists(self.path) and os.path.getsize(self.path) > good:
             warnings.warn(f"{self.path}: cutting off a last line torn by an interruption",
@@ -185,7 +189,8 @@ class Tracker:
                 return []
             settings = self.settings if len(remaining) == len(names) else \
                 {**self.settings, "layers": remaining}
-            records = sweep([model], self.example_input, steps=[step], **settings)
+            records = sweep([model], self.example_input, steps=[step],
+                            captured=self._captured, **settings)
         new = [r for r in records if (step, r["layer"]) not in self.done]
         for record in new:
             record.pop("model", None)
@@ -206,17 +211,19 @@ class Tracker:
         if self._names is None:
             topology = topology_of(model, self.example_input)
             names, explicit = layer_names(model, topology, self.settings["layers"])
-            if not explicit:  # the sweep skips (with a warning) what cannot be measured
-                modules = dict(model.named_modules())
-                measurable = []
-                for name in names:
-                    try:
-                        resolve_span(modules[name], topology)
-                    except NotImplementedError:
-                        continue
-                    measurable.append(name)
-                names = measurable
-            self._names = names
+            modules = dict(model.named_modules())
+            measurable = []
+            for name in names:   # what needs the captured graph makes it here, once
+                try:
+                    resolve_span(modules[name], topology,
+                                 position=position_of(self.settings["position"], name))
+                except NotImplementedError:
+                    if explicit:
+                        raise
+                    continue  # the sweep skips (with a warning) what cannot be measured
+                measurable.append(name)
+            self._names = measurable
+            self._captured = topology.graph.get("captured")
         return self._names
 
     def _append(self, record: dict) -> None:
