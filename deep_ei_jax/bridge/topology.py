@@ -1,4 +1,5 @@
-"""topology_of: the connectivity of a torch model, as deep-ei records it, plus what we cannot measure.
+"""topology_of: the connectivity of a torch model, as deep-ei records it, plus what we cannot
+measure.
 
 One forward pass with hooks on every leaf module. Nodes are the measurable modules (Linear, Conv2d,
 AvgPool2d, MaxPool2d, Flatten) in call order, with an edge from each to the next, and per node
