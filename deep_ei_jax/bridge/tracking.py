@@ -26,7 +26,7 @@ import torch
 from .. import sweeping
 from .._checks import check_measures
 from .api import resolve_span
-from .sweeping import check_settings, layer_names, sweep
+from .sweeping import check_layer_ranges, check_settings, layer_names, sweep
 from .topology import topology_of
 
 
@@ -78,9 +78,9 @@ class Tracker:
       path: the JSON-lines file (created, or resumed when it exists).
       example_input: an input batch for the model, e.g. `torch.zeros((1, 4))`.
       every: measure when `step % every == 0`.
-      layers, measures, samples, sensitivity_samples, in_bins, out_bins, seed, policy, method:
-        as `deep_ei_jax.sweep` (the same seed every time: differences between steps are the
-        network's, not the noise's).
+      layers, measures, samples, sensitivity_samples, in_bins, out_bins, in_range, out_range,
+        seed, policy, method: as `deep_ei_jax.sweep` (the same seed every time: differences
+        between steps are the network's, not the noise's); each record stores the ranges used.
 
     Attributes:
       last_step: the last step recorded (None before any).
@@ -89,12 +89,15 @@ class Tracker:
 
     def __init__(self, path, example_input, *, every: int = 50, layers=None, measures=None,
                  samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
-                 out_bins: int = 64, seed: int = 0, policy: str = "drop", method: str = "auto"):
+                 out_bins: int = 64, in_range=None, out_range=None, seed: int = 0,
+                 policy: str = "drop", method: str = "auto"):
         if isinstance(every, bool) or not isinstance(every, (numbers.Integral, np.integer)) \
                 or every <= 0:
             raise ValueError(f"every must be a positive integer; got {every!r}")
         check_settings(samples=samples, sensitivity_samples=sensitivity_samples, in_bins=in_bins,
                        out_bins=out_bins, seed=seed, policy=policy, method=method)
+        in_range = check_layer_ranges("in_range", in_range)
+        out_range = check_layer_ranges("out_range", out_range, allow_dynamic=True)
         if not isinstance(example_input, torch.Tensor):
             raise TypeError(f"example_input must be a torch.Tensor batch; "
                             f"got {type(example_input).__name__}")
@@ -110,7 +113,8 @@ class Tracker:
             check_measures(measures, sweeping.MEASURES)
         self.settings = dict(layers=layers, measures=self.measures, samples=samples,
                              sensitivity_samples=sensitivity_samples, in_bins=in_bins,
-                             out_bins=out_bins, seed=seed, policy=policy, method=method)
+                             out_bins=out_bins, in_range=in_range, out_range=out_range,
+                             seed=seed, policy=policy, method=method)
         records, good = _read(self.path)
         if os.path.exists(self.path) and os.path.getsize(self.path) > good:
             warnings.warn(f"{self.path}: cutting off a last line torn by an interruption",
