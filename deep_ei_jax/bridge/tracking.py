@@ -78,9 +78,10 @@ class Tracker:
       path: the JSON-lines file (created, or resumed when it exists).
       example_input: an input batch for the model, e.g. `torch.zeros((1, 4))`.
       every: measure when `step % every == 0`.
-      layers, measures, samples, sensitivity_samples, in_bins, out_bins, in_range, out_range,
-        seed, policy, method: as `deep_ei_jax.sweep` (the same seed every time: differences
-        between steps are the network's, not the noise's); each record stores the ranges used.
+      layers, measures, samples, sensitivity_samples, in_bins, out_bins: as `deep_ei_jax.sweep`.
+      in_range, out_range: as `deep_ei_jax.sweep`; each record stores the ranges used.
+      seed, policy, method: as `deep_ei_jax.sweep` (the same seed every time: differences
+        between steps are the network's, not the noise's).
 
     Attributes:
       last_step: the last step recorded (None before any).
