@@ -42,6 +42,8 @@ CLASSES = 5
 WIDTHS = (25, 6, 6, 6, CLASSES)
 BATCH_SIZE = 50
 SEED = 1
+# the 25 -> 6 layer at 1e7 samples needs about 1.2 GiB per checkpoint in one sweep call
+MEMORY_BUDGET = 2 * 1024 * 2 ** 20
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
 EVERY = {"sigmoid": 10, "tanh": 20, "relu": 20}
 SETTINGS = Settings(epochs=500, every=None, samples=10 ** 7, sensitivity_samples=5000,
@@ -122,6 +124,7 @@ def main(argv=None) -> int:
                       epochs=args.epochs, every=args.every, samples=args.samples,
                       sensitivity_samples=args.sensitivity_samples, bins=args.bins, out=out,
                       batch_size=BATCH_SIZE, in_range=in_range, out_range=out_range, seed=SEED,
+                      memory_budget=MEMORY_BUDGET,
                       describe=f" ({args.activation}) on {len(train_set[0])} digits")
     return 0
 

@@ -210,3 +210,12 @@ def test_cli_range_option_refuses_bad_pairs(scripted, capsys, value):
         cli.main(["measure", str(scripted), "--input-shape", "1,4", "--out-range", value])
     assert exit_info.value.code == 2
     assert "expected LOW,HIGH with LOW < HIGH" in capsys.readouterr().err
+
+
+def test_cli_help_documents_the_range_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["measure", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--in-range RANGE" in text and "--out-range RANGE" in text
+    assert "LAYER=LOW,HIGH" in text and "'dynamic'" in text
