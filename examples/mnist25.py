@@ -22,7 +22,9 @@ As the paper's scripts:
 With 901 images an epoch is 15 batches, where the paper's 25,000 training images made 500:
 500 epochs here are 7,500 SGD steps, not 250,000.
 
-`--quick` runs the same configuration for 20 epochs with 1e4 samples and sensitivity 500.
+`--quick` runs the same configuration for 20 epochs with 1e4 samples and sensitivity 500. The
+runs reported in docs/guide/paper.md used `--every 50 --samples 1000000 --sensitivity-samples
+1000` (1-3 minutes each on a shared 2-core CPU); the full default setting measures ~40x more.
 Writes the records (JSON lines) and the figures to --out, and prints the times.
 """
 from __future__ import annotations

@@ -32,7 +32,7 @@ def test_iris_runs_the_papers_configuration():
     assert [(m.in_features, m.out_features, m.bias) for m in linears] == [
         (4, 5, None), (5, 5, None), (5, 3, None)]
     for m in linears:  # uniform in +-1/sqrt(fan_in)
-        assert float(m.weight.abs().max()) <= m.in_features ** -0.5
+        assert float(m.weight.detach().abs().max()) <= m.in_features ** -0.5
     with_bias = [m for m in iris.network(bias=True) if isinstance(m, torch.nn.Linear)]
     assert all(m.bias is not None for m in with_bias)
     (x, y), (x_test, y_test) = iris.iris_data()
