@@ -199,6 +199,43 @@ def _seed(text: str) -> int:
     return _integer(text, -2 ** 63, 2 ** 63, "an integer seed in [-2**63, 2**63)")
 
 
+def _range_option(text: str):
+    """--in-range / --out-range: 'LOW,HIGH', 'dynamic', or 'LAYER=LOW,HIGH' (one layer's).
+
+    Returns (layer name or None, (low, high) or 'dynamic'); the range is checked later."""
+    name, _, value = text.rpartition("=")
+    value = value.strip()
+    if value == "dynamic":
+        return name.strip() or None, value
+    try:
+        pair = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        pair = ()
+    if len(pair) != 2 or not all(math.isfinite(v) for v in pair) or not pair[0] < pair[1]:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with LOW < HIGH (e.g. 0,1), "
+                                         f"'dynamic' or LAYER=LOW,HIGH; got {text!r}")
+    return name.strip() or None, pair
+
+
+def layer_range_options(option: str, given, layers, *, allow_dynamic: bool):
+    """The range each layer gets from the --in-range/--out-range values `given` ((name, range)
+    pairs): the one without a name for every layer, a named one for its layer; None where none
+    is given (inferred from the activations)."""
+    default, named = None, {}
+    for name, value in given or ():
+        if value == "dynamic" and not allow_dynamic:
+            raise UserError(f"{option} cannot be 'dynamic' (only --out-range can be); expected "
+                            f"LOW,HIGH or LAYER=LOW,HIGH")
+        if name is None:
+            default = value
+        elif name not in layers:
+            raise UserError(f"{option} names layer {name!r}, which is not measured; measured "
+                            f"layers: {list(layers)}")
+        else:
+            named[name] = value
+    return {layer: named.get(layer, default) for layer in layers}
+
+
 def _check_input_shape(shape) -> None:
     values = math.prod(shape)
     if values > MAX_INPUT_VALUES:
@@ -365,12 +402,15 @@ def measure(args) -> int:
     captured = topology.graph.get("captured")   # traced once, if a layer needed it
     in_bins = args.in_bins or args.bins
     out_bins = args.out_bins or args.bins
+    in_ranges = layer_range_options("--in-range", args.in_range, layers, allow_dynamic=False)
+    out_ranges = layer_range_options("--out-range", args.out_range, layers, allow_dynamic=True)
     records = []
     for layer in _progress(layers, not args.no_progress, "measuring"):
         try:
             records += sweep([model], example, layers=[layer], samples=args.samples,
                              sensitivity_samples=args.sensitivity_samples, in_bins=in_bins,
-                             out_bins=out_bins, seed=args.seed, position=args.position,
+                             out_bins=out_bins, in_range=in_ranges[layer],
+                             out_range=out_ranges[layer], seed=args.seed, position=args.position,
                              captured=captured)
         except NotImplementedError as error:
             raise UserError(f"layer {layer!r} cannot be measured: {error}") from None
@@ -385,7 +425,11 @@ def measure(args) -> int:
                     samples=args.samples, sensitivity_samples=args.sensitivity_samples,
                     in_bins=in_bins, out_bins=out_bins, seed=args.seed,
                     position=args.position if args.position is None or isinstance(
-                        args.position, str) else list(args.position))
+                        args.position, str) else list(args.position),
+                    in_range=[[name, list(v) if isinstance(v, tuple) else v]
+                              for name, v in args.in_range or ()],
+                    out_range=[[name, list(v) if isinstance(v, tuple) else v]
+                               for name, v in args.out_range or ()])
     if args.json:
         atomic_write(args.json, lambda file: json.dump({"settings": settings, "records": records},
                                                        file, indent=1))
@@ -527,7 +571,8 @@ def parser() -> argparse.ArgumentParser:
         "named by --layers (any submodule the captured graph can measure: --list-layers), and "
         "print a table (EI, EI_parts, sensitivity, degeneracy = sensitivity - EI, samples). "
         "Ranges follow the activations around each layer, as in deep-ei: Sigmoid (0,1), Tanh "
-        "(-1,1), ReLU (0,10), none (-10,10); other activations: their image of (-10,10).")
+        "(-1,1), ReLU (0,10), none (-10,10); other activations: their image of (-10,10); "
+        "--in-range/--out-range give them instead.")
     m.add_argument("model_file", metavar="MODEL_FILE",
                    help="a TorchScript file (torch.jit.save; an nn.Sequential is rebuilt as an "
                    "eager module) or a module saved with torch.save (needs --trust-pickle)")
@@ -542,6 +587,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--in-bins", type=_bins, metavar="B", help="input bins (default: --bins)")
     m.add_argument("--out-bins", type=_bins, metavar="B",
                    help="output bins (default: --bins)")
+    m.add_argument("--in-range", type=_range_option, action="append", metavar="RANGE",
+                   help="input range LOW,HIGH for every layer (e.g. 0,1), or LAYER=LOW,HIGH for "
+                   "one layer (repeat the option for several); default: from the activation "
+                   "before each layer")
+    m.add_argument("--out-range", type=_range_option, action="append", metavar="RANGE",
+                   help="output range as --in-range, or 'dynamic' (per output, probed from "
+                   "samples); default: from the activation after each layer")
     m.add_argument("--layers", metavar="NAMES",
                    help="comma-separated qualified module names (as in model.named_modules()) "
                    "to measure: any measurable submodule, a container included (default: every "

@@ -409,7 +409,8 @@ def plan_sweep(key, chain, params0, binning: Binning, *, samples, sensitivity_sa
     for name, value in (("out_range", binning.out_range), ("out_bins", binning.out_bins)):
         if isinstance(value, str):
             raise ValueError(f"{name} must be fixed in a sweep (each parameter set would get its "
-                             f"own dynamic binning); got {value!r}")
+                             f"own dynamic binning); got {value!r} (measure such a layer with "
+                             f"single calls, as deep_ei_jax.sweep does for it)")
     need_states = "ei" in names or "degeneracy" in names
     need_pairs = "ei_parts" in names
     vector = single = first = None

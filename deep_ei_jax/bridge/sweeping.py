@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import measures as single_measures
 from .. import sweeping
 from .._checks import (check_bins, check_choice, check_measures, check_positive_int,
-                       check_samples, check_seed)
+                       check_range, check_samples, check_seed)
 from ..binning import POLICIES
 from ..backends import METHODS
 from .api import resolve_span
@@ -207,6 +208,40 @@ def _check_same(k, name, chain, ranges, first_params, span, span_ranges):
         raise ValueError(f"{where}: its activations give ranges {span_ranges}; expected {ranges}")
 
 
+def check_layer_ranges(option: str, value, *, allow_dynamic: bool = False):
+    """A sweep's `in_range`/`out_range` argument, checked: None (every layer's range inferred from
+    its activations), one range for every layer, or a mapping from layer name to range (None:
+    inferred). Layer names are checked against the model later (`ranges_of_layer`)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        checked = {}
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise TypeError(f"{option} maps layer names (str, as in model.named_modules()) "
+                                f"to ranges; got the key {name!r}")
+            checked[name] = None if item is None else check_range(
+                f"{option}[{name!r}]", item, allow_dynamic=allow_dynamic)
+        return checked
+    return check_range(option, value, allow_dynamic=allow_dynamic)
+
+
+def ranges_of_layer(option: str, value, name: str, measurable):
+    """The range `value` (checked by `check_layer_ranges`) gives layer `name` (None: inferred).
+
+    Raises:
+      ValueError: a mapping names a layer that is not a measurable module of the model; the
+        error names it and lists the measurable layers.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    unknown = [key for key in value if key not in measurable]
+    if unknown:
+        raise ValueError(f"{option} names {unknown[0]!r}, which is not a measurable layer of the "
+                         f"model; measurable layers: {list(measurable)}")
+    return value.get(name)
+
+
 def check_settings(*, samples, sensitivity_samples, in_bins, out_bins, seed, policy, method,
                    max_batch=None, memory_budget=sweeping.DEFAULT_CALL_MEMORY_BUDGET):
     """The scalar settings of a sweep (also checked by `Tracker` when it is made)."""
@@ -224,15 +259,17 @@ def check_settings(*, samples, sensitivity_samples, in_bins, out_bins, seed, pol
 
 def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, model=None,
           samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
-          out_bins: int = 64, seed: int = 0, steps=None, policy: str = "drop",
-          method: str = "auto", max_batch: int | None = None,
+          out_bins: int = 64, in_range=None, out_range=None, seed: int = 0, steps=None,
+          policy: str = "drop", method: str = "auto", max_batch: int | None = None,
           memory_budget: int = sweeping.DEFAULT_CALL_MEMORY_BUDGET, devices=None, position=None,
           captured=None) -> list[dict]:
     """EI, EI_parts, sensitivity and degeneracy of every layer of many models of one architecture.
 
-    Each layer's parameter sets are stacked and measured in one compiled call. Ranges come from
-    the activations around each layer as in deep-ei (Sigmoid (0,1), Tanh (-1,1), ReLU (0,10),
-    none (-10,10)).
+    Each layer's parameter sets are stacked and measured in one compiled call. Ranges are given
+    (`in_range`, `out_range`) or come from the activations around each layer as in deep-ei
+    (Sigmoid (0,1), Tanh (-1,1), ReLU (0,10), none (-10,10)). A layer with `out_range='dynamic'`
+    gets each model's own output binning, so it is measured by single calls, one per model
+    (`vector_and_pairwise_ei` and `sensitivity_of_layer` with the same seed), not in one call.
 
     Args:
       models_or_state_dicts: a list of K torch modules, or of state dicts (loaded into copies of
@@ -247,6 +284,10 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
       samples: samples of the all-inputs intervention (EI and EI_parts share them).
       sensitivity_samples: samples per input for sensitivity.
       in_bins, out_bins: bin counts.
+      in_range, out_range: None (inferred for every layer), one (low, high) pair for every
+        layer, or a mapping from layer name to pair (layers left out, or mapped to None, are
+        inferred); `out_range` may be 'dynamic' (per output, probed as a single call does). A
+        mapping that names a layer the model does not have raises a ValueError listing them.
       seed: the PRNG seed; the same for every layer and model, as single calls with `seed=`.
       steps: optional labels, one per model (e.g. training steps), stored as 'step'.
       policy, method, max_batch, memory_budget, devices: as `deep_ei_jax.pure.sweep` (devices
@@ -260,46 +301,51 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
       A list of records (dicts), one per (model, layer): 'model' (index), 'step' (when given),
       'layer' (name), 'layer_index', 'module', 'position' (only for layers measured at an
       output position), the measures asked for (bits), 'samples', 'sensitivity_samples',
-      'in_bins', 'out_bins'.
+      'in_bins', 'out_bins', 'in_range', 'out_range' (the ranges used: (low, high) or
+      'dynamic').
     """
     check_example_input(example_input)
     check_settings(samples=samples, sensitivity_samples=sensitivity_samples, in_bins=in_bins,
                    out_bins=out_bins, seed=seed, policy=policy, method=method,
                    max_batch=max_batch, memory_budget=memory_budget)
+    in_range = check_layer_ranges("in_range", in_range)
+    out_range = check_layer_ranges("out_range", out_range, allow_dynamic=True)
     names = sweeping.MEASURES if measures is None else \
         check_measures(measures, sweeping.MEASURES)
     models = _models(models_or_state_dicts, model)
-    if steps is not None:
-        if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
-            raise TypeError(f"steps must be a sequence of labels, one per model; got {steps!r}")
-        steps = list(steps)
-        if len(steps) != len(models):
-            raise ValueError(f"steps must have one entry per model ({len(models)}); "
-                             f"got {len(steps)}")
-    chosen, explicit = layer_names(models[0], topology_of(models[0], example_input), layers)
+    steps = _check_steps(steps, len(models))
+    topology = topology_of(models[0], example_input)
+    chosen, explicit = layer_names(models[0], topology, layers)
     if not chosen:
         _no_default_layers(models[0], example_input, captured)
+    module_names = {module: name for name, module in models[0].named_modules()}
+    measurable = list(dict.fromkeys([*(module_names[m] for m in topology if m in module_names),
+                                     *chosen]))
     key = jax.random.key(int(seed))
     records = []
-    for index, (name, chain, (in_range, out_range), short, measured, params) in enumerate(
+    for index, (name, chain, inferred, short, measured, params) in enumerate(
             _spans(models, example_input, chosen, explicit, position, captured)):
-        result = sweeping.sweep(key, chain, sweeping.stack_params(params), in_range=in_range,
-                                out_range=out_range, in_bins=in_bins, out_bins=out_bins,
-                                samples=samples, sensitivity_samples=sensitivity_samples,
-                                measures=names, policy=policy, method=method,
-                                max_batch=max_batch, memory_budget=memory_budget,
-                                devices=devices)
-        for k, row in enumerate(result.records()):
-            record = {"model": k}
-            if steps is not None:
-                record["step"] = steps[k]
-            record.update(layer=name, layer_index=index, module=short)
-            if measured is not None:
-                record["position"] = measured if isinstance(measured, str) else list(measured)
-            record.update({m: row[m] for m in sweeping.MEASURES if m in row})
-            record.update(samples=samples, sensitivity_samples=sensitivity_samples,
-                          in_bins=in_bins, out_bins=out_bins)
-            records.append(record)
+        given = (ranges_of_layer("in_range", in_range, name, measurable),
+                 ranges_of_layer("out_range", out_range, name, measurable))
+        ranges = tuple(inferred[i] if given[i] is None else given[i] for i in (0, 1))
+        options = dict(in_range=ranges[0], out_range=ranges[1], in_bins=in_bins,
+                       out_bins=out_bins, samples=samples,
+                       sensitivity_samples=sensitivity_samples, measures=names, policy=policy,
+                       method=method)
+        if isinstance(ranges[1], str):  # 'dynamic': each model's own binning, single calls
+            rows = _single_call_rows(key, chain, params, **options)
+        else:
+            rows = sweeping.sweep(key, chain, sweeping.stack_params(params), max_batch=max_batch,
+                                  memory_budget=memory_budget, devices=devices,
+                                  **options).records()
+        layer = dict(layer=name, layer_index=index, module=short)
+        if measured is not None:
+            layer["position"] = measured if isinstance(measured, str) else list(measured)
+        records += _layer_records(rows, steps, layer,
+                                  dict(samples=samples, sensitivity_samples=sensitivity_samples,
+                                       in_bins=in_bins, out_bins=out_bins,
+                                       in_range=_plain_range(ranges[0]),
+                                       out_range=_plain_range(ranges[1])))
     records.sort(key=lambda r: (r["model"], r["layer_index"]))
     return records
 
@@ -341,6 +387,58 @@ def _no_default_layers(model, example_input, captured):
         model, example_input, captured).items() if why is None]
     raise ValueError(f"the model has no Linear or Conv2d module to measure by default; name the "
                      f"layers with layers= (measurable submodules: {measurable})")
+
+
+def _check_steps(steps, num_models: int):
+    """The step labels as a list with one entry per model (None stays None)."""
+    if steps is None:
+        return None
+    if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
+        raise TypeError(f"steps must be a sequence of labels, one per model; got {steps!r}")
+    steps = list(steps)
+    if len(steps) != num_models:
+        raise ValueError(f"steps must have one entry per model ({num_models}); "
+                         f"got {len(steps)}")
+    return steps
+
+
+def _layer_records(rows, steps, layer: dict, settings: dict) -> list[dict]:
+    """One layer's records: per model its index (and step), the layer, the measures, the
+    settings."""
+    records = []
+    for k, row in enumerate(rows):
+        record = {"model": k}
+        if steps is not None:
+            record["step"] = steps[k]
+        record.update(layer)
+        record.update({m: row[m] for m in sweeping.MEASURES if m in row})
+        record.update(settings)
+        records.append(record)
+    return records
+
+
+def _plain_range(value):
+    """A range as a record stores it: (low, high) floats, or 'dynamic'."""
+    return value if isinstance(value, str) else (float(value[0]), float(value[1]))
+
+
+def _single_call_rows(key, chain, params, *, samples, sensitivity_samples, measures, **binning):
+    """The measures of each parameter set by single calls with `key` (what `vector_and_pairwise_ei`
+    and `sensitivity_of_layer` give with the same seed): for a dynamic out_range, which gives each
+    set its own output binning. One dict of measure values per set."""
+    rows = []
+    for one in params:
+        row = {}
+        if {"ei", "ei_parts", "degeneracy"} & set(measures):
+            (row["ei"], row["ei_parts"]), _ = single_measures.ei_and_ei_parts(
+                key, chain, one, samples=samples, **binning)
+        if {"sensitivity", "degeneracy"} & set(measures):
+            row["sensitivity"], _ = single_measures.sensitivity(
+                key, chain, one, samples=sensitivity_samples, **binning)
+        if "degeneracy" in measures:
+            row["degeneracy"] = row["sensitivity"] - row["ei"]
+        rows.append({m: float(row[m]) for m in measures})
+    return rows
 
 
 def to_dataframe(records):

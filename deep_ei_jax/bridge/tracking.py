@@ -33,7 +33,8 @@ import torch
 from .. import sweeping
 from .._checks import check_measures
 from .api import resolve_span
-from .sweeping import check_example_input, check_settings, layer_names, position_of, sweep
+from .sweeping import (check_example_input, check_layer_ranges, check_settings, layer_names,
+                       position_of, sweep)
 from .topology import topology_of
 
 
@@ -112,6 +113,7 @@ class Tracker:
         network's, not the noise's). Layers are qualified module names of any submodule the
         deep-ei API can measure; the model is traced (torch.export) once, on the first call,
         when a layer needs the captured graph, and that graph serves every later step.
+      in_range, out_range: as `deep_ei_jax.sweep`; each record stores the ranges used.
       position: as `deep_ei_jax.sweep` (layers whose output has positions).
       on_record: optional callable, called with each new record (a dict, as written to the file)
         once the records of its step are on disk, in order; an exception it raises reaches the
@@ -124,14 +126,16 @@ class Tracker:
 
     def __init__(self, path, example_input, *, every: int = 50, layers=None, measures=None,
                  samples: int = 100_000, sensitivity_samples: int = 500, in_bins: int = 64,
-                 out_bins: int = 64, seed: int = 0, policy: str = "drop", method: str = "auto",
-                 position=None, on_record=None):
+                 out_bins: int = 64, in_range=None, out_range=None, seed: int = 0,
+                 policy: str = "drop", method: str = "auto", position=None, on_record=None):
         if isinstance(every, bool) or not isinstance(every, (numbers.Integral, np.integer)) \
                 or every <= 0:
             raise ValueError(f"every must be a positive integer; got {every!r}")
         check_settings(samples=samples, sensitivity_samples=sensitivity_samples, in_bins=in_bins,
                        out_bins=out_bins, seed=seed, policy=policy, method=method)
         check_example_input(example_input)
+        in_range = check_layer_ranges("in_range", in_range)
+        out_range = check_layer_ranges("out_range", out_range, allow_dynamic=True)
         if layers is not None and not isinstance(layers, (str, list, tuple, torch.nn.Module)):
             raise TypeError(f"layers must be None or a list of module names or modules; "
                             f"got {layers!r}")
@@ -148,8 +152,8 @@ class Tracker:
             check_measures(measures, sweeping.MEASURES)
         self.settings = dict(layers=layers, measures=self.measures, samples=samples,
                              sensitivity_samples=sensitivity_samples, in_bins=in_bins,
-                             out_bins=out_bins, seed=seed, policy=policy, method=method,
-                             position=position)
+                             out_bins=out_bins, in_range=in_range, out_range=out_range,
+                             seed=seed, policy=policy, method=method, position=position)
         self._captured = None
         records, good = _read(self.path)
         if os.path.exists(self.path) and os.path.getsize(self.path) > good:
