@@ -314,13 +314,7 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
         check_measures(measures, sweeping.MEASURES)
     models = _models(models_or_state_dicts, model)
     steps = _check_steps(steps, len(models))
-    topology = topology_of(models[0], example_input)
-    chosen, explicit = layer_names(models[0], topology, layers)
-    if not chosen:
-        _no_default_layers(models[0], example_input, captured)
-    module_names = {module: name for name, module in models[0].named_modules()}
-    measurable = list(dict.fromkeys([*(module_names[m] for m in topology if m in module_names),
-                                     *chosen]))
+    chosen, explicit, measurable = _layers_to_measure(models[0], example_input, layers, captured)
     key = jax.random.key(int(seed))
     records = []
     for index, (name, chain, inferred, short, measured, params) in enumerate(
@@ -332,12 +326,8 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
                        out_bins=out_bins, samples=samples,
                        sensitivity_samples=sensitivity_samples, measures=names, policy=policy,
                        method=method)
-        if isinstance(ranges[1], str):  # 'dynamic': each model's own binning, single calls
-            rows = _single_call_rows(key, chain, params, **options)
-        else:
-            rows = sweeping.sweep(key, chain, sweeping.stack_params(params), max_batch=max_batch,
-                                  memory_budget=memory_budget, devices=devices,
-                                  **options).records()
+        rows = _layer_rows(key, chain, params, options, max_batch=max_batch,
+                           memory_budget=memory_budget, devices=devices)
         layer = dict(layer=name, layer_index=index, module=short)
         if measured is not None:
             layer["position"] = measured if isinstance(measured, str) else list(measured)
@@ -348,6 +338,28 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
                                        out_range=_plain_range(ranges[1])))
     records.sort(key=lambda r: (r["model"], r["layer_index"]))
     return records
+
+
+def _layers_to_measure(model, example_input, layers, captured):
+    """(the layer names to measure, whether the user named them, the names a range mapping may
+    use: the hook topology's modules and the chosen layers)."""
+    topology = topology_of(model, example_input)
+    chosen, explicit = layer_names(model, topology, layers)
+    if not chosen:
+        _no_default_layers(model, example_input, captured)
+    module_names = {module: name for name, module in model.named_modules()}
+    measurable = list(dict.fromkeys([*(module_names[m] for m in topology if m in module_names),
+                                     *chosen]))
+    return chosen, explicit, measurable
+
+
+def _layer_rows(key, chain, params, options: dict, *, max_batch, memory_budget, devices):
+    """One layer's measure values per model: one compiled sweep over the stacked params, or,
+    for a dynamic out_range (each model's own binning), single calls with the same key."""
+    if isinstance(options["out_range"], str):
+        return _single_call_rows(key, chain, params, **options)
+    return sweeping.sweep(key, chain, sweeping.stack_params(params), max_batch=max_batch,
+                          memory_budget=memory_budget, devices=devices, **options).records()
 
 
 def check_example_input(example_input) -> None:
