@@ -310,8 +310,7 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
                    max_batch=max_batch, memory_budget=memory_budget)
     in_range = check_layer_ranges("in_range", in_range)
     out_range = check_layer_ranges("out_range", out_range, allow_dynamic=True)
-    names = sweeping.MEASURES if measures is None else \
-        check_measures(measures, sweeping.MEASURES)
+    names = sweeping.MEASURES if measures is None else check_measures(measures, sweeping.MEASURES)
     models = _models(models_or_state_dicts, model)
     steps = _check_steps(steps, len(models))
     chosen, explicit, measurable = _layers_to_measure(models[0], example_input, layers, captured)
