@@ -332,6 +332,12 @@ def format_table(records) -> str:
         lines.append(f"{r['layer']:<8}{r['module']:<24}{values}{r['samples']:>10}")
     lines.append("(bits; degeneracy = sensitivity - EI; sensitivity from "
                  f"{records[0]['sensitivity_samples'] if records else 0} samples per input)")
+    empty = [r["layer"] for r in records
+             if any(isinstance(r.get(m), float) and math.isnan(r[m]) for m in MEASURE_COLUMNS)]
+    if empty:
+        lines.append(f"(nan: nothing was counted for layer(s) {', '.join(map(str, empty))}: every "
+                     "sample had an output outside the output range and was dropped; widen the "
+                     "output range)")
     return "\n".join(lines)
 
 
