@@ -117,7 +117,7 @@ def _jackknife_correction(xp, counts):
     return xp.where(total > 1, correction, 0.0)
 
 
-# ---------------------------------------------------------------- entropy by entropy: NSB, Chao-Shen
+# ------------------------------------------------------- entropy by entropy: NSB, Chao-Shen
 # Cells are given as (values [..., C], weights [..., C]): weight w cells hold `values` samples each
 # (a table's cells with weight 1, or a count spectrum's values and multiplicities); entries of
 # weight 0 or value 0 count for nothing. Every function here is jnp and traceable.

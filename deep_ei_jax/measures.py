@@ -147,8 +147,7 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
                     memory_budget: int = planning.DEFAULT_TABLE_MEMORY_BUDGET, devices=None,
                     estimator: str = "plugin", error_bars: int = 0, significance: bool = False,
                     grid_step: float = exact.DEFAULT_GRID_STEP, target_error: float | None = None,
-                    bias_warning: float | None = DEFAULT_BIAS_WARNING,
-                    shuffle_correction: int = 0):
+                    bias_warning: float | None = DEFAULT_BIAS_WARNING, shuffle_correction: int = 0):
     """The EI_parts matrix: I(x_A; y_B) for every input A and output B under uniform noise.
 
     Args:
@@ -183,35 +182,28 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
         per pair (`information.mutual_information_standard_error`) combined as
         sqrt(sum of squares), i.e. treating pairs' sampling errors as uncorrelated; reported in
         `Info.standard_error` with a normal 95% interval.
-      bias_warning: warn (RuntimeWarning) when the plug-in value's estimated bias (`Info.bias`)
-        exceeds this fraction of it; None or 0: never. Only estimator="plugin" without
-        shuffle correction warns.
-      shuffle_correction: k >= 1 (fixed `samples` only): subtract, pair by pair, the mean matrix of
-        k surrogates, each N fresh samples whose inputs' bins are permuted over the samples of
-        each chunk before counting (both margins kept, the dependence broken): what the
-        estimator reports for an independent layer with the same margins. Their EI_parts go to
-        `Info.surrogates`, their spread to `Info.surrogate_spread`. 0: none.
+      bias_warning: a RuntimeWarning when the plug-in value's estimated bias (`Info.bias`)
+        exceeds this fraction of it (estimator="plugin", no shuffle correction); None/0: never.
+      shuffle_correction: k >= 1 (fixed `samples`): subtract per pair the mean of k surrogates,
+        N fresh samples each with the inputs' bins permuted over each chunk's samples (margins
+        kept, dependence broken); in `Info.surrogates` and `Info.surrogate_spread`.
 
     Returns:
-      (matrix float64 [n_in, n_out] in bits, Info). All NaN when nothing was counted (every
-      output out of range under policy "drop"); a pair that counted nothing while others did
-      gives 0, as deep-ei's.
+      (matrix float64 [n_in, n_out] in bits, Info). All NaN when nothing was counted (policy
+      "drop"); a pair that counted nothing while others did gives 0, as deep-ei's.
     """
     check_bias_warning(bias_warning)
     if method == "exact":
         return _exact_matrix("ei_parts_matrix", chain, params, in_range, out_range, in_bins,
                              out_bins, policy, activation, grid_step)
     mode = _sample_mode(samples, threshold, extrapolate, max_samples)
-    _fixed_samples_for_error_bars(error_bars, mode)
-    _check_target_error(target_error, mode, samples, extrapolate)
-    _check_shuffle(shuffle_correction, mode)
+    _check_parts_options(mode, samples, extrapolate, error_bars, target_error, shuffle_correction)
     hint = samples if mode == "fixed" else adaptive.FIRST_STEP
-    plan = planning.plan(key, chain, params, _binning(in_range, out_range, in_bins, out_bins,
-                                                      policy, method, activation, memory_budget,
-                                                      devices),
-                         samples_hint=hint, single_input=False, pairs=True, groups=(),
-                         statistics=Statistics(estimator, bool(significance),
-                                               target_error is not None))
+    binning = _binning(in_range, out_range, in_bins, out_bins, policy, method, activation,
+                       memory_budget, devices)
+    plan = planning.plan(key, chain, params, binning, samples_hint=hint, single_input=False,
+                         pairs=True, groups=(), statistics=Statistics(
+                             estimator, bool(significance), target_error is not None))
     counts = driver.PairwiseCounts(plan, memory_budget)
     matrix, oor, pvalues, converged, estimates, sum_error, bias = _parts_totals(
         counts, mode, samples, threshold, max_samples, target_error)
@@ -219,22 +211,43 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
     dropped = int(oor.sum()) if policy == "drop" else 0
     info = _info(plan, n, dropped, int(oor.sum()), n * plan.sampling.num_outputs, converged,
                  estimates, bias=float(bias.sum()), **_significance(pvalues))
-    if _nothing_counted(info):
-        matrix = np.full_like(matrix, np.nan)
-        info = info._replace(bias=math.nan)
-    if target_error is not None:
-        info = info._replace(standard_error=sum_error, confidence_interval=(
-            float(matrix.sum()) - 1.96 * sum_error, float(matrix.sum()) + 1.96 * sum_error))
-    if error_bars:
-        batches = [counts.batch_matrix(a, b).sum() for a, b in driver.batch_edges(n, error_bars)]
-        error, interval = _estimators.batch_means_interval(batches, float(matrix.sum()))
-        info = info._replace(standard_error=float(error), confidence_interval=interval)
+    matrix, info = _empty_if_nothing_counted(matrix, info)
+    info = _parts_error_bars(info, counts, float(matrix.sum()), target_error, sum_error,
+                             error_bars)
     if shuffle_correction:
         matrix, info = _shuffle_corrected(plan, memory_budget, matrix, info, shuffle_correction)
     _warn_dropped(info, "(sample, output) values")
-    if not shuffle_correction:
-        _warn_bias(float(matrix.sum()), info.bias, info.estimator, bias_warning, "EI_parts")
+    _warn_bias(float(matrix.sum()), info.bias, info.estimator,
+               None if shuffle_correction else bias_warning, "EI_parts")
     return matrix, info
+
+
+def _check_parts_options(mode, samples, extrapolate, error_bars, target_error,
+                         shuffle_correction):
+    _fixed_samples_for_error_bars(error_bars, mode)
+    _check_target_error(target_error, mode, samples, extrapolate)
+    _check_shuffle(shuffle_correction, mode)
+
+
+def _empty_if_nothing_counted(matrix, info: Info):
+    """(matrix, info), all NaN (bias too) when nothing was counted."""
+    if not _nothing_counted(info):
+        return matrix, info
+    return np.full_like(matrix, np.nan), info._replace(bias=math.nan)
+
+
+def _parts_error_bars(info: Info, counts, value: float, target_error, sum_error, error_bars):
+    """`info` with the standard error and 95% interval of the EI_parts `value`: the delta
+    method's (target_error) or batch means' (error_bars=k), if asked for."""
+    if target_error is not None:
+        info = info._replace(standard_error=sum_error, confidence_interval=(
+            value - 1.96 * sum_error, value + 1.96 * sum_error))
+    if error_bars:
+        batches = [counts.batch_matrix(a, b).sum()
+                   for a, b in driver.batch_edges(info.samples, error_bars)]
+        error, interval = _estimators.batch_means_interval(batches, value)
+        info = info._replace(standard_error=float(error), confidence_interval=interval)
+    return info
 
 
 def _check_shuffle(shuffle_correction, mode):
@@ -598,10 +611,7 @@ def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_rang
     bias = float(np.concatenate([m[3] for m in stats], axis=0)[:sampling.num_inputs].sum())
     info = _info(plan, samples, oor if policy == "drop" else 0, oor, total, None, (),
                  bias=bias, **_significance(pvalues))
-    matrix = matrix.astype(np.float64)
-    if _nothing_counted(info):
-        matrix = np.full_like(matrix, np.nan)
-        info = info._replace(bias=math.nan)
+    matrix, info = _empty_if_nothing_counted(matrix.astype(np.float64), info)
     _warn_dropped(info, "(sample, output) values")
     _warn_bias(float(matrix.sum()), info.bias, info.estimator, bias_warning, "sensitivity")
     return matrix, info
