@@ -40,7 +40,8 @@ class Info(NamedTuple):
       estimates: ((samples, value), ...) at each adaptive or extrapolation step.
       out_low, out_high, out_bins: the output binning used, per output neuron.
       method: the counting kernel used, or "exact".
-      estimator: "plugin", "miller_madow" or "jackknife".
+      estimator: "plugin", "miller_madow", "jackknife", "nsb" or "chao_shen" ("exact" for the
+        exact method).
       standard_error, confidence_interval: with `error_bars=k`, the batch-means standard error of
         the value (the spread of its estimates on k disjoint batches of the samples / sqrt(k)) and
         a 95% interval value -+ t(k-1) * standard_error; None otherwise.
