@@ -45,7 +45,6 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
 
 from . import information
 
@@ -146,6 +145,7 @@ _NSB_WINDOW = 30.0                # nats below the coarse maximum that the windo
 def _nsb_terms(t, values, w, log_k, total, occupied):
     """(log posterior density in t up to a constant, E[H | counts, beta] in nats) at t [...]
     (NumPy float64: in float32 the differences of log-Gammas lose the posterior)."""
+    import scipy.special  # a dependency of jax; loaded on first use, not with the package
     gammaln, digamma = scipy.special.gammaln, scipy.special.digamma
     alpha = np.exp(t)
     beta = np.exp(t - log_k)
