@@ -296,11 +296,13 @@ def test_vector_ei_with_nsb_and_chao_shen():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator", ["miller_madow", "jackknife", "nsb", "chao_shen"])
+@pytest.mark.parametrize("estimator", ["miller_madow", "jackknife", "nsb"])
 def test_error_bar_coverage_against_exact(estimator):
     """95% batch-means intervals of EI_parts cover the exact value in most of 40 seeds at 1e4
     samples, where each corrected estimator's remaining bias is small against its error. With
-    40 seeds a true coverage of 95% gives >= 33 hits with probability 0.99 (binomial)."""
+    40 seeds a true coverage of 95% gives >= 33 hits with probability 0.99 (binomial).
+    Chao-Shen is left out: with few singletons its coverage factor is ~1 and it keeps most of
+    the plug-in bias here (measured: 24 of 40 covered), as the guide says."""
     chain, params, binning = _dense(3, 2, "sigmoid", 5)
     exact, _ = pure.ei_parts(jax.random.key(0), chain, params, method="exact", **binning)
     hits = 0
