@@ -271,8 +271,11 @@ def _shuffle_corrected(plan: Plan, memory_budget, matrix, info: Info, k: int):
                   for i in range(k)]
     sums = tuple(float(m.sum()) for m in surrogates)
     spread = float(np.std(sums, ddof=1)) if k > 1 else None
+    interval = info.confidence_interval  # error bars of the value, moved with it
+    if interval is not None:
+        interval = (interval[0] - np.mean(sums), interval[1] - np.mean(sums))
     return (matrix - np.mean(surrogates, axis=0),
-            info._replace(surrogates=sums, surrogate_spread=spread))
+            info._replace(surrogates=sums, surrogate_spread=spread, confidence_interval=interval))
 
 
 def _check_target_error(target_error, mode, samples, extrapolate):
