@@ -267,7 +267,8 @@ def test_nsb_and_chao_shen_beat_plugin_at_small_samples(layer):
 def test_shuffle_correction_reports_surrogates_and_needs_fixed_samples():
     chain, params, binning = _dense(3, 2, "sigmoid", 3)
     matrix, info = pure.ei_parts_matrix(jax.random.key(0), chain, params, samples=2000,
-                                        shuffle_correction=3, **binning)
+                                        shuffle_correction=3, error_bars=4, **binning)
+    assert sum(info.confidence_interval) / 2 == pytest.approx(float(matrix.sum()))
     plain, _ = pure.ei_parts_matrix(jax.random.key(0), chain, params, samples=2000,
                                     bias_warning=None, **binning)
     assert len(info.surrogates) == 3 and info.surrogate_spread > 0
