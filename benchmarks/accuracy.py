@@ -1,6 +1,7 @@
 """Accuracy against time: sampled estimators vs the exact EI_parts of a 20 -> 10 sigmoid layer.
 
-    python -m benchmarks.accuracy [--seeds 5] [--samples 10000,100000,1000000]
+    python -m benchmarks.accuracy [--seeds 5] [--samples 1000,10000,100000] [--grid-steps ...]
+                                  [--shuffle 2]
 
 The layer is the reference one (`d_20_10_sigmoid/0.weight` of ../shared/reference/weights.npz,
 falling back to tests/data), sigmoid, inputs uniform on (0, 1), 64 bins on both sides. The truth is
@@ -9,12 +10,14 @@ convergence the tests check). Cases:
 
 * exact at several grid steps: |bits - truth| and run seconds (median of repeats, after a warm-up
   call that compiles);
-* plug-in, Miller-Madow and jackknife at each N: the same count tables (sampled, binned and counted
-  by a jitted scatter kernel) fed to each estimator; |error| and the signed error (bias) averaged
-  over seeds; run seconds = counting (median over seeds) + the estimator on the tables. The plug-in
-  row also gives the plug-in bias predicted from the exact tables
-  (`expected_plugin_mutual_information`) and the production path's time
-  (`pure.ei_parts_matrix`, numba counter where installed) at that N.
+* every estimator (plug-in, Miller-Madow, jackknife, NSB, Chao-Shen) at each N: the same count
+  tables (sampled, binned and counted by a jitted scatter kernel) fed to each estimator; |error|
+  and the signed error (bias) averaged over seeds; run seconds = counting (median over seeds) + the
+  estimator on the tables. The plug-in row also gives the plug-in bias predicted from the exact
+  tables (`expected_plugin_mutual_information`) and the production path's time
+  (`pure.ei_parts_matrix`, numba counter where installed) at that N;
+* plug-in with `shuffle_correction=k` (`--shuffle k`, 0: no row) by the production path, its
+  run seconds the whole call's (k + 1 counting passes).
 
 Prints one JSON line per case, then a table.
 """
@@ -80,7 +83,7 @@ def sampled_counts(key, w, samples: int) -> np.ndarray:
     return np.asarray(counts, np.int64)
 
 
-def run(seeds: int, sample_sizes, repeats: int):
+def run(seeds: int, sample_sizes, repeats: int, grid_steps=GRID_STEPS, shuffle: int = 0):
     w = load_weights()
     common = dict(activation="sigmoid", in_range=(0, 1), out_range=(0, 1), in_bins=BINS,
                   out_bins=BINS)
@@ -90,7 +93,7 @@ def run(seeds: int, sample_sizes, repeats: int):
     records = [{"name": "truth", "method": "exact", "grid_step": TRUTH_STEP,
                 "grid_points": exact_grid_points(w, grid_step=TRUTH_STEP), "bits": truth, **meta}]
     print(json.dumps(records[-1]), flush=True)
-    for step in GRID_STEPS:
+    for step in grid_steps:
         value, first, run_s = timed(lambda: float(exact_ei_parts(w, grid_step=step, **common)),
                                      repeats)
         records.append({"name": f"exact step {step:g}", "method": "exact", "grid_step": step,
@@ -132,7 +135,29 @@ def run(seeds: int, sample_sizes, repeats: int):
                 record.update(predicted_bias=predicted, production_run_s=round(production_s, 4))
             records.append(record)
             print(json.dumps(record), flush=True)
+        if shuffle:
+            records.append(shuffled_record(chain, params, common, samples, seeds, shuffle, truth,
+                                           meta))
+            print(json.dumps(records[-1]), flush=True)
     return records
+
+
+def shuffled_record(chain, params, common, samples, seeds, shuffle, truth, meta) -> dict:
+    """Plug-in minus the mean of `shuffle` input-shuffled surrogates, by `pure.ei_parts`."""
+    binning = {k: v for k, v in common.items() if k != "activation"}
+    values, times = [], []
+    for seed in range(seeds):
+        start = time.perf_counter()
+        values.append(pure.ei_parts(jax.random.key(seed), chain, params, samples=samples,
+                                    shuffle_correction=shuffle, **binning)[0])
+        times.append(time.perf_counter() - start)
+    errors = np.array(values) - truth
+    return {"name": f"shuffle{shuffle} N={samples:.0e}", "method": "sampled",
+            "estimator": f"plugin, shuffle_correction={shuffle}", "samples": samples,
+            "seeds": seeds, "bits_mean": float(np.mean(values)),
+            "abs_error": float(np.abs(errors).mean()), "bias": float(errors.mean()),
+            "sd": float(errors.std(ddof=1)) if seeds > 1 else None,
+            "run_s": round(statistics.median(times), 4), **meta}
 
 
 def print_table(records) -> None:
@@ -146,7 +171,7 @@ def print_table(records) -> None:
         print(f"{record['name']:<24}{bits:>10.5f}{record['abs_error']:>11.2e}"
               f"{'' if bias is None else f'{bias:+.2e}':>11}{'' if sd is None else f'{sd:.1e}':>9}"
               f"{record['run_s']:>9.3f}")
-    plugin = [r for r in records if r.get("estimator") == "plugin"]
+    plugin = [r for r in records if r.get("estimator") == "plugin" and "predicted_bias" in r]
     if plugin:
         print("\nplug-in bias predicted from the exact tables vs measured; production path time")
         for record in plugin:
@@ -158,13 +183,18 @@ def print_table(records) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--samples", default="10000,100000,1000000",
+    parser.add_argument("--samples", default="1000,10000,100000",
                         help="comma-separated sample sizes")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--grid-steps", default=",".join(f"{s:g}" for s in GRID_STEPS),
+                        help="comma-separated grid steps of the exact rows ('' for none)")
+    parser.add_argument("--shuffle", type=int, default=2,
+                        help="surrogates of the shuffle-corrected plug-in row (0: no row)")
     args = parser.parse_args(argv)
     use_compilation_cache()
     sizes = [int(float(s)) for s in args.samples.split(",")]
-    records = run(args.seeds, sizes, args.repeats)
+    steps = [float(s) for s in args.grid_steps.split(",") if s.strip()]
+    records = run(args.seeds, sizes, args.repeats, steps, args.shuffle)
     print_table(records)
     return 0
 

@@ -169,7 +169,7 @@ class PairwiseCounts:
 
     def matrix(self, stop: int):
         """(EI_parts matrix [n_in, n_out], out-of-range counts per output, p-values or None,
-        standard errors or None) over samples [0, stop)."""
+        standard errors or None, estimated plug-in bias per pair) over samples [0, stop)."""
         plan = self.plan
         results = []
         for offset in self.offsets():
@@ -195,8 +195,9 @@ class PairwiseCounts:
 
 
 def assemble_blocks(num_outputs: int, statistics: Statistics, results):
-    """Joins per-block ((mi, p-values, standard errors), out-of-range) results into layer-wide
-    arrays: (mi, out-of-range or None, p-values or None, standard errors or None)."""
+    """Joins per-block ((mi, p-values, standard errors, bias), out-of-range) results into
+    layer-wide arrays: (mi, out-of-range or None, p-values or None, standard errors or None,
+    estimated plug-in bias per pair)."""
     results = jax.device_get(results)
 
     def join(index, present=True):
@@ -206,7 +207,8 @@ def assemble_blocks(num_outputs: int, statistics: Statistics, results):
             np.float64)
     oor = (np.concatenate([r[1] for r in results])[:num_outputs].astype(np.int64)
            if results[0][1] is not None else None)
-    return join(0), oor, join(1, statistics.significance), join(2, statistics.pair_errors)
+    return (join(0), oor, join(1, statistics.significance), join(2, statistics.pair_errors),
+            join(3))
 
 
 # ---------------------------------------------------------------- joint states

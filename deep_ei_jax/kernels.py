@@ -106,6 +106,8 @@ def step_local(sampling: Sampling, counting: Counting, carry, key, params, range
                    inputs=inputs)
     in_chunk = sample_mask(first_block, sampling.num_blocks, start, stop)
     x_bins, _ = bin_indices(x, ranges.in_low, ranges.in_high, counting.in_bins)
+    if counting.shuffle:  # a surrogate: each output meets another sample's inputs
+        x_bins = shuffled_rows(key, first_block, x_bins)
     counts, out_of_range = carry
     host_bins = ()
     if counting.pairs:
@@ -121,6 +123,16 @@ def step_local(sampling: Sampling, counting: Counting, carry, key, params, range
         real = jnp.arange(sampling.padded_outputs) < sampling.num_outputs
         states = packed_states(counting, x_bins, y_bins, y_in | ~real, in_chunk)
     return (counts, out_of_range), states, host_bins
+
+
+SHUFFLE_STREAM = 0x5AFF1E  # folded into the key: the permutations never reuse a sample block's bits
+
+
+def shuffled_rows(key, first_block, rows):
+    """`rows` [S, ...] in an order drawn from (key, first_block): the chunk's samples of the inputs
+    permuted relative to the outputs, which keeps both margins and breaks their dependence."""
+    permutation_key = jax.random.fold_in(jax.random.fold_in(key, SHUFFLE_STREAM), first_block)
+    return rows[jax.random.permutation(permutation_key, rows.shape[0])]
 
 
 def packed_states(counting: Counting, x_bins, y_bins, y_in, in_chunk):
@@ -279,14 +291,14 @@ def _table_statistics(statistics: Statistics, tables):
     mi = _estimators.mutual_information(tables, statistics.estimator)
     pvalues = _estimators.g_test_pvalues(tables) if statistics.significance else ()
     errors = mutual_information_standard_error(tables) if statistics.pair_errors else ()
-    return mi, pvalues, errors
+    return mi, pvalues, errors, _estimators.miller_madow_bias(tables)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def block_statistics(counting: Counting, statistics: Statistics, counts):
     """(MI [n_in, block] by statistics.estimator, G-test p-values or (), delta-method standard
-    errors or ()) of one block's counts as counting.backend holds them, on the device (fused: no
-    table-sized temporaries)."""
+    errors or (), the estimated plug-in bias per pair [n_in, block]) of one block's counts as
+    counting.backend holds them, on the device (fused: no table-sized temporaries)."""
     return _table_statistics(statistics, counting.backend.tables(counts, counting.in_bins,
                                                                  counting.out_bins))
 

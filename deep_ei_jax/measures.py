@@ -40,12 +40,21 @@ class Info(NamedTuple):
       estimates: ((samples, value), ...) at each adaptive or extrapolation step.
       out_low, out_high, out_bins: the output binning used, per output neuron.
       method: the counting kernel used, or "exact".
-      estimator: "plugin", "miller_madow" or "jackknife".
+      estimator: "plugin", "miller_madow", "jackknife", "nsb" or "chao_shen" ("exact" for the
+        exact method).
       standard_error, confidence_interval: with `error_bars=k`, the batch-means standard error of
         the value (the spread of its estimates on k disjoint batches of the samples / sqrt(k)) and
         a 95% interval value -+ t(k-1) * standard_error; None otherwise.
       pvalues, qvalues: with `significance=True` (matrices), per-edge G-test p-values against
         independence and their Benjamini-Hochberg q-values; None otherwise.
+      bias: the estimated bias (bits) of the plug-in value of these counts, to first order: the
+        Miller-Madow term (m_xy - m_x - m_y + 1) / (2 N ln 2), m the occupied cells, rows and
+        columns of a pair's table (summed over pairs for matrices, EI_parts and sensitivity) or
+        the distinct joint, input and output states seen (vector EI; per group for groups).
+        It is what the plug-in value carries whatever `estimator` was asked for (miller_madow
+        subtracts it). NaN when nothing was counted; None for method="exact".
+      surrogates, surrogate_spread: with `shuffle_correction=k`, the EI_parts of each of the k
+        input-shuffled surrogates and their sample standard deviation (None for k = 1).
     """
 
     samples: int
@@ -63,6 +72,9 @@ class Info(NamedTuple):
     confidence_interval: Any = None
     pvalues: Any = None
     qvalues: Any = None
+    bias: Any = None
+    surrogates: Any = None
+    surrogate_spread: Any = None
 
     @property
     def dropped_fraction(self) -> float:
@@ -75,6 +87,39 @@ def _warn_dropped(info: Info, what: str, stacklevel: int = 3):
             f"{info.dropped} of {info.total} {what} ({100 * info.dropped_fraction:.1f}%) had an "
             f"output outside out_range and were dropped; widen out_range, use "
             f"out_range='dynamic', or policy='clip'", RuntimeWarning, stacklevel=stacklevel)
+
+
+DEFAULT_BIAS_WARNING = 0.1  # warn when the plug-in bias exceeds this fraction of the value
+
+
+def check_bias_warning(value):
+    """`bias_warning`: None or 0 (off) or a positive fraction."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            value) or value < 0:
+        raise ValueError("bias_warning must be None or a fraction >= 0 of the value (0.1: warn "
+                         f"when the estimated plug-in bias exceeds 10% of it); got {value!r}")
+
+
+def _warn_bias(value, bias, estimator: str, fraction, what: str, stacklevel: int = 3):
+    """Warns when a plug-in value's estimated bias exceeds `fraction` of it (plug-in only: the
+    other estimators remove at least this first-order term)."""
+    if not fraction or estimator != "plugin" or not (math.isfinite(value)
+                                                       and math.isfinite(bias)):
+        return
+    if abs(bias) > fraction * abs(value):
+        share = f"{100 * abs(bias) / abs(value):.0f}% of" if value else "more than"
+        warnings.warn(
+            f"the estimated plug-in bias of {what} is {bias:.4g} bits, {share} its value "
+            f"{value:.4g} bits (bias_warning={fraction}); use more samples, "
+            "estimator='jackknife', or method='exact' (one dense or conv layer); "
+            "Info.bias has the estimate", RuntimeWarning, stacklevel=stacklevel)
+
+
+def _nothing_counted(info: Info) -> bool:
+    """Whether every value was left out (policy "drop"): the measure counted nothing."""
+    return info.total > 0 and info.dropped >= info.total
 
 
 def _info(plan: Plan, samples, dropped, out_of_range, total, converged, estimates, **extra):
@@ -102,7 +147,8 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
                     method: str = "auto", activation=None, max_samples: int = 2 ** 27,
                     memory_budget: int = planning.DEFAULT_TABLE_MEMORY_BUDGET, devices=None,
                     estimator: str = "plugin", error_bars: int = 0, significance: bool = False,
-                    grid_step: float = exact.DEFAULT_GRID_STEP, target_error: float | None = None):
+                    grid_step: float = exact.DEFAULT_GRID_STEP, target_error: float | None = None,
+                    bias_warning: float | None = DEFAULT_BIAS_WARNING, shuffle_correction: int = 0):
     """The EI_parts matrix: I(x_A; y_B) for every input A and output B under uniform noise.
 
     Args:
@@ -127,8 +173,8 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
         pinned with `jax.default_device`), an int n (the first n) or a list of jax Devices. With
         several, each chunk's sample blocks are sharded over them (shard_map + psum of the integer
         counts): results are identical to one device's.
-      estimator: "plugin" (deep-ei's), "miller_madow" or "jackknife" (bias-corrected; see
-        `deep_ei_jax.estimators`).
+      estimator: "plugin" (deep-ei's), "miller_madow", "jackknife", "nsb" or "chao_shen"
+        (bias-corrected; see `deep_ei_jax.estimators` and the guide's "Estimates").
       error_bars: k >= 2 batches for a batch-means standard error and 95% interval of the sum
         (fixed `samples` only; costs a second pass), 0 for none.
       significance: per-edge G-test p-values and Benjamini-Hochberg q-values in the Info.
@@ -138,39 +184,99 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
         per pair (`information.mutual_information_standard_error`) combined as
         sqrt(sum of squares), i.e. treating pairs' sampling errors as uncorrelated; reported in
         `Info.standard_error` with a normal 95% interval.
+      bias_warning: a RuntimeWarning when the plug-in value's estimated bias (`Info.bias`)
+        exceeds this fraction of it (estimator="plugin", no shuffle correction); None/0: never.
+      shuffle_correction: k >= 1 (fixed `samples`): subtract per pair the mean of k surrogates,
+        N fresh samples each with the inputs' bins permuted over each chunk's samples (margins
+        kept, dependence broken); in `Info.surrogates` and `Info.surrogate_spread`.
 
     Returns:
-      (matrix float64 [n_in, n_out] in bits, Info).
+      (matrix float64 [n_in, n_out] in bits, Info). All NaN when nothing was counted (policy
+      "drop"); a pair that counted nothing while others did gives 0, as deep-ei's.
     """
+    check_bias_warning(bias_warning)
     if method == "exact":
         return _exact_matrix("ei_parts_matrix", chain, params, in_range, out_range, in_bins,
                              out_bins, policy, activation, grid_step)
     mode = _sample_mode(samples, threshold, extrapolate, max_samples)
-    _fixed_samples_for_error_bars(error_bars, mode)
-    _check_target_error(target_error, mode, samples, extrapolate)
+    _check_parts_options(mode, samples, extrapolate, error_bars, target_error, shuffle_correction)
     hint = samples if mode == "fixed" else adaptive.FIRST_STEP
-    plan = planning.plan(key, chain, params, _binning(in_range, out_range, in_bins, out_bins,
-                                                      policy, method, activation, memory_budget,
-                                                      devices),
-                         samples_hint=hint, single_input=False, pairs=True, groups=(),
-                         statistics=Statistics(estimator, bool(significance),
-                                               target_error is not None))
+    binning = _binning(in_range, out_range, in_bins, out_bins, policy, method, activation,
+                       memory_budget, devices)
+    plan = planning.plan(key, chain, params, binning, samples_hint=hint, single_input=False,
+                         pairs=True, groups=(), statistics=Statistics(
+                             estimator, bool(significance), target_error is not None))
     counts = driver.PairwiseCounts(plan, memory_budget)
-    matrix, oor, pvalues, converged, estimates, sum_error = _parts_totals(
+    matrix, oor, pvalues, converged, estimates, sum_error, bias = _parts_totals(
         counts, mode, samples, threshold, max_samples, target_error)
     n = estimates[-1][0]
     dropped = int(oor.sum()) if policy == "drop" else 0
     info = _info(plan, n, dropped, int(oor.sum()), n * plan.sampling.num_outputs, converged,
-                 estimates, **_significance(pvalues))
+                 estimates, bias=float(bias.sum()), **_significance(pvalues))
+    matrix, info = _empty_if_nothing_counted(matrix, info)
+    info = _parts_error_bars(info, counts, float(matrix.sum()), target_error, sum_error,
+                             error_bars)
+    if shuffle_correction:
+        matrix, info = _shuffle_corrected(plan, memory_budget, matrix, info, shuffle_correction)
+    _warn_dropped(info, "(sample, output) values")
+    _warn_bias(float(matrix.sum()), info.bias, info.estimator,
+               None if shuffle_correction else bias_warning, "EI_parts")
+    return matrix, info
+
+
+def _check_parts_options(mode, samples, extrapolate, error_bars, target_error,
+                         shuffle_correction):
+    _fixed_samples_for_error_bars(error_bars, mode)
+    _check_target_error(target_error, mode, samples, extrapolate)
+    _check_shuffle(shuffle_correction, mode)
+
+
+def _empty_if_nothing_counted(matrix, info: Info):
+    """(matrix, info), all NaN (bias too) when nothing was counted."""
+    if not _nothing_counted(info):
+        return matrix, info
+    return np.full_like(matrix, np.nan), info._replace(bias=math.nan)
+
+
+def _parts_error_bars(info: Info, counts, value: float, target_error, sum_error, error_bars):
+    """`info` with the standard error and 95% interval of the EI_parts `value`: the delta
+    method's (target_error) or batch means' (error_bars=k), if asked for."""
     if target_error is not None:
         info = info._replace(standard_error=sum_error, confidence_interval=(
-            float(matrix.sum()) - 1.96 * sum_error, float(matrix.sum()) + 1.96 * sum_error))
+            value - 1.96 * sum_error, value + 1.96 * sum_error))
     if error_bars:
-        batches = [counts.batch_matrix(a, b).sum() for a, b in driver.batch_edges(n, error_bars)]
-        error, interval = _estimators.batch_means_interval(batches, float(matrix.sum()))
+        batches = [counts.batch_matrix(a, b).sum()
+                   for a, b in driver.batch_edges(info.samples, error_bars)]
+        error, interval = _estimators.batch_means_interval(batches, value)
         info = info._replace(standard_error=float(error), confidence_interval=interval)
-    _warn_dropped(info, "(sample, output) values")
-    return matrix, info
+    return info
+
+
+def _check_shuffle(shuffle_correction, mode):
+    if isinstance(shuffle_correction, bool) or not isinstance(
+            shuffle_correction, (int, np.integer)) or shuffle_correction < 0:
+        raise ValueError("shuffle_correction must be a number k >= 0 of surrogates; got "
+                         f"{shuffle_correction!r}")
+    if shuffle_correction and mode != "fixed":
+        raise ValueError("shuffle_correction needs a fixed number of samples; got samples=None")
+
+
+def _shuffle_corrected(plan: Plan, memory_budget, matrix, info: Info, k: int):
+    """(matrix minus the mean of k input-shuffled surrogates' matrices, Info with the
+    surrogates' EI_parts and spread). Surrogate i draws its own samples (key folded with i)."""
+    shuffled = plan.counting._replace(shuffle=True)
+    stream = jax.random.fold_in(plan.key, kernels.SHUFFLE_STREAM)
+    surrogates = [driver.PairwiseCounts(plan._replace(key=jax.random.fold_in(stream, i),
+                                                      counting=shuffled),
+                                        memory_budget).matrix(info.samples)[0]
+                  for i in range(k)]
+    sums = tuple(float(m.sum()) for m in surrogates)
+    spread = float(np.std(sums, ddof=1)) if k > 1 else None
+    interval = info.confidence_interval  # error bars of the value, moved with it
+    if interval is not None:
+        interval = (interval[0] - np.mean(sums), interval[1] - np.mean(sums))
+    return (matrix - np.mean(surrogates, axis=0),
+            info._replace(surrogates=sums, surrogate_spread=spread, confidence_interval=interval))
 
 
 def _check_target_error(target_error, mode, samples, extrapolate):
@@ -186,7 +292,8 @@ def _check_target_error(target_error, mode, samples, extrapolate):
 
 def _parts_totals(counts, mode, samples, threshold, max_samples, target_error):
     """Grows the EI_parts counts over the mode's sample totals until its rule stops them:
-    (matrix, out-of-range, p-values, converged, estimates, standard error of the sum or None)."""
+    (matrix, out-of-range, p-values, converged, estimates, standard error of the sum or None,
+    the plug-in bias per pair)."""
     estimates, sum_error = [], None
     if mode == "fixed":
         totals, converged = [samples], None
@@ -195,7 +302,7 @@ def _parts_totals(counts, mode, samples, threshold, max_samples, target_error):
     else:
         totals, converged = adaptive.doubling_totals(limit=max_samples), False
     for total in totals:
-        matrix, oor, pvalues, pair_errors = counts.matrix(total)
+        matrix, oor, pvalues, pair_errors, bias = counts.matrix(total)
         estimates.append((total, float(matrix.sum())))
         if target_error is not None:
             sum_error = float(np.sqrt(np.sum(pair_errors ** 2)))
@@ -208,7 +315,7 @@ def _parts_totals(counts, mode, samples, threshold, max_samples, target_error):
     if mode == "adaptive" and not converged:
         warnings.warn(f"EI_parts did not converge to threshold={threshold} within max_samples="
                       f"{max_samples}", RuntimeWarning, stacklevel=3)
-    return matrix, oor, pvalues, converged, estimates, sum_error
+    return matrix, oor, pvalues, converged, estimates, sum_error, bias
 
 
 def _significance(pvalues):
@@ -274,7 +381,8 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
                        memory_budget: int = planning.DEFAULT_TABLE_MEMORY_BUDGET,
                        pairs: bool = False, devices=None,
                        state_memory_budget: int = DEFAULT_STATE_MEMORY_BUDGET,
-                       estimator: str = "plugin", error_bars: int = 0):
+                       estimator: str = "plugin", error_bars: int = 0,
+                       bias_warning: float | None = DEFAULT_BIAS_WARNING):
     """I(X_G; Y_H) for each (G, H) in `groups` (indices into the flattened inputs and outputs).
 
     A sample with any output outside out_range is dropped whole (policy "drop"). `samples=None`
@@ -284,20 +392,27 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
     distinct states could exceed `state_memory_budget` bytes is refused before it starts; an
     adaptive run stops there (not converged, with a warning). `estimator` corrects each entropy
     of I = H(X) + H(Y) - H(X,Y) (see `deep_ei_jax.estimators.entropy`); `error_bars=k` adds
-    batch-means standard errors and 95% intervals per group (fixed samples only).
+    batch-means standard errors and 95% intervals per group (fixed samples only). For
+    estimator="nsb" the number of possible states is in_bins ** len(G) for X_G and the product
+    of the outputs' bins for Y_H. `Info.bias` holds each group's estimated plug-in bias;
+    `bias_warning` as in `ei_parts_matrix`, per group.
 
     Returns:
-      (list of floats in bits, Info).
+      (list of floats in bits, Info). NaN for every group when nothing was counted (every sample
+      dropped under policy "drop").
     """
     return _groups(key, chain, params, groups, _binning(
         in_range, out_range, in_bins, out_bins, policy, method, activation, memory_budget,
         devices), samples=samples, threshold=threshold, max_samples=max_samples, pairs=pairs,
-        state_memory_budget=state_memory_budget, estimator=estimator, error_bars=error_bars)
+        state_memory_budget=state_memory_budget, estimator=estimator, error_bars=error_bars,
+        bias_warning=bias_warning)
 
 
 def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold, max_samples,
-            pairs, state_memory_budget, estimator, error_bars, params_checked=False):
+            pairs, state_memory_budget, estimator, error_bars, bias_warning,
+            params_checked=False):
     """`eis_between_groups` (see there) with its binning arguments gathered."""
+    check_bias_warning(bias_warning)
     if binning.method == "exact":
         raise NotImplementedError(
             "vector EI and groups have no exact method (it exists for EI_parts and sensitivity "
@@ -328,6 +443,9 @@ def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold,
     if error_bars:
         info = _group_error_bars(state_plan, info, values, error_bars)
     _warn_dropped(info, "samples", stacklevel=4)
+    for value, bias in zip(values, info.bias):
+        _warn_bias(value, bias, estimator, bias_warning,
+                   "vector EI" if len(values) == 1 else "a group's EI", stacklevel=4)
     if not pairs:
         return values, info
     if together:
@@ -337,7 +455,33 @@ def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold,
     else:
         pair_plan = plan._replace(counting=plan.counting._replace(groups=()))
         matrix = driver.PairwiseCounts(pair_plan, binning.memory_budget).matrix(info.samples)[0]
+    if _nothing_counted(info):
+        matrix = np.full_like(matrix, np.nan)
     return (values, matrix), info
+
+
+def _log_states(plan: Plan) -> list:
+    """(ln K_X, ln K_Y) per group: the numbers of possible input and output states."""
+    in_bins = math.log(plan.counting.in_bins)
+    out_bins = np.log(np.asarray(plan.out_bins, np.float64))
+    return [(len(inputs) * in_bins, float(out_bins[list(outputs)].sum()))
+            for inputs, outputs in plan.counting.groups]
+
+
+def _state_estimates(counters, estimator: str, log_states) -> tuple[list, list]:
+    """(values, estimated plug-in biases) of each group's state counters; NaN for a group that
+    counted nothing."""
+    values, biases = [], []
+    for (cx, cy, cxy), logs in zip(counters, log_states):
+        spectra = [_estimators.count_spectrum(c.counts()) for c in (cx, cy, cxy)]
+        if not spectra[2][0].size:
+            values.append(math.nan)
+            biases.append(math.nan)
+            continue
+        values.append(_estimators.spectra_mutual_information(*spectra, estimator,
+                                                             log_states=logs))
+        biases.append(_estimators.states_first_order_bias(*spectra))
+    return values, biases
 
 
 def _grow_states(plan, state_plan, together, mode, samples, threshold, max_samples):
@@ -353,11 +497,11 @@ def _grow_states(plan, state_plan, together, mode, samples, threshold, max_sampl
         pair_carry, step_dropped, step_out = driver.run_chunks(
             state_plan, counted, total, pair_carry=pair_carry, counters=counters)
         dropped, out_of_range, counted = dropped + step_dropped, out_of_range + step_out, total
-        values = [_estimators.states_mutual_information(cx.counts(), cy.counts(), cxy.counts(),
-                                                        estimator)
-                  for cx, cy, cxy in counters]
+        values, biases = _state_estimates(counters, estimator, _log_states(plan))
         history.append(values)
         estimates.append((total, values[0] if len(values) == 1 else tuple(values)))
+        if all(math.isnan(v) for v in values):  # nothing counted: more samples will not help
+            break
         if mode == "adaptive" and len(history) >= 2 and all(
                 adaptive.vector_converged([(0, a), (0, b)], threshold)
                 for a, b in zip(history[-2], history[-1])):
@@ -366,7 +510,8 @@ def _grow_states(plan, state_plan, together, mode, samples, threshold, max_sampl
     if mode == "adaptive" and not converged:
         warnings.warn(f"vector EI did not converge to threshold={threshold} within max_samples="
                       f"{max_samples}", RuntimeWarning, stacklevel=4)
-    info = _info(plan, counted, dropped, out_of_range, counted, converged, estimates)
+    info = _info(plan, counted, dropped, out_of_range, counted, converged, estimates,
+                 bias=tuple(biases))
     return values, pair_carry, info
 
 
@@ -377,9 +522,8 @@ def _group_error_bars(state_plan, info, values, error_bars):
     for a, b in driver.batch_edges(info.samples, error_bars):
         fresh = driver.new_state_counters(state_plan.counting)
         driver.run_chunks(no_pairs, a, b, counters=fresh)
-        batches.append([_estimators.states_mutual_information(
-            cx.counts(), cy.counts(), cxy.counts(), state_plan.statistics.estimator)
-            for cx, cy, cxy in fresh])
+        batches.append(_state_estimates(fresh, state_plan.statistics.estimator,
+                                        _log_states(state_plan))[0])
     error, interval = _estimators.batch_means_interval(batches, np.asarray(values))
     return info._replace(standard_error=tuple(error.tolist()),
                          confidence_interval=tuple(zip(*(v.tolist() for v in interval))))
@@ -429,7 +573,8 @@ def ei_and_ei_parts(key, chain: Chain, params, **kwargs):
 
 
 def _single_group(info: Info) -> Info:
-    """The Info of a one-group measurement with its error bars as scalars."""
+    """The Info of a one-group measurement with its bias and error bars as scalars."""
+    info = info._replace(bias=info.bias[0])
     if info.standard_error is None:
         return info
     return info._replace(standard_error=info.standard_error[0],
@@ -440,16 +585,19 @@ def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_rang
                        out_range=(0.0, 1.0), in_bins: int = 64, out_bins=64,
                        policy: str = "drop", method: str = "auto", activation=None,
                        memory_budget: int = planning.DEFAULT_TABLE_MEMORY_BUDGET, devices=None,
-                       estimator: str = "plugin", significance: bool = False):
+                       estimator: str = "plugin", significance: bool = False,
+                       bias_warning: float | None = DEFAULT_BIAS_WARNING):
     """The sensitivity matrix: I(x_A; y_B) when only input A is noised (uniform on in_range) and
     every other input is 0, for every pair. It runs on the default device whatever `devices`
     says (checked only): it draws few samples per input. `method="exact"` computes it without
     sampling (a Dense or Conv2d layer: each table cell is a length ratio); `estimator` and
-    `significance` as in `ei_parts_matrix`.
+    `significance`, `bias_warning` and `Info.bias` as in `ei_parts_matrix`.
 
     Returns:
-      (matrix float64 [n_in, n_out] in bits, Info); `Info.samples` is per input.
+      (matrix float64 [n_in, n_out] in bits, Info); `Info.samples` is per input. All NaN when
+      nothing was counted.
     """
+    check_bias_warning(bias_warning)
     if method == "exact":
         return _exact_matrix("sensitivity_matrix", chain, params, in_range, out_range, in_bins,
                              out_bins, policy, activation, exact.DEFAULT_GRID_STEP)
@@ -466,10 +614,13 @@ def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_rang
     pvalues = (np.concatenate([m[1] for m in stats], axis=0)[:sampling.num_inputs].astype(
         np.float64) if significance else None)
     total = samples * sampling.num_inputs * sampling.num_outputs
+    bias = float(np.concatenate([m[3] for m in stats], axis=0)[:sampling.num_inputs].sum())
     info = _info(plan, samples, oor if policy == "drop" else 0, oor, total, None, (),
-                 **_significance(pvalues))
+                 bias=bias, **_significance(pvalues))
+    matrix, info = _empty_if_nothing_counted(matrix.astype(np.float64), info)
     _warn_dropped(info, "(sample, output) values")
-    return matrix.astype(np.float64), info
+    _warn_bias(float(matrix.sum()), info.bias, info.estimator, bias_warning, "sensitivity")
+    return matrix, info
 
 
 def sensitivity(key, chain: Chain, params, **kwargs):
@@ -493,7 +644,7 @@ def degeneracy(key, chain: Chain, params, *, ei_kind: str = "vector",
     ei_value, ei_info = measure(ei_key, chain, params, **kwargs)
     binning = {k: kwargs[k] for k in ("in_range", "out_range", "in_bins", "out_bins", "policy",
                                       "method", "activation", "memory_budget", "devices",
-                                      "estimator")
+                                      "estimator", "bias_warning")
                if k in kwargs}
     sens, sens_info = sensitivity(sensitivity_key, chain, params, samples=sensitivity_samples,
                                   **binning)

@@ -56,6 +56,7 @@ class Counting(NamedTuple):
     block_size: int        # outputs (or, single_input, inputs) per count table block
     pairs: bool            # count pairwise tables
     groups: tuple          # ((input indices), (output indices)) whose joint states are packed
+    shuffle: bool = False  # permute the inputs' bins over a chunk's samples (surrogate counts)
 
 
 class Statistics(NamedTuple):

@@ -57,8 +57,9 @@ class SweepResult(NamedTuple):
     """Per-parameter-set results of a sweep (bits). A measure not asked for is None.
 
     Attributes:
-      ei: vector EI, float64 [K].
-      ei_parts: EI_parts, float64 [K].
+      ei: vector EI, float64 [K] (NaN for a set whose every sample was dropped).
+      ei_parts: EI_parts, float64 [K] (NaN, and its matrix too, for a set whose every (sample,
+        output) value was dropped).
       sensitivity: sensitivity, float64 [K].
       degeneracy: sensitivity - EI, float64 [K].
       ei_parts_matrix: float64 [K, n_in, n_out] (rows: inputs).
@@ -565,7 +566,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
                                  mesh if plan.vectorized else None)  # set by set: one device
     outputs = jax.device_get(outputs)
     merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
-    result = _assemble(names, merged, samples, sensitivity_samples)
+    result = _assemble(names, merged, samples, sensitivity_samples, policy)
     _warn_sets_dropped(result)
     return result
 
@@ -605,7 +606,7 @@ def _warn_sets_dropped(result: SweepResult):
             RuntimeWarning, stacklevel=3)
 
 
-def _assemble(names, merged, samples, sensitivity_samples) -> SweepResult:
+def _assemble(names, merged, samples, sensitivity_samples, policy) -> SweepResult:
     ei = parts = sens = degeneracy = parts_matrix = sens_matrix = dropped = oor = None
     if "entropies" in merged:
         h = merged["entropies"].astype(np.float64)
@@ -614,10 +615,15 @@ def _assemble(names, merged, samples, sensitivity_samples) -> SweepResult:
         ei = merged["ei"].astype(np.float64)
     if "dropped" in merged:
         dropped = merged["dropped"].astype(np.int64)
+        if ei is not None:  # a set whose every sample was dropped counted nothing
+            ei = np.where(dropped >= samples, np.nan, ei)
     if "parts" in merged:
         parts_matrix = merged["parts"].astype(np.float64)
-        parts = parts_matrix.sum(axis=(1, 2))
         oor = merged["out_of_range"].astype(np.int64)
+        if policy == "drop":  # a set whose every (sample, output) value was dropped counted nothing
+            empty = oor.reshape(len(oor), -1).sum(1) >= samples * parts_matrix.shape[2]
+            parts_matrix[empty] = np.nan
+        parts = parts_matrix.sum(axis=(1, 2))
     if "sensitivity" in merged:
         sens_matrix = merged["sensitivity"].astype(np.float64)
         sens = sens_matrix.sum(axis=(1, 2))

@@ -61,7 +61,7 @@ def mlp():
     (dict(activation=3), TypeError, "activation must be a name or a callable; got int"),
     (dict(devices="gpu"), TypeError, "devices must be None, an int or a non-empty sequence of jax Devices; got 'gpu'"),
     (dict(devices=0), ValueError, "devices must be between 1 and the"),
-    (dict(estimator="best"), ValueError, "estimator must be one of ('plugin', 'miller_madow', 'jackknife'); got 'best'"),
+    (dict(estimator="best"), ValueError, "estimator must be one of ('plugin', 'miller_madow', 'jackknife', 'nsb', 'chao_shen'); got 'best'"),
     (dict(error_bars=1.5), TypeError, "error_bars must be a positive integer; got 1.5"),
 ])
 def test_pure_bad_arguments(kwargs, error, message):

@@ -357,12 +357,15 @@ def ei_of_layer(value):
       return_info: also return the `Info` record.
       options: keyword-only extras passed to the pure-JAX measure (`deep_ei_jax.pure`), e.g.
         `method='exact'` (EI_parts and sensitivity of one dense layer, no sampling),
-        `estimator='miller_madow'|'jackknife'`, `error_bars=k` (batch-means standard error and
+        `estimator='miller_madow'|'jackknife'|'nsb'|'chao_shen'`, `bias_warning=0.1` (warn when
+        the estimated plug-in bias, `Info.bias`, exceeds this fraction of the value; None: never),
+        `shuffle_correction=k` (EI_parts), `error_bars=k` (batch-means standard error and
         95% interval in the Info), `significance=True` (per-edge p-values in the Info, matrices),
         `memory_budget`, `max_samples`.
 
     Returns:
-      float bits (0.0 when below 0.01, as deep-ei); with `return_info`, `(value, Info)`.
+      float bits (0.0 when below 0.01, as deep-ei; NaN when nothing was counted); with
+      `return_info`, `(value, Info)`.
     """
     return 0.0 if value < _PARTS_ZERO_BELOW else float(value)
 
