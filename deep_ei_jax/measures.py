@@ -158,8 +158,7 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
       out_range: (low, high) of the output bins, or 'dynamic' (per output, from the first 10k
         samples' min and max).
       in_bins: input bins; out_bins: output bins or 'dynamic' (the input bins' width).
-      samples: a fixed number of samples; None means adaptive (`threshold`, deep-ei's doubling
-        rule).
+      samples: a fixed number of samples; None: adaptive (`threshold`, deep-ei's doubling rule).
       threshold: adaptive stopping threshold in (0, 1).
       extrapolate: estimate at 100k..2M samples and return the fitted asymptote a/n^e + C.
       policy: "drop" out-of-range outputs (per pair) or "clip" them into the end bins.
