@@ -356,7 +356,7 @@ def ei_of_layer(value):
       policy: 'drop' (default) or 'clip' for output values outside out_range.
       return_info: also return the `Info` record.
       options: keyword-only extras passed to the pure-JAX measure (`deep_ei_jax.pure`), e.g.
-        `method='exact'` (EI_parts and sensitivity of one dense layer, no sampling),
+        `method='exact'` (EI_parts and sensitivity of an affine span, no sampling),
         `estimator='miller_madow'|'jackknife'|'nsb'|'chao_shen'`, `bias_warning=0.1` (warn when
         the estimated plug-in bias, `Info.bias`, exceeds this fraction of the value; None: never),
         `shuffle_correction=k` (EI_parts), `error_bars=k` (batch-means standard error and
