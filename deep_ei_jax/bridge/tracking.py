@@ -205,9 +205,10 @@ class Tracker:
             self.done.add((step, record["layer"]))
         if new:
             self.last_step = step if self.last_step is None else max(self.last_step, step)
+        new = [_plain(record) for record in new]  # as the file reads back
         if self.on_record is not None:
             for record in new:
-                self.on_record(_plain(record))
+                self.on_record(dict(record))
         return new
 
     def _layer_names(self, model) -> list:
@@ -247,6 +248,12 @@ class Tracker:
 
 
 def _plain(record: dict) -> dict:
-    """JSON-ready values (numpy scalars to Python numbers)."""
-    return {name: value.item() if isinstance(value, np.generic) else value
-            for name, value in record.items()}
+    """The record as its JSON line reads back: numpy scalars as Python numbers, tuples (the
+    ranges) as lists."""
+    def plain(value):
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+    return {name: plain(value) for name, value in record.items()}
