@@ -23,10 +23,10 @@ import json
 import math
 import os
 import sys
-import tempfile
 import zipfile
 
 from ._cache import enable_from_environment
+from ._files import atomic_write
 
 MEASURE_COLUMNS = ("ei", "ei_parts", "sensitivity", "degeneracy")
 EXIT_USAGE = 2
@@ -253,26 +253,6 @@ def _check_output(option: str, path) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{option} {path!r}: the folder {folder!r} does not exist")
-
-
-def atomic_write(path: str, write, *, newline=None) -> None:
-    """Writes a file whole or not at all: `write(file)` fills a temporary file in the same folder,
-    which is then renamed over `path` (an interruption leaves `path` as it was)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                             suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", newline=newline) as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
 
 
 def _model_dtype(model, torch):

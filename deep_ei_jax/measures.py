@@ -162,10 +162,9 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
       threshold: adaptive stopping threshold in (0, 1).
       extrapolate: estimate at 100k..2M samples and return the fitted asymptote a/n^e + C.
       policy: "drop" out-of-range outputs (per pair) or "clip" them into the end bins.
-      method: counting kernel, "auto" | "scatter" | "onehot" | "numba"; or "exact": the
-        infinite-sample binned value without sampling (an affine layer or span, e.g. Dense,
-        Conv2d or an affine Function, with a monotone activation; see `deep_ei_jax.exact`),
-        accurate to about 1.5 * grid_step**2 bits per pair.
+      method: "auto" | "scatter" | "onehot" | "numba"; or "exact": the infinite-sample value
+        without sampling (an affine layer or span with a monotone activation; see
+        `deep_ei_jax.exact`), accurate to about 1.5 * grid_step**2 bits per pair.
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_samples: the adaptive mode stops here, with `info.converged` False.
       memory_budget: bytes of count tables held at once; larger layers are streamed in blocks.

@@ -130,21 +130,23 @@ class CaptureError(RuntimeError):
     """torch.export could not trace the model; the message says why."""
 
 
-def _as_tuple(example_inputs) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)):
-        def check(value, where):
-            if isinstance(value, (tuple, list)):
-                for i, v in enumerate(value):
+def model_arguments(value, name: str) -> tuple:
+    """A model's positional arguments: a tensor, or a non-empty tuple of tensors (a cell's
+    `(x, h)`; nested tuples allowed). Anything else raises a TypeError naming `name`."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    expected = (f"{name} must be a torch.Tensor batch or a tuple of tensors (a cell's (x, h); "
+                f"nested tuples allowed)")
+    if isinstance(value, (tuple, list)) and value:
+        def check(item, where):
+            if isinstance(item, (tuple, list)):
+                for i, v in enumerate(item):
                     check(v, f"{where}[{i}]")
-            elif not isinstance(value, torch.Tensor):
-                raise TypeError(f"example_inputs must be a tensor or a tuple of tensors (nested "
-                                f"tuples allowed); {where} is a {type(value).__name__}")
-        check(example_inputs, "example_inputs")
-        return tuple(example_inputs)
-    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors; got "
-                    f"{type(example_inputs).__name__}")
+            elif not isinstance(item, torch.Tensor):
+                raise TypeError(f"{expected}; {where} is a {type(item).__name__}")
+        check(value, name)
+        return tuple(value)
+    raise TypeError(f"{expected}; got {type(value).__name__}")
 
 
 def _first_sample(values):
@@ -190,7 +192,7 @@ def capture(model: nn.Module, example_inputs, *, first_sample: bool = False) -> 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    args = _as_tuple(example_inputs)
+    args = model_arguments(example_inputs, "example_inputs")
     if first_sample:
         args = _first_sample(args)
     was_training = model.training

@@ -24,7 +24,7 @@ import networkx as nx
 import torch
 from torch import nn
 
-from .graph import CaptureError, capture
+from .graph import CaptureError, capture, model_arguments
 
 MODULES = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten)
 ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu"}
@@ -56,24 +56,6 @@ def _same_data(a, b) -> bool:
             and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 
 
-def _inputs(input) -> tuple:
-    """The model's arguments: a tensor, or a tuple of tensors (nested tuples allowed)."""
-    if isinstance(input, torch.Tensor):
-        return (input,)
-    if isinstance(input, (tuple, list)) and input:
-        def check(value, where):
-            if isinstance(value, (tuple, list)):
-                for i, v in enumerate(value):
-                    check(v, f"{where}[{i}]")
-            elif not isinstance(value, torch.Tensor):
-                raise TypeError(f"input must be a torch.Tensor batch or a tuple of tensors (a "
-                                f"cell's (x, h)); {where} is a {type(value).__name__}")
-        check(input, "input")
-        return tuple(input)
-    raise TypeError(f"input must be a torch.Tensor batch or a tuple of tensors (a cell's (x, h)); "
-                    f"got {type(input).__name__}")
-
-
 def _shapes(args: tuple):
     shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else _shapes(a) for a in args]
     return shapes[0] if len(shapes) == 1 else tuple(shapes)
@@ -97,7 +79,7 @@ def topology_of(model: nn.Module, input, *, capture: bool = True) -> nx.DiGraph:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    args = _inputs(input)
+    args = model_arguments(input, "input")
     calls, outputs = [], []
 
     def hook(module, arguments, output):

@@ -22,7 +22,6 @@ import math
 import numbers
 import os
 import socket
-import tempfile
 import time
 
 try:
@@ -35,6 +34,7 @@ except ImportError as error:  # the extra is missing
                       "pip install 'deep_ei_jax[tensorboard]' (or pip install tensorboard)"
                       ) from error
 
+from .._files import atomic_write
 from . import MEASURES, metric_name
 
 __all__ = ["scalars_of", "write_scalars"]
@@ -104,29 +104,20 @@ def write_scalars(records, logdir) -> str:
     os.makedirs(logdir, exist_ok=True)
     started = time.time()
     name = f"events.out.tfevents.{int(started):010d}.{socket.gethostname()}.{os.getpid()}"
-    descriptor, temporary = tempfile.mkstemp(dir=logdir, prefix=".export.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            writer = RecordWriter(file)
-            writer.write(event_pb2.Event(wall_time=started,
-                                         file_version="brain.Event:2").SerializeToString())
-            for step, wall, values in points:
-                summary = summary_pb2.Summary(value=[
-                    summary_pb2.Summary.Value(tag=tag, simple_value=value)
-                    for tag, value in values.items()])
-                writer.write(event_pb2.Event(wall_time=wall, step=step,
-                                             summary=summary).SerializeToString())
-            file.flush()
-            os.fsync(file.fileno())
-        path, number = os.path.join(logdir, name), 0
-        while os.path.exists(path):  # another export in the same second
-            number += 1
-            path = os.path.join(logdir, f"{name}.{number}")
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    path, number = os.path.join(logdir, name), 0
+    while os.path.exists(path):  # another export in the same second
+        number += 1
+        path = os.path.join(logdir, f"{name}.{number}")
+
+    def write(file):
+        writer = RecordWriter(file)
+        writer.write(event_pb2.Event(wall_time=started,
+                                     file_version="brain.Event:2").SerializeToString())
+        for step, wall, values in points:
+            summary = summary_pb2.Summary(value=[
+                summary_pb2.Summary.Value(tag=tag, simple_value=value)
+                for tag, value in values.items()])
+            writer.write(event_pb2.Event(wall_time=wall, step=step,
+                                         summary=summary).SerializeToString())
+    atomic_write(path, write, binary=True)
     return path
