@@ -548,7 +548,7 @@ def _whole_layer_measure(key, chain, params, kwargs, **fixed):
         if name not in _GROUP_DEFAULTS:
             raise TypeError(f"eis_between_groups() got an unexpected keyword argument {name!r}")
     options = dict(_GROUP_DEFAULTS, **kwargs, **fixed)
-    binning = Binning(**{f: options.pop(f) for f in Binning._fields})
+    binning = Binning(**{f: options.pop(f) for f in planning.BINNING_FIELDS})
     return _groups(key, chain, params, groups, binning, params_checked=True, **options)
 
 

@@ -106,6 +106,9 @@ class Binning(NamedTuple):
     devices: Any = None
 
 
+BINNING_FIELDS = Binning._fields  # the options a Binning holds, by name
+
+
 def num_flat(shape) -> int:
     return int(np.prod(shape)) if len(shape) else 1
 
