@@ -10,6 +10,8 @@ backend    counts                                      serves
 scatter    XLA scatter-add of a joint index (device)   CPU without numba; sharded chunks
 onehot     one-hot matmul (device, tensor cores)       GPUs and TPUs (the default there)
 numba      a compiled host loop (`histogram`)          CPU default when numba is installed
+samples    no tables: each pair's statistics from the  wide layers on a CPU (chosen by
+           samples' bins (`pairstats`, numba)          `planning` when tables would not fit)
 =========  ==========================================  =====================================
 
 The pair-counter interface, as the chunk driver uses it:
@@ -18,7 +20,10 @@ The pair-counter interface, as the chunk driver uses it:
 * `count_in_kernel(counts, x_bins, y_bins, valid, in_bins, out_bins)`: inside a jitted chunk,
   either adds the chunk's tables to `counts` (device) or returns the bins for the host;
 * `consume(counts, host_bins, out_bins, first, stop)`: adds a chunk's host bins (host);
-* `tables(counts, in_bins, out_bins)`: the counts as [*leading, in_bins, out_bins].
+* `tables(counts, in_bins, out_bins)`: the counts as [*leading, in_bins, out_bins];
+* `statistics(counting, statistics, counts)`: the per-pair statistics of one block's counts
+  (`kernels.block_statistics` of the tables, or `pairstats` from the samples);
+* `left_out(counts, in_bins, out_bins)`: the entries marked left out, per [*leading[:-2]].
 
 Joint states of vectors are counted on the host by `histogram.StateCounts` for every backend of a
 single call; `compiled_states` says whether a backend's host state counters use numba.
@@ -29,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, histogram
+from . import _checks, histogram, kernels, pairstats
 
 
 class CountingBackend:
@@ -41,10 +46,12 @@ class CountingBackend:
       shardable: True when it can count inside a sharded (`shard_map`) chunk.
       compiled_states: True when the host state counters (`StateCounts`, `SortedInputs`) may use
         numba (host backends only).
+      by_samples: True when it keeps the samples' bins instead of tables (`pairstats`).
     """
 
     name = ""
     on_host = False
+    by_samples = False
     shardable = True
     compiled_states = False
 
@@ -75,6 +82,11 @@ class CountingBackend:
     def tables(self, counts, in_bins: int, out_bins: int):
         """Counts as [*leading, in_bins, out_bins], whichever backend made them."""
         return counts
+
+    def statistics(self, counting, statistics, counts, progress=None):
+        """(MI, p-values or (), standard errors or (), plug-in bias), each [n_in, block], of one
+        block's counts (`kernels.block_statistics`). `progress`: called with outputs done."""
+        return kernels.block_statistics(counting, statistics, counts)
 
 
 class ScatterBackend(CountingBackend):
@@ -117,11 +129,52 @@ class NumbaBackend(CountingBackend):
     def tables(self, counts, in_bins: int, out_bins: int):
         return histogram.host_tables_view(counts, in_bins, out_bins)
 
+    def left_out(self, counts, in_bins: int, out_bins: int):
+        """Entries marked left out per [*leading[:-2]] (input 0's tables see every entry)."""
+        return histogram.host_left_out(counts[..., 0, :, :], in_bins, out_bins).sum(axis=-1)
+
+
+class SamplesBackend(NumbaBackend):
+    """No tables: a block's "counts" are the bins of its samples (`pairstats.SampleBins`), and
+    each pair's statistics come from them in one pass (`pairstats.pair_statistics`), so cost
+    follows samples x pairs rather than pairs x bins^2. `planning` picks it in place of the host
+    loop when a layer's tables would not fit `memory_budget` but its samples' bins do."""
+
+    name = "samples"
+    by_samples = True
+
+    def new_pair_counts(self, leading: tuple, in_bins: int, out_bins: int):
+        dtype = histogram.host_bins_dtype(in_bins, out_bins)
+        if len(leading) == 2:
+            return pairstats.SampleBins(leading[0], leading[1], dtype)
+        holders = np.empty(leading[:-2], object)
+        for index in np.ndindex(holders.shape):
+            holders[index] = pairstats.SampleBins(leading[-2], leading[-1], dtype)
+        return holders
+
+    def consume(self, counts, host_bins, out_bins: int, first: int, stop: int) -> None:
+        x_bins, y_bins = (np.asarray(bins) for bins in host_bins)
+        counts.append(x_bins, y_bins, first, stop)
+
+    def tables(self, counts, in_bins: int, out_bins: int):
+        raise TypeError("the samples backend keeps no tables (use its statistics)")
+
+    def statistics(self, counting, statistics, counts, progress=None):
+        return pairstats.pair_statistics(
+            counts, 0, counts.length, counting.in_bins, counting.out_bins,
+            estimator=statistics.estimator, significance=statistics.significance,
+            pair_errors=statistics.pair_errors, progress=progress)
+
+    def left_out(self, counts, in_bins: int, out_bins: int):
+        return np.vectorize(lambda bins: int((bins.y[:, :bins.length] == out_bins).sum()),
+                            otypes=[np.int64])(counts)
+
 
 SCATTER = ScatterBackend()
 ONEHOT = OneHotBackend()
 HOST = NumbaBackend()
-REGISTRY = {backend.name: backend for backend in (SCATTER, ONEHOT, HOST)}
+SAMPLES = SamplesBackend()
+REGISTRY = {backend.name: backend for backend in (SCATTER, ONEHOT, HOST, SAMPLES)}
 METHODS = ("auto",) + tuple(REGISTRY)
 
 
@@ -135,24 +188,33 @@ def default_backend(*, one_input: bool = False) -> CountingBackend:
         process (loading its compiled kernel, ~0.5 s) would outweigh what it saves. A sweep's
         sensitivity, over K sets, takes the host loop; `method='numba'` asks for it here too (the
         same counts either way).
+
+    `planning` gives a layer whose tables would not fit `memory_budget` the samples backend in
+    place of the host loop (`planning.pair_backend`).
     """
     if jax.default_backend() != "cpu":
         return ONEHOT
     return HOST if HOST.available() and not one_input else SCATTER
 
 
-def resolve(method: str, *, require_available: bool = False,
+def resolve(method, *, require_available: bool = False,
             one_input: bool = False) -> CountingBackend:
-    """The backend object for `method` ("auto" or a name in `REGISTRY`), chosen once.
+    """The backend object for `method`, chosen once.
 
     Args:
-      method: a name from `METHODS` (checked: a ValueError names the choices).
+      method: a name from `METHODS` (checked: a ValueError names the choices), or a backend.
       require_available: raise a ValueError now when the backend cannot run in this install
         (otherwise it raises when first asked to count).
-      one_input: "auto" for a single call's one-input intervention (see `default_backend`).
+      one_input: "auto" for a single call's one-input intervention (see `default_backend`); the
+        samples backend counts the all-inputs intervention only, so it gives the host loop here.
     """
-    _checks.check_choice("method", method, METHODS)
-    backend = default_backend(one_input=one_input) if method == "auto" else REGISTRY[method]
+    if isinstance(method, CountingBackend):
+        backend = method
+    else:
+        _checks.check_choice("method", method, METHODS)
+        backend = default_backend(one_input=one_input) if method == "auto" else REGISTRY[method]
+    if one_input and backend.by_samples:
+        backend = HOST
     if require_available and not backend.available():
         raise ValueError(histogram.NEEDS_NUMBA)
     return backend

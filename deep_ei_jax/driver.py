@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from . import _checks, kernels
 from . import estimators as _estimators
-from .histogram import SortedInputs, StateCounts, bits_per_value, host_left_out, state_bits
+from .histogram import SortedInputs, StateCounts, bits_per_value, state_bits
 from .planning import Counting, Plan, Sampling, Statistics, first_blocks
 from .sampling import SAMPLE_BLOCK
 
@@ -160,7 +160,8 @@ class PairwiseCounts:
         sampling, counting = plan.sampling, plan.counting
         table_bytes = (4 * sampling.num_inputs * sampling.padded_outputs * counting.in_bins
                        * counting.out_bins)
-        self.keep = table_bytes <= memory_budget
+        # (the samples backend keeps the samples' bins, planned to fit)
+        self.keep = counting.backend.by_samples or table_bytes <= memory_budget
         self.carries: dict[int, Any] = {}
         self.counted = 0
 
@@ -179,19 +180,22 @@ class PairwiseCounts:
                 self.carries[offset] = carry
             else:
                 carry = pair_block_counts(plan, offset, 0, stop)
-            results.append((kernels.block_statistics(plan.counting, plan.statistics, carry[0]),
-                            carry[1]))
+            results.append((block_statistics(plan, carry[0]), carry[1]))
         self.counted = stop
         return assemble_blocks(plan.sampling.num_outputs, plan.statistics, results)
 
     def batch_matrix(self, start: int, stop: int) -> np.ndarray:
         """The EI_parts matrix of samples [start, stop) alone (for batch-means error bars)."""
         plan = self.plan
-        results = [(kernels.block_statistics(plan.counting, plan.statistics,
-                                             pair_block_counts(plan, offset, start, stop)[0]),
+        results = [(block_statistics(plan, pair_block_counts(plan, offset, start, stop)[0]),
                     None)
                    for offset in self.offsets()]
         return assemble_blocks(plan.sampling.num_outputs, plan.statistics, results)[0]
+
+
+def block_statistics(plan: Plan, counts):
+    """The statistics of one block's counts, as the plan's backend holds them."""
+    return plan.counting.backend.statistics(plan.counting, plan.statistics, counts)
 
 
 def assemble_blocks(num_outputs: int, statistics: Statistics, results):
@@ -354,6 +358,8 @@ class HostVectorCounts:
         self.dropped = np.zeros(num_sets, np.int64)
         self.counters: dict = {}
         self.sorted_inputs = None
+        self.parts: dict = {}  # samples backend: each set's EI_parts once counted
+        self.left_out = np.zeros(num_sets, np.int64)
 
     def add(self, sets, x_codes, y_codes, oor, states, stop: int, last_chunk: bool) -> None:
         """Adds one chunk of `sets` (its first `stop` samples) to every counter."""
@@ -365,6 +371,8 @@ class HostVectorCounts:
             for i, k in enumerate(sets):
                 counting.backend.consume(self.tables[k], (x_codes, y_codes[i]),
                                          counting.out_bins, 0, stop)
+                if last_chunk and counting.backend.by_samples:  # done: its bins go
+                    self._finish_set(k)
         pairs = None
         if counting.pairs and counting.groups:  # the two counters run side by side (own data)
             pairs = _helper().submit(count_pairs)
@@ -382,6 +390,15 @@ class HostVectorCounts:
                     self.dropped[k] = lost
         if pairs is not None:
             pairs.result()
+
+    def _finish_set(self, k: int) -> None:
+        """Set k's EI_parts (the single call's statistics) and left-out entries, from the
+        samples' bins, which are then let go (samples backend)."""
+        counting = self.counting
+        self.parts[k] = counting.backend.statistics(counting, Statistics(), self.tables[k])[0]
+        self.left_out[k] = counting.backend.left_out(self.tables[k:k + 1], counting.in_bins,
+                                                     counting.out_bins)[0]
+        self.tables[k] = None
 
     def _add_sorted(self, sets, x_codes, y_codes, stop: int) -> None:
         """EI of `sets` against the input states, sorted once (the whole sample range is in this
@@ -401,12 +418,13 @@ class HostVectorCounts:
         if counting.pairs:
             # each set's MI by the single call's own compiled statistics: equal to it exactly
             statistics = Statistics()
-            parts = [kernels.block_statistics(counting, statistics, table)[0]
-                     for table in self.tables]
+            parts = [self.parts[k] if k in self.parts else
+                     counting.backend.statistics(counting, statistics, table)[0]
+                     for k, table in enumerate(self.tables)]
             result["parts"] = np.stack(jax.device_get(parts))[:, :, :sampling.num_outputs]
             if counting.policy == "drop":  # the entries left out: out of range (input 0's)
-                self.out_of_range = host_left_out(self.tables[:, 0], counting.in_bins,
-                                                  counting.out_bins).sum(axis=1)
+                self.out_of_range = self.left_out if self.parts else counting.backend.left_out(
+                    self.tables, counting.in_bins, counting.out_bins)
             result["out_of_range"] = self.out_of_range
         if counting.groups:
             result["ei"] = self.ei

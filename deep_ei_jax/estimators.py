@@ -98,6 +98,11 @@ def _psi(xp, n):
     return xp.where(large, series, xp.where(n > 1, closed, xp.where(n == 1, 1.0, 0.0)))
 
 
+def jackknife_psi(n) -> np.ndarray:
+    """psi(n) of the jackknife's closed form (see `_jackknife_correction`), float64 NumPy."""
+    return _psi(np, np.asarray(n, np.float64))
+
+
 def _jackknife_correction(xp, counts):
     """Jackknife minus plug-in, in nats, shape [...].
 
@@ -339,6 +344,16 @@ def g_test_pvalues(counts, *, dof: str = "occupied"):
         safe_df = jnp.where(df > 0, df, 1.0)
         p = jnp.where(df > 0, jax.scipy.special.gammaincc(safe_df / 2, statistic / 2), 1.0)
         return np.asarray(p, np.float64) if numpy_in else p
+
+
+def chi2_upper_tail(statistic, dof) -> np.ndarray:
+    """P(chi2_dof >= statistic) elementwise, float64; 1 where dof <= 0 (`g_test_pvalues`' rule
+    for a table with one occupied row or column)."""
+    import scipy.special  # (a dependency of jax)
+
+    statistic, dof = np.asarray(statistic, np.float64), np.asarray(dof, np.float64)
+    safe = np.where(dof > 0, dof, 1.0)
+    return np.where(dof > 0, scipy.special.gammaincc(safe / 2, statistic / 2), 1.0)
 
 
 def benjamini_hochberg(pvalues, alpha: float = 0.05):

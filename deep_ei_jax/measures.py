@@ -204,7 +204,8 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
                        memory_budget, devices)
     plan = planning.plan(key, chain, params, binning, samples_hint=hint, single_input=False,
                          pairs=True, groups=(), statistics=Statistics(
-                             estimator, bool(significance), target_error is not None))
+                             estimator, bool(significance), target_error is not None),
+                         samples_max=samples if mode == "fixed" else None)
     counts = driver.PairwiseCounts(plan, memory_budget)
     matrix, oor, pvalues, converged, estimates, sum_error, bias = _parts_totals(
         counts, mode, samples, threshold, max_samples, target_error)
@@ -426,7 +427,8 @@ def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold,
     hint = samples if mode == "fixed" else adaptive.FIRST_STEP
     plan = planning.plan(key, chain, params, binning, samples_hint=hint, single_input=False,
                          pairs=pairs, groups=groups, statistics=Statistics(estimator),
-                         params_checked=params_checked)
+                         params_checked=params_checked,
+                         samples_max=samples if mode == "fixed" else None)
     if mode == "fixed":
         driver.check_state_memory(plan.counting, samples, state_memory_budget)
     else:  # adaptive: stop (unconverged, with a warning) where the states could outgrow it
@@ -448,7 +450,7 @@ def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold,
     if not pairs:
         return values, info
     if together:
-        stats = kernels.block_statistics(plan.counting, plan.statistics, pair_carry[0])
+        stats = driver.block_statistics(plan, pair_carry[0])
         matrix = driver.assemble_blocks(plan.sampling.num_outputs, plan.statistics,
                                         [(stats, None)])[0]
     else:

@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, adaptive, backends, kernels
+from . import _checks, adaptive, backends, kernels, pairstats
 from . import estimators as _estimators
 from .backends import CountingBackend
 from .binning import POLICIES
+from .histogram import host_bins_dtype
 from .layers import Chain, out_shape
 from .sampling import SAMPLE_BLOCK
 
@@ -163,7 +164,7 @@ def as_prng_key(key) -> jax.Array:
 
 def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, single_input: bool,
          pairs: bool, groups: tuple, statistics: Statistics = Statistics(),
-         params_checked: bool = False) -> Plan:
+         params_checked: bool = False, samples_max: int | None = None) -> Plan:
     """Checks arguments, fixes the output binning (probing outputs if dynamic) and chunk shapes.
 
     Args:
@@ -172,6 +173,9 @@ def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, sing
       single_input: the sensitivity intervention (one input noised at a time) or all inputs.
       pairs: count pairwise tables; groups: ((inputs), (outputs)) whose joint states count.
       params_checked: the caller has run `_checks.check_params(chain, params)` already.
+      samples_max: the most samples the call will count, when known (fixed `samples`): with it,
+        a layer whose tables would not fit `memory_budget` may be counted by its samples
+        (`pair_backend`).
     """
     if not isinstance(chain, Chain):
         raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
@@ -181,8 +185,7 @@ def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, sing
     in_bins = _checks.check_bins("in_bins", binning.in_bins)
     out_bins = _checks.check_bins("out_bins", binning.out_bins, allow_dynamic=True)
     _checks.check_choice("policy", binning.policy, POLICIES)
-    backend = binning.method if isinstance(binning.method, CountingBackend) else \
-        backends.resolve(binning.method, one_input=single_input)
+    backend = backends.resolve(binning.method, one_input=single_input)
     _checks.check_choice("estimator", statistics.estimator, _estimators.ESTIMATORS)
     mesh = None if single_input else sample_mesh(binning.devices)  # sensitivity: one device
     if mesh is not None:  # sharded chunks count on their devices
@@ -201,6 +204,9 @@ def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, sing
                         single_input=single_input, inputs_per_chunk=1, mesh=mesh)
     low, high, bins = _output_binning(key, params, sampling, out_range, out_bins, in_low, in_high,
                                       in_bins, min(samples_hint, DYNAMIC_PROBE))
+    backend = pair_backend(backend, num_inputs, num_outputs, in_bins, int(bins.max()),
+                           pairs=pairs and not single_input, estimator=statistics.estimator,
+                           samples=samples_max, memory_budget=binning.memory_budget)
     counting = Counting(in_bins=in_bins, out_bins=int(bins.max()), policy=binning.policy,
                         backend=backend, block_size=1, pairs=pairs, groups=groups)
     sampling, counting = _chunk_shapes(sampling, counting, samples_hint, binning.memory_budget)
@@ -210,6 +216,26 @@ def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, sing
                     out_high=jnp.asarray(np.pad(high, (0, pad), constant_values=1.0), jnp.float32),
                     out_bins=jnp.asarray(np.pad(bins, (0, pad), constant_values=2), jnp.int32))
     return Plan(key, params, sampling, counting, statistics, ranges, low, high, bins)
+
+
+def pair_backend(backend: CountingBackend, num_inputs: int, num_outputs: int, in_bins: int,
+                 out_bins: int, *, pairs: bool, estimator: str, samples: int | None,
+                 memory_budget: int) -> CountingBackend:
+    """The samples backend in place of the host loop where the whole layer's tables would not
+    fit `memory_budget` (they would be streamed block by block, each block sampling again) but
+    the bins of its `samples` would; checks a samples backend asked for by name."""
+    if backend.by_samples:
+        if pairs and estimator not in pairstats.SUPPORTED_ESTIMATORS:
+            raise ValueError(f"method={backend.name!r} estimates by "
+                             f"{pairstats.SUPPORTED_ESTIMATORS}; got estimator={estimator!r}")
+        return backend
+    if backend is not backends.HOST or not pairs or samples is None or \
+            estimator not in pairstats.SUPPORTED_ESTIMATORS:
+        return backend
+    tables = 4 * num_inputs * num_outputs * in_bins * out_bins
+    dtype = host_bins_dtype(in_bins, out_bins)
+    kept = samples * pairstats.bytes_per_sample(num_inputs, num_outputs, dtype)
+    return backends.SAMPLES if tables > memory_budget >= kept else backend
 
 
 def _output_binning(key, params, sampling: Sampling, out_range, out_bins, in_low, in_high,
@@ -240,6 +266,9 @@ def _chunk_shapes(sampling: Sampling, counting: Counting, samples_hint: int,
     if sampling.single_input:
         per_unit = num_outputs * cell_bytes  # one input's tables
         units = num_inputs
+    elif counting.backend.by_samples:
+        per_unit = 0  # every output in one block: no tables
+        units = num_outputs
     else:
         per_unit = num_inputs * cell_bytes if counting.pairs else 0  # one output's tables
         units = num_outputs

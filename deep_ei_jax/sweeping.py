@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, backends, driver, kernels, planning
+from . import _checks, backends, driver, kernels, pairstats, planning
 from .histogram import bits_per_value, sorted_inputs_fit, state_bits
 from .information import entropy, mutual_information
 from .layers import ELEMENTWISE_FAN_IN, Chain, Dense, Flatten
@@ -361,7 +361,9 @@ def _per_set_bytes(vector, single, samples, sensitivity_samples) -> int:
     if vector is not None:
         sampling, counting = vector
         n_in, n_out = sampling.num_inputs, sampling.num_outputs
-        if counting.pairs:
+        if counting.pairs and counting.backend.by_samples:  # the outputs' bins
+            total += samples * pairstats.bytes_per_sample(0, n_out, np.uint16)
+        elif counting.pairs:
             total += 4 * n_in * n_out * counting.in_bins * counting.out_bins
         if counting.groups:
             words = sum(-(-n * bits_per // 32) for n, bits_per in (
@@ -422,9 +424,12 @@ def plan_sweep(key, chain, params0, binning: Binning, *, samples, sensitivity_sa
     if need_states or need_pairs:
         whole = _whole_layer(chain, params0) if need_states else ()
         # devices=1: a sweep shards its sets (`sweep`), never one set's samples
-        vector_plan = planning.plan(key, chain, params0, binning._replace(devices=1),
+        # and the single calls' table budget (at most): their choice of tables or samples
+        budget = min(binning.memory_budget, planning.DEFAULT_TABLE_MEMORY_BUDGET)
+        vector_plan = planning.plan(key, chain, params0,
+                                    binning._replace(devices=1, memory_budget=budget),
                                     samples_hint=samples, single_input=False, pairs=need_pairs,
-                                    groups=whole, params_checked=True)
+                                    groups=whole, params_checked=True, samples_max=samples)
         n = vector_plan.sampling.num_outputs
         vector = (vector_plan.sampling._replace(padded_outputs=n),
                   vector_plan.counting._replace(block_size=n))

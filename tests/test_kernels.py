@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deep_ei_jax import backends
+from deep_ei_jax import backends, estimators, planning
 from deep_ei_jax.binning import bin_indices
 from deep_ei_jax.histogram import StateCounts, join_states, pack_states, pairwise_counts, state_bits
 from deep_ei_jax.information import entropy, mutual_information, mutual_information_standard_error
@@ -52,7 +52,8 @@ def test_pairwise_counts_match_histogram2d(method, jitted):
 @pytest.mark.parametrize("backend", list(backends.REGISTRY.values()), ids=str)
 def test_every_backend_counts_the_pairwise_tables(backend):
     """Through the counter interface the driver uses (new counts, the in-kernel step, the host's
-    consume of a sample range, the tables view), every backend gives np.histogram2d's counts."""
+    consume of a sample range, the tables view or, for the samples backend, its statistics),
+    every backend gives np.histogram2d's counts."""
     rng = np.random.default_rng(3)
     x, y, valid = random_bins(rng, 3000, 3, 4, 5, 7)
     counts = backend.new_pair_counts((3, 4), 5, 7)
@@ -65,14 +66,30 @@ def test_every_backend_counts_the_pairwise_tables(backend):
     else:  # two ranges: the host counter's sample bounds
         backend.consume(counts, host_bins, 7, 0, 1000)
         backend.consume(counts, host_bins, 7, 1000, 3000)
-    tables = np.asarray(backend.tables(counts, 5, 7))
-    assert tables.shape == (3, 4, 5, 7)
+    expected = np.zeros((3, 4, 5, 7), np.int64)
     for a in range(3):
         for b in range(4):
             keep = valid[:, b]
-            expected, _, _ = np.histogram2d(x[keep, a], y[keep, b], bins=(5, 7),
-                                            range=((0, 5), (0, 7)))
-            np.testing.assert_array_equal(tables[a, b], expected.astype(np.int64))
+            expected[a, b], _, _ = np.histogram2d(x[keep, a], y[keep, b], bins=(5, 7),
+                                                  range=((0, 5), (0, 7)))
+    if backend.by_samples:
+        with pytest.raises(TypeError, match="no tables"):
+            backend.tables(counts, 5, 7)
+    else:
+        np.testing.assert_array_equal(np.asarray(backend.tables(counts, 5, 7)), expected)
+    if backend.on_host:  # the entries marked left out, per set of tables
+        holder = backend.new_pair_counts((1, 3, 4), 5, 7)
+        backend.consume(holder[0], host_bins, 7, 0, 3000)
+        assert backend.left_out(holder, 5, 7)[0] == (~np.asarray(valid)).sum()
+    # and the statistics the driver asks of them: plug-in MI in bits, the first-order bias.
+    # The device backends reduce in float32 (a table of N = 3000 samples: error ~1e-6 bits).
+    counting = planning.Counting(in_bins=5, out_bins=7, policy="drop", backend=backend,
+                                 block_size=4, pairs=True, groups=())
+    mi, _, _, bias = backend.statistics(counting, planning.Statistics(), counts)
+    np.testing.assert_allclose(np.asarray(mi), estimators.mutual_information(expected),
+                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bias), estimators.miller_madow_bias(expected),
+                               rtol=0, atol=1e-6)
 
 
 def test_backend_registry_and_resolution():
