@@ -370,6 +370,9 @@ def _sample_mode(samples, threshold, extrapolate, max_samples):
         return "fixed"
     _checks.check_threshold(threshold)
     _checks.check_samples("max_samples", max_samples)
+    if max_samples < adaptive.FIRST_STEP:
+        raise ValueError(f"max_samples must be at least the adaptive rule's first step "
+                         f"({adaptive.FIRST_STEP} samples); got {max_samples}")
     return "adaptive"
 
 
@@ -434,6 +437,10 @@ def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold,
     else:  # adaptive: stop (unconverged, with a warning) where the states could outgrow it
         max_samples = min(max_samples,
                           state_memory_budget // driver.state_bytes_per_sample(plan.counting))
+        if max_samples < adaptive.FIRST_STEP:
+            raise ValueError(f"state_memory_budget={state_memory_budget} bytes cannot hold the "
+                             f"joint states of the adaptive rule's first {adaptive.FIRST_STEP} "
+                             f"samples; raise it or give samples=")
     # The pairwise tables ride along in the same chunks when they fit one block; otherwise they
     # are streamed block by block afterwards, over the same samples.
     together = pairs and plan.counting.block_size >= plan.sampling.padded_outputs

@@ -49,6 +49,20 @@ def test_bad_arguments(mlp, kwargs, error, message):
         dei.ei_of_layer(net[0], top, **{**FAST, **kwargs})
 
 
+def test_adaptive_budgets_below_the_first_step():
+    # the adaptive rule starts at 10k samples: a cap (or a state budget) below that is an error
+    chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(4,))
+    params = ({"w": np.ones((4, 3), np.float32)},)
+    with pytest.raises(ValueError, match=re.escape(
+            "max_samples must be at least the adaptive rule's first step (10000 samples); "
+            "got 4000")):
+        pure.ei_parts(jax.random.key(0), chain, params, max_samples=4000)
+    with pytest.raises(ValueError, match=re.escape(
+            "state_memory_budget=1000 bytes cannot hold the joint states of the adaptive rule's "
+            "first 10000 samples")):
+        pure.ei(jax.random.key(0), chain, params, state_memory_budget=1000)
+
+
 def test_layer_not_in_topology(mlp):
     net, top = mlp
     stranger = nn.Linear(3, 4)
