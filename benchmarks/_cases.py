@@ -45,6 +45,8 @@ class Case(NamedTuple):
     quick_calls: Optional[tuple] = None   # smaller calls for --quick (None: same as calls)
     deep_ei_skip: str = ""            # why deep-ei cannot run this case ('' if it can)
     functional: bool = False          # activations by torch.sigmoid: deep_ei_jax's graph path
+    activation: str = "sigmoid"       # "sigmoid" or "gelu" (a module deep-ei does not know)
+    out_range: tuple = OUT_RANGE
 
     def calls_for(self, quick: bool) -> tuple:
         return self.quick_calls if quick and self.quick_calls else self.calls
@@ -68,6 +70,14 @@ CASES = {case.name: case for case in (
     Case("W6", (784, 1000), 64, (Call("ei_of_layer", 10 ** 4),),
          deep_ei_skip="deep-ei allocates one float64 histogram per (input, output) pair up front: "
                       "784*1000*64*64*8 B = 25.7 GB, more than this machine's 24 GiB"),
+    # wide layers (issue 16): tables of every pair would be 416 GB (W7) and 2.5 GB (W8)
+    Case("W7", (5000, 5000), 64, (Call("ei_of_layer", 10 ** 3),),
+         deep_ei_skip="deep-ei allocates one float64 histogram per pair up front: "
+                      "5000*5000*64*64*8 B = 819 GB"),
+    # a GPT-2-small MLP's shape; GELU spans about (-0.17, 0.84) on these inputs and weights
+    Case("W8", (768, 3072), 16, (Call("ei_of_layer", 10 ** 4),),
+         deep_ei_skip="deep-ei 0.6.4 knows no GELU activation", activation="gelu",
+         out_range=(-0.2, 1.0)),
     Case("paper", (4, 5, 5, 3), 8,
          (Call("vector_and_pairwise_ei", 10 ** 7), Call("sensitivity_of_layer", 5000)),
          quick_calls=(Call("vector_and_pairwise_ei", 10 ** 6), Call("sensitivity_of_layer", 5000))),
@@ -85,8 +95,9 @@ class FunctionalMLP(nn.Sequential):
         return x
 
 
-def build_model(widths, functional: bool = False) -> nn.Sequential:
-    """nn.Sequential(Linear(w0, w1, bias=False), Sigmoid(), Linear(w1, w2, bias=False), ...).
+def build_model(widths, functional: bool = False, activation: str = "sigmoid") -> nn.Sequential:
+    """nn.Sequential(Linear(w0, w1, bias=False), Sigmoid(), Linear(w1, w2, bias=False), ...)
+    (GELU() in place of Sigmoid() with activation="gelu").
 
     Weights are torch's default init after torch.manual_seed(WEIGHT_SEED), so networks of the same
     widths (W1, W4, W5) get the same weights.
@@ -94,7 +105,8 @@ def build_model(widths, functional: bool = False) -> nn.Sequential:
     torch.manual_seed(WEIGHT_SEED)
     modules = []
     for a, b in zip(widths[:-1], widths[1:]):
-        modules += [nn.Linear(a, b, bias=False), nn.Sigmoid()]
+        act = nn.GELU() if activation == "gelu" else nn.Sigmoid()
+        modules += [nn.Linear(a, b, bias=False), act]
     return (FunctionalMLP if functional else nn.Sequential)(*modules)
 
 
@@ -109,7 +121,7 @@ def save_weights(path, case_names) -> None:
 
 def load_model(case: Case, weights_path) -> nn.Sequential:
     """The case's network with the weights stored by `save_weights`."""
-    model = build_model(case.widths, case.functional)
+    model = build_model(case.widths, case.functional, case.activation)
     with np.load(weights_path) as stored:
         state = {key: torch.from_numpy(stored[f"{case.name}/{key}"])
                  for key in model.state_dict()}
@@ -155,7 +167,8 @@ def plan(api, case: Case, model: nn.Sequential, *, quick: bool, device: str) -> 
     topology = api.topology_of(model, torch.zeros((1, case.widths[0])))
     layers = [module for module in model if isinstance(module, nn.Linear)]
     calls = case.calls_for(quick)
-    common = dict(in_range=IN_RANGE, in_bins=case.bins, out_range=OUT_RANGE, out_bins=case.bins,
+    common = dict(in_range=IN_RANGE, in_bins=case.bins, out_range=case.out_range,
+                  out_bins=case.bins,
                   batch_size=BATCH_SIZE, device=device)
 
     def run() -> dict:

@@ -34,7 +34,7 @@ _BRIDGE_NAMES = (
     # deep-ei 0.7.0 names
     "ei", "ei_parts", "ei_parts_matrix", "sensitivity", "sensitivity_matrix",
     # ours
-    "degeneracy_of_layer", "layer_chain", "sweep", "to_dataframe", "Tracker",
+    "degeneracy_of_layer", "layer_chain", "sweep", "to_dataframe", "Tracker", "estimate_cost",
 )
 
 __all__ = ["enable_compilation_cache", "pure", "nats_to_bits", *_BRIDGE_NAMES]

@@ -207,8 +207,9 @@ def assemble_blocks(num_outputs: int, statistics: Statistics, results):
     def join(index, present=True):
         if not present:
             return None
-        return np.concatenate([r[0][index] for r in results], axis=1)[:, :num_outputs].astype(
-            np.float64)
+        parts = [r[0][index] for r in results]
+        joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        return joined[:, :num_outputs].astype(np.float64, copy=False)
     oor = (np.concatenate([r[1] for r in results])[:num_outputs].astype(np.int64)
            if results[0][1] is not None else None)
     return (join(0), oor, join(1, statistics.significance), join(2, statistics.pair_errors),

@@ -331,7 +331,9 @@ def pair_statistics(bins: SampleBins, start: int, stop: int, in_bins: int, senti
     row_counts = np.zeros((num_inputs, in_bins), np.int64)
     _rows(bins.x, start, stop, in_bins, row_counts)
     log, g, p = lookup_tables(n + 1)
-    result = np.empty((5, num_inputs, num_outputs))
+    mi, bias = np.empty((num_inputs, num_outputs)), np.empty((num_inputs, num_outputs))
+    pvalues = np.empty((num_inputs, num_outputs)) if significance else ()
+    errors = np.empty((num_inputs, num_outputs)) if pair_errors else ()
     step = max(1, CALL_PAIR_SAMPLES // max(1, num_inputs * n))
     code = SUPPORTED_ESTIMATORS.index(estimator)
     for b_lo in range(0, num_outputs, step):
@@ -339,9 +341,11 @@ def pair_statistics(bins: SampleBins, start: int, stop: int, in_bins: int, senti
         block = np.empty((5, num_inputs, b_hi - b_lo))
         _pairs(bins.x, compact, start, n, widths, dirty, col_counts, row_counts, b_lo, b_hi,
                in_bins, log, g, p, code, pair_errors, block)
-        result[:, :, b_lo:b_hi] = block
+        mi[:, b_lo:b_hi], bias[:, b_lo:b_hi] = block[0], block[1]
+        if significance:
+            pvalues[:, b_lo:b_hi] = _estimators.chi2_upper_tail(block[2], block[3])
+        if pair_errors:
+            errors[:, b_lo:b_hi] = block[4]
         if progress is not None:
             progress(b_hi - b_lo)
-    mi, bias, statistic, dof, errors = result
-    pvalues = _estimators.chi2_upper_tail(statistic, dof) if significance else ()
-    return mi, pvalues, (errors if pair_errors else ()), bias
+    return mi, pvalues, errors, bias

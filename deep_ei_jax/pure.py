@@ -13,6 +13,8 @@ For example::
 No torch is needed or imported.
 """
 from .affine import affine_reason
+from .costs import Cost
+from .costs import estimate as estimate_cost
 from .dependency import dependencies
 from .information import entropy, mutual_information, nats_to_bits
 from .layers import (AvgPool2d, Chain, Conv2d, Dense, Flatten, Function, MaxPool2d, apply,
@@ -27,5 +29,6 @@ __all__ = [
     "out_shape", "receptive_field", "affine_reason", "dependencies", "position_outputs",
     "restrict", "Restriction", "entropy", "mutual_information", "nats_to_bits", "ei", "ei_parts",
     "ei_parts_matrix", "ei_and_ei_parts", "eis_between_groups", "sensitivity",
-    "sensitivity_matrix", "degeneracy", "sweep", "stack_params", "SweepResult",
+    "sensitivity_matrix", "degeneracy", "sweep", "stack_params", "SweepResult", "Cost",
+    "estimate_cost",
 ]

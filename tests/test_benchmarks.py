@@ -22,11 +22,15 @@ def test_gpu_check_smoke_runs_on_cpu():
     assert all(r.get("pair_samples_per_s", 1) > 0 for r in records)
 
 
-def test_scaling_quick_sweep():
+def test_scaling_quick_sweep(tmp_path):
+    plot = tmp_path / "scaling.png"
     result = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "--quick", "--sweeps",
-                             "samples", "--repeats", "1"], cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=600)
+                             "samples,by_samples", "--repeats", "1", "--plot", str(plot)],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     records = json_lines(result.stdout)
-    assert [r["samples"] for r in records] == [10 ** 4, 10 ** 5]
+    assert [r["samples"] for r in records] == [10 ** 4, 10 ** 5, 500, 4000]
     assert all(r["run_s"] > 0 and r["peak_rss_mib"] > 0 for r in records)
+    # the wide layer is counted by its samples, the narrow one by tables
+    assert [r["method"] for r in records] == ["numba", "numba", "samples", "samples"]
+    assert plot.stat().st_size > 1000

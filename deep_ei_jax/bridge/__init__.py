@@ -9,7 +9,8 @@ except ModuleNotFoundError as error:  # the extra is missing: name it
                               name="torch") from error
 
 from .api import (MI, LayerInfo, degeneracy_of_layer, ei, ei_of_layer, ei_of_layer_matrix,
-                  ei_parts, ei_parts_matrix, eis_between_groups, resolve_span, sensitivity,
+                  ei_parts, ei_parts_matrix, eis_between_groups, estimate_cost, resolve_span,
+                  sensitivity,
                   sensitivity_matrix, sensitivity_of_layer, sensitivity_of_layer_matrix,
                   vector_and_pairwise_ei, vector_ei_of_layer)
 from .convert import Span, layer_chain
@@ -19,7 +20,8 @@ from .tracking import Tracker, read_records
 
 __all__ = [
     "LayerInfo", "MI", "Span", "Tracker", "degeneracy_of_layer", "ei", "ei_of_layer",
-    "ei_of_layer_matrix", "ei_parts", "ei_parts_matrix", "eis_between_groups", "layer_chain",
+    "ei_of_layer_matrix", "ei_parts", "ei_parts_matrix", "eis_between_groups", "estimate_cost",
+    "layer_chain",
     "measurable_layers", "read_records", "resolve_span", "sensitivity", "sensitivity_matrix",
     "sensitivity_of_layer", "sensitivity_of_layer_matrix", "sweep", "to_dataframe", "topology_of",
     "vector_and_pairwise_ei", "vector_ei_of_layer",

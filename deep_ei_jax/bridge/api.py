@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import torch
 
-from .. import measures
+from .. import costs, measures
 from .._checks import check_bins, check_range, check_seed
 from ..activations import default_range
 from ..binning import bin_indices
@@ -458,6 +458,31 @@ def _series(name, values):
     except (TypeError, ValueError) as error:
         raise TypeError(f"{name} must be a series of numbers (a tensor or array); got "
                         f"{type(values).__name__} ({error})") from None
+
+
+def estimate_cost(layer, topology, measure: str = "ei_parts", samples: int = 10_000, *,
+                  in_layer=None, in_range=None, out_range=None, in_bins: int = 64,
+                  out_bins=64, activation=None, device: str = "cpu", seed=None,
+                  position=None, **options):
+    """What measuring `layer` will cost, before running it (`deep_ei_jax.costs.estimate`).
+
+    Takes a deep-ei measure's arguments (the span, ranges, bins, activation, device, seed,
+    position and any pure-measure options such as `method`, `memory_budget`, `estimator`) and
+    returns a `Cost`: the counting backend, the work, the bytes of counts held at once and the
+    estimated seconds on this machine (the counter's rate measured here on synthetic bins).
+
+    Args:
+      measure: "ei_parts" (`ei_of_layer`, `ei_of_layer_matrix`), "ei" (vector EI) or
+        "sensitivity" (per input: `samples` each).
+      samples: the call's fixed number of samples.
+    """
+    span, in_range, out_range = resolve_span(layer, topology, in_layer=in_layer,
+                                             in_range=in_range, out_range=out_range,
+                                             activation=activation, position=position)
+    with jax.default_device(_devices(device)[0]):
+        return costs.estimate(_key(seed), span.chain, span.params, measure=measure,
+                              samples=samples, in_range=in_range, out_range=out_range,
+                              in_bins=in_bins, out_bins=out_bins, **options)
 
 
 # deep-ei 0.7.0 names
