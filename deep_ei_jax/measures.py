@@ -199,13 +199,13 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
                              out_bins, policy, activation, grid_step)
     mode = _sample_mode(samples, threshold, extrapolate, max_samples)
     _check_parts_options(mode, samples, extrapolate, error_bars, target_error, shuffle_correction)
-    hint = samples if mode == "fixed" else adaptive.FIRST_STEP
+    fixed = samples if mode == "fixed" else None
     binning = _binning(in_range, out_range, in_bins, out_bins, policy, method, activation,
                        memory_budget, devices)
-    plan = planning.plan(key, chain, params, binning, samples_hint=hint, single_input=False,
-                         pairs=True, groups=(), statistics=Statistics(
-                             estimator, bool(significance), target_error is not None),
-                         samples_max=samples if mode == "fixed" else None)
+    plan = planning.plan(key, chain, params, binning, samples_hint=fixed or adaptive.FIRST_STEP,
+                         single_input=False, pairs=True, groups=(), samples_max=fixed,
+                         statistics=Statistics(estimator, bool(significance),
+                                               target_error is not None))
     counts = driver.PairwiseCounts(plan, memory_budget)
     matrix, oor, pvalues, converged, estimates, sum_error, bias = _parts_totals(
         counts, mode, samples, threshold, max_samples, target_error)
