@@ -162,12 +162,13 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
       threshold: adaptive stopping threshold in (0, 1).
       extrapolate: estimate at 100k..2M samples and return the fitted asymptote a/n^e + C.
       policy: "drop" out-of-range outputs (per pair) or "clip" them into the end bins.
-      method: "auto" | "scatter" | "onehot" | "numba"; or "exact": the infinite-sample value
-        without sampling (an affine layer or span with a monotone activation; see
-        `deep_ei_jax.exact`), accurate to about 1.5 * grid_step**2 bits per pair.
+      method: "auto" | "scatter" | "onehot" | "numba" | "samples" (`deep_ei_jax.backends`); or
+        "exact": the infinite-sample value without sampling (an affine layer or span with a
+        monotone activation; see `deep_ei_jax.exact`), about 1.5 * grid_step**2 bits per pair.
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_samples: the adaptive mode stops here, with `info.converged` False.
-      memory_budget: bytes of count tables held at once; larger layers are streamed in blocks.
+      memory_budget: bytes of counts held at once: the layer's tables; where they would not fit,
+        its samples' bins (a fixed `samples`, on a CPU: method "samples"); else blocks of tables.
       devices: where chunks run: None (all local devices of the default backend, or the one
         pinned with `jax.default_device`), an int n (the first n) or a list of jax Devices. With
         several, each chunk's sample blocks are sharded over them (shard_map + psum of the integer
@@ -209,8 +210,7 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
     counts = driver.PairwiseCounts(plan, memory_budget)
     matrix, oor, pvalues, converged, estimates, sum_error, bias = _parts_totals(
         counts, mode, samples, threshold, max_samples, target_error)
-    n = estimates[-1][0]
-    dropped = int(oor.sum()) if policy == "drop" else 0
+    n, dropped = estimates[-1][0], int(oor.sum()) if policy == "drop" else 0
     info = _info(plan, n, dropped, int(oor.sum()), n * plan.sampling.num_outputs, converged,
                  estimates, bias=float(bias.sum()), **_significance(pvalues))
     matrix, info = _empty_if_nothing_counted(matrix, info)
