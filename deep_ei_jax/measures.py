@@ -167,8 +167,7 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
         monotone activation; see `deep_ei_jax.exact`), about 1.5 * grid_step**2 bits per pair.
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_samples: the adaptive mode stops here, with `info.converged` False.
-      memory_budget: bytes of counts held at once: the layer's tables; where they would not fit,
-        its samples' bins (a fixed `samples`, on a CPU: method "samples"); else blocks of tables.
+      memory_budget: bytes of counts held at once (tables or bins: `planning.pair_backend`).
       devices: where chunks run: None (all local devices of the default backend, or the one
         pinned with `jax.default_device`), an int n (the first n) or a list of jax Devices. With
         several, each chunk's sample blocks are sharded over them (shard_map + psum of the integer
