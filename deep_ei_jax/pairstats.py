@@ -125,50 +125,55 @@ def _margin_sums(counts, log, g, p):
     return total_g, occupied, total_p, total
 
 
-def _count_by_samples(table, xa, yb, width, n, dg, dp):
-    """Counts the pair's samples into `table` and returns (sum n ln n, occupied, sum n psi(n))
-    over every cell, accumulated as the cells grow (dg[c] = g(c + 1) - g(c), the same for dp);
-    then clears the cells by the samples. Branch-free: cost ~ samples."""
-    g0 = g1 = p0 = p1 = 0.0
+def _count(table, xa, yb, width, n):
+    """Counts the pair's samples into `table` (cells x * width + y)."""
+    for s in range(n):
+        table[np.uint32(xa[s]) * width + np.uint32(yb[s])] += 1
+
+
+def _read_by_samples(table, xa, yb, width, n, g, p, with_psi):
+    """(sum n ln n, occupied, sum n psi(n) (0 unless with_psi)) over the cells the samples
+    touched, clearing them as it goes: a cell's first sample reads its count, the others read
+    the 0 left behind, which adds nothing (g[0] = p[0] = 0). Branch-free: cost ~ samples."""
+    g0 = g1 = p0 = 0.0
     occupied = 0
     half = n - n % 2
     for s in range(0, half, 2):  # two chains of sums, to overlap their latencies
         key = np.uint32(xa[s]) * width + np.uint32(yb[s])
         c = table[key]
-        table[key] = c + 1
-        g0 += dg[c]
-        p0 += dp[c]
-        occupied += c == 0
+        table[key] = 0
+        g0 += g[c]
+        occupied += c > 0
+        if with_psi:
+            p0 += p[c]
         key = np.uint32(xa[s + 1]) * width + np.uint32(yb[s + 1])
         c = table[key]
-        table[key] = c + 1
-        g1 += dg[c]
-        p1 += dp[c]
-        occupied += c == 0
+        table[key] = 0
+        g1 += g[c]
+        occupied += c > 0
+        if with_psi:
+            p0 += p[c]
     for s in range(half, n):
         key = np.uint32(xa[s]) * width + np.uint32(yb[s])
         c = table[key]
-        table[key] = c + 1
-        g0 += dg[c]
-        p0 += dp[c]
-        occupied += c == 0
-    return g0 + g1, occupied, p0 + p1
+        table[key] = 0
+        g0 += g[c]
+        occupied += c > 0
+        if with_psi:
+            p0 += p[c]
+    return g0 + g1, occupied, p0
 
 
-def _clear_by_samples(table, xa, yb, width, n):
-    for s in range(n):
-        table[np.uint32(xa[s]) * width + np.uint32(yb[s])] = 0
-
-
-def _scan(table, cells, g, p):
-    """(sum n ln n, occupied, sum n psi(n)) over table[:cells], clearing it. Branch-free: cost ~
-    cells."""
+def _scan(table, cells, g, p, with_psi):
+    """(sum n ln n, occupied, sum n psi(n) (0 unless with_psi)) over table[:cells], clearing
+    it. Branch-free: cost ~ cells."""
     total_g = total_p = 0.0
     occupied = 0
     for i in range(cells):
         c = table[i]
         total_g += g[c]
-        total_p += p[c]
+        if with_psi:
+            total_p += p[c]
         occupied += c > 0
         table[i] = 0
     return total_g, occupied, total_p
@@ -200,28 +205,23 @@ def _log_ratios(table, in_bins, width, k, log, ln_rows, ln_cols, ln_total):
     return s1, s2
 
 
-def _pair_sums(table, xa, yb, k, n, in_bins, g, p, dg, dp, log, ln_rows, ln_cols, ln_total,
-               dirty, want_se):
+def _pair_sums(table, xa, yb, k, n, in_bins, g, p, log, ln_rows, ln_cols, ln_total, want_se,
+               with_psi):
     """Counts one pair and returns its joint table's (sum n ln n, occupied, sum n psi(n), sum
     n lr, sum n lr^2) over the cells of columns < k (lr only with want_se), leaving `table`
-    clear. Fewer samples than cells: sums as the cells grow, cleared by the samples; otherwise
-    counted, then one scan of the cells (with want_se, always)."""
+    clear: read back by the samples when they are fewer than the cells, else by one scan of
+    the cells (with want_se, always)."""
     width = np.uint32(k + 1)
     cells = in_bins * (k + 1)
     s1 = s2 = 0.0
-    if n < cells and not want_se:
-        total_g, occupied, total_p = _count_by_samples(table, xa, yb, width, n, dg, dp)
-        if dirty:  # less the spare column's cells
-            spare_g, spare_m, spare_p = _spare_column(table, in_bins, width, k, g, p)
-            total_g, occupied, total_p = total_g - spare_g, occupied - spare_m, total_p - spare_p
-        _clear_by_samples(table, xa, yb, width, n)
-        return total_g, occupied, total_p, s1, s2
-    for s in range(n):
-        table[np.uint32(xa[s]) * width + np.uint32(yb[s])] += 1
+    _count(table, xa, yb, width, n)
     spare_g, spare_m, spare_p = _spare_column(table, in_bins, width, k, g, p)
-    if want_se:
-        s1, s2 = _log_ratios(table, in_bins, width, k, log, ln_rows, ln_cols, ln_total)
-    total_g, occupied, total_p = _scan(table, cells, g, p)
+    if n < cells and not want_se:
+        total_g, occupied, total_p = _read_by_samples(table, xa, yb, width, n, g, p, with_psi)
+    else:
+        if want_se:
+            s1, s2 = _log_ratios(table, in_bins, width, k, log, ln_rows, ln_cols, ln_total)
+        total_g, occupied, total_p = _scan(table, cells, g, p, with_psi)
     return total_g - spare_g, occupied - spare_m, total_p - spare_p, s1, s2
 
 
@@ -229,70 +229,85 @@ def _pairs(x, compact, first, n, widths, dirty, col_counts, row_counts, b_lo, b_
            log, g, p, estimator, want_se, out):
     """Every pair (a, b), b in b_lo..b_hi-1, into out [5, n_in, b_hi - b_lo]: the estimate
     (bits), the plug-in bias (bits), the G statistic, its degrees of freedom and the delta-method
-    standard error (bits, with want_se)."""
+    standard error (bits, with want_se). Parallel over chunks of inputs, each with its own
+    scratch."""
     kmax = 1
+    columns = np.zeros((b_hi - b_lo, 3))  # the outputs' margins: sum n ln n, occupied, n psi(n)
     for b in range(b_lo, b_hi):
         kmax = max(kmax, widths[b])
-    dg, dp = g[1:] - g[:-1], p[1:] - p[:-1]
-    for a in numba.prange(x.shape[0]):
+        col_g, col_m, col_p, _ = _margin_sums(col_counts[b, :widths[b]], log, g, p)
+        columns[b - b_lo, 0], columns[b - b_lo, 1], columns[b - b_lo, 2] = col_g, col_m, col_p
+    with_psi = estimator == 2
+    chunk = 16
+    for first_input in numba.prange((x.shape[0] + chunk - 1) // chunk):
         table = np.zeros(in_bins * (kmax + 1), np.int32)
         rows = np.zeros(in_bins, np.int64)
         ln_rows = np.zeros(in_bins)
         ln_cols = np.zeros(kmax + 1)
-        xa = x[a, first:first + n]
-        clean = _margin_sums(row_counts[a], log, g, p)
-        for b in range(b_lo, b_hi):
-            j = b - b_lo
-            k = widths[b]
-            out[0, a, j] = out[1, a, j] = out[2, a, j] = out[3, a, j] = out[4, a, j] = 0.0
-            if k <= 1:  # one occupied column (or none): every estimate is exactly 0
-                continue
-            yb = compact[b]
-            if dirty[b]:  # the rows of the samples this output keeps
-                for s in range(n):
-                    rows[xa[s]] += yb[s] != k
-                row_g, row_m, row_p, total = _margin_sums(rows, log, g, p)
-                source = rows
-            else:
-                row_g, row_m, row_p, total = clean
-                source = row_counts[a]
-            col_g, col_m, col_p, _ = _margin_sums(col_counts[b, :k], log, g, p)
-            if want_se:
-                for i in range(in_bins):
-                    ln_rows[i] = log[source[i]]
-                for jj in range(k):
-                    ln_cols[jj] = log[col_counts[b, jj]]
-            joint_g, joint_m, joint_p, s1, s2 = _pair_sums(
-                table, xa, yb, k, n, in_bins, g, p, dg, dp, log, ln_rows, ln_cols, log[total],
-                dirty[b], want_se)
-            if dirty[b]:
-                rows[:] = 0
-            if total == 0:
-                continue
-            plugin = max(((joint_g - row_g) + (g[total] - col_g)) / total, 0.0)
-            bias = (joint_m - row_m - col_m + 1) / (2.0 * total)
-            value = plugin
-            if estimator == 1:
-                value = plugin - bias
-            elif estimator == 2 and total > 1:
-                value = plugin + (row_p + col_p - joint_p) / total - p[total] / total
-            out[0, a, j] = value / _LN2
-            out[1, a, j] = bias / _LN2
-            out[2, a, j] = 2.0 * total * plugin
-            out[3, a, j] = (row_m - 1) * (col_m - 1)
-            if want_se:
-                mean = s1 / total
-                out[4, a, j] = math.sqrt(max(s2 / total - mean * mean, 0.0) / total) / _LN2
+        for a in range(first_input * chunk, min((first_input + 1) * chunk, x.shape[0])):
+            _input_pairs(a, x[a, first:first + n], compact, n, widths, dirty, col_counts,
+                         row_counts[a], columns, b_lo, b_hi, in_bins, log, g, p, estimator,
+                         want_se, with_psi, table, rows, ln_rows, ln_cols, out)
+
+
+def _input_pairs(a, xa, compact, n, widths, dirty, col_counts, row_counts, columns, b_lo, b_hi,
+                 in_bins, log, g, p, estimator, want_se, with_psi, table, rows, ln_rows, ln_cols,
+                 out):
+    """Input a's pairs with outputs b_lo..b_hi-1 (see `_pairs`), in the given scratch."""
+    clean = _margin_sums(row_counts, log, g, p)
+    for b in range(b_lo, b_hi):
+        j = b - b_lo
+        k = widths[b]
+        out[0, a, j] = out[1, a, j] = out[2, a, j] = out[3, a, j] = out[4, a, j] = 0.0
+        if k <= 1:  # one occupied column (or none): every estimate is exactly 0
+            continue
+        yb = compact[b]
+        if dirty[b]:  # the rows of the samples this output keeps
+            for s in range(n):
+                rows[xa[s]] += yb[s] != k
+            row_g, row_m, row_p, total = _margin_sums(rows, log, g, p)
+            source = rows
+        else:
+            row_g, row_m, row_p, total = clean
+            source = row_counts
+        if want_se:
+            for i in range(in_bins):
+                ln_rows[i] = log[source[i]]
+            for jj in range(k):
+                ln_cols[jj] = log[col_counts[b, jj]]
+        joint_g, joint_m, joint_p, s1, s2 = _pair_sums(
+            table, xa, yb, k, n, in_bins, g, p, log, ln_rows, ln_cols, log[total], want_se,
+            with_psi)
+        if dirty[b]:
+            rows[:] = 0
+        if total == 0:
+            continue
+        col_g, col_m, col_p = columns[j, 0], columns[j, 1], columns[j, 2]
+        plugin = max(((joint_g - row_g) + (g[total] - col_g)) / total, 0.0)
+        bias = (joint_m - row_m - col_m + 1) / (2.0 * total)
+        value = plugin
+        if estimator == 1:
+            value = plugin - bias
+        elif estimator == 2 and total > 1:
+            value = plugin + (row_p + col_p - joint_p) / total - p[total] / total
+        out[0, a, j] = value / _LN2
+        out[1, a, j] = bias / _LN2
+        out[2, a, j] = 2.0 * total * plugin
+        out[3, a, j] = (row_m - 1) * (col_m - 1)
+        if want_se:
+            mean = s1 / total
+            out[4, a, j] = math.sqrt(max(s2 / total - mean * mean, 0.0) / total) / _LN2
 
 
 if numba is not None:
     _margin_sums = numba.njit(nogil=True, cache=True)(_margin_sums)
-    _count_by_samples = numba.njit(nogil=True, cache=True)(_count_by_samples)
-    _clear_by_samples = numba.njit(nogil=True, cache=True)(_clear_by_samples)
+    _count = numba.njit(nogil=True, cache=True)(_count)
+    _read_by_samples = numba.njit(nogil=True, cache=True)(_read_by_samples)
     _scan = numba.njit(nogil=True, cache=True)(_scan)
     _spare_column = numba.njit(nogil=True, cache=True)(_spare_column)
     _log_ratios = numba.njit(nogil=True, cache=True)(_log_ratios)
     _pair_sums = numba.njit(nogil=True, cache=True)(_pair_sums)
+    _input_pairs = numba.njit(nogil=True, cache=True)(_input_pairs)
     _columns = numba.njit(parallel=True, nogil=True, cache=True)(_columns)
     _rows = numba.njit(parallel=True, nogil=True, cache=True)(_rows)
     _pairs = numba.njit(parallel=True, nogil=True, cache=True)(_pairs)
