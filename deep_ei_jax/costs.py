@@ -31,7 +31,8 @@ from .layers import apply
 from .planning import Binning, Statistics
 
 MEASURES = ("ei_parts", "ei", "sensitivity")
-CALIBRATION_PAIR_SAMPLES = 2 ** 24  # work of one calibration run (~10-50 ms on a CPU core)
+CALIBRATION_PAIR_SAMPLES = 2 ** 26  # work of one calibration run (~30-100 ms on this CPU)
+CALIBRATION_INPUTS = 64  # (enough for every core: the samples backend splits inputs by 16)
 
 
 class Cost(NamedTuple):
@@ -132,11 +133,12 @@ def _pair_memory(sampling, counting, samples: int) -> tuple[int, int]:
 @functools.lru_cache(maxsize=64)
 def _pair_costs(backend, in_bins: int, out_bins: int, samples: int) -> tuple[float, float]:
     """(seconds per pair-sample, seconds per pair) of `backend` counting and reducing synthetic
-    bins: two runs of 16 x n_out pairs, over s and s / 4 samples (s = min(samples, 16384)),
+    bins: two runs of 64 x n_out pairs, over s and s / 4 samples (s = min(samples, 16384)),
     fitted to t = pairs * (samples * per_sample + per_pair)."""
     rng = np.random.default_rng(0)
     size = min(samples, 2 ** 14)
-    n_in, n_out = 16, max(4, min(256, CALIBRATION_PAIR_SAMPLES // (16 * size)))
+    n_in = CALIBRATION_INPUTS
+    n_out = max(4, min(1024, CALIBRATION_PAIR_SAMPLES // (n_in * size)))
     x = rng.integers(0, in_bins, (n_in, size)).astype(np.uint8 if in_bins <= 256 else np.uint16)
     # outputs occupying half their bins: a middle case (saturated outputs count faster)
     y = rng.integers(0, max(2, out_bins // 2), (n_out, size)).astype(x.dtype)
@@ -183,13 +185,14 @@ def _state_rate(compiled: bool) -> float:
 
 
 def _forward_seconds(plan) -> float:
-    """Seconds per sample of the layer's forward pass (timed on a jitted batch of 256)."""
+    """Seconds per sample of the layer's forward pass (timed on a jitted batch of 4096, about a
+    chunk's size)."""
     sampling = plan.sampling
     forward = jax.jit(lambda params, x: apply(sampling.chain, params, x,
                                               final_activation=sampling.final_activation))
-    x = jnp.full((256,) + tuple(sampling.chain.in_shape), 0.5, jnp.float32)
+    x = jnp.full((4096,) + tuple(sampling.chain.in_shape), 0.5, jnp.float32)
     jax.block_until_ready(forward(plan.params, x))
     start = time.perf_counter()
     jax.block_until_ready(forward(plan.params, x))
-    return (time.perf_counter() - start) / 256
+    return (time.perf_counter() - start) / 4096
 
