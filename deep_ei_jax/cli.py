@@ -434,11 +434,13 @@ def format_table(records) -> str:
     if at:
         lines.append("(measured at one output position, channels or features by position: "
                      + ", ".join(dict.fromkeys(at)) + ")")
-    empty = [r["layer"] for r in records
-             if any(isinstance(r.get(m), float) and math.isnan(r[m]) for m in MEASURE_COLUMNS)]
+    empty = {r["layer"]: [m for m in MEASURE_COLUMNS
+                          if isinstance(r.get(m), float) and math.isnan(r[m])] for r in records}
+    empty = {layer: names for layer, names in empty.items() if names}
     if empty:
-        lines.append(f"(nan: nothing was counted for layer(s) {', '.join(map(str, empty))}: every "
-                     "sample had an output outside the output range and was dropped; widen the "
+        which = "; ".join(f"{layer} ({', '.join(names)})" for layer, names in empty.items())
+        lines.append(f"(nan: nothing was counted for layer(s) {which}: every sample of that "
+                     "measure had an output outside the output range and was dropped; widen the "
                      "output range)")
     return "\n".join(lines)
 
