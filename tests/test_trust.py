@@ -204,9 +204,10 @@ def test_all_dropped_is_nan_in_sweeps_and_single_calls(method):
         single, warned = _single_calls(params, chain, method, (2.0, 3.0))
         assert all(math.isnan(v) for v in single.values()), single
         assert sum("were dropped" in w for w in warned) == 3  # EI, EI_parts, sensitivity
-    # each measure alone (only its own work runs) is NaN and warns
+    # each measure alone (only its own work runs) is NaN and warns (EI alone: the sweep's
+    # dropped warning before this issue, in test_sweep.py)
     for name, measure in (("sensitivity", "sensitivity"), ("degeneracy", "sensitivity"),
-                          ("ei_parts", "EI_parts"), ("ei", "vector EI")):
+                          ("ei_parts", "EI_parts")):
         alone, caught = _swept(chain, sets, method, (2.0, 3.0), measures=(name,))
         assert np.isnan(getattr(alone, name)).all(), name
         assert any(f"their {measure} is NaN" in w for w in caught), (name, caught)
@@ -426,8 +427,9 @@ def test_error_bar_coverage_against_exact(estimator):
     """95% batch-means intervals of EI_parts cover the exact value in most of 40 seeds at 1e4
     samples, where each corrected estimator's remaining bias is small against its error. With
     40 seeds a true coverage of 95% gives >= 33 hits with probability 0.99 (binomial).
-    Chao-Shen is left out: with few singletons its coverage factor is ~1 and it keeps most of
-    the plug-in bias here (measured: 24 of 40 covered), as the guide says."""
+    Chao-Shen is left out: here (1e4 samples, 99-189 occupied cells of 256 per pair, no
+    singletons) it is the plug-in estimator and keeps its first-order bias, about twice the
+    standard error; see `test_chao_shen_error_bars_keep_the_plugin_bias` and the guide."""
     chain, params, binning = _dense(3, 2, "sigmoid", 5)
     exact, _ = pure.ei_parts(jax.random.key(0), chain, params, method="exact", **binning)
     hits = 0
@@ -437,3 +439,46 @@ def test_error_bar_coverage_against_exact(estimator):
         low, high = info.confidence_interval
         hits += low <= exact <= high
     assert hits >= 33
+
+
+def test_chao_shen_is_plugin_without_singletons():
+    # the reason its error bars under-cover once cells are full: with no singleton the coverage
+    # C = 1, and each Horvitz-Thompson factor 1 - (1 - p)^N is 1 to within e^(-N p) (here below
+    # e^-1000), so Chao-Shen is plug-in and keeps plug-in's (m - 1) / 2N bias
+    table = np.random.default_rng(0).multinomial(100_000, np.full(64, 1 / 64)).reshape(8, 8)
+    assert table.min() > 1000
+    assert float(est.mutual_information(table, "chao_shen")) == pytest.approx(
+        float(est.mutual_information(table, "plugin")), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_chao_shen_error_bars_keep_the_plugin_bias():
+    """Why Chao-Shen is not in the coverage test: on its layer at 1e4 samples Chao-Shen's mean
+    error is most of the plug-in bias, which the intervals (centred on the value) do not cover.
+
+    Tolerances from sampling error: over 40 seeds the mean error has a standard error of
+    sd / sqrt(40) = 0.018 / 6.3 = 0.003 bits (sd measured over 200 seeds); the exact plug-in
+    bias B = 0.044 bits (`expected_plugin_mutual_information`, no sampling) and the measured mean
+    0.037 (200 seeds) lie 5 standard errors inside [B / 2, B + 3 standard errors]. Coverage:
+    measured 124 of 200 (62%); 40 seeds at 62% reach the nominal band of the other estimators
+    (>= 33 hits) with probability 0.006. If this fails because Chao-Shen's intervals now cover,
+    move it into the test above and update docs/guide/estimates.md."""
+    chain, params, binning = _dense(3, 2, "sigmoid", 5)
+    exact, _ = pure.ei_parts(jax.random.key(0), chain, params, method="exact", **binning)
+    tables = exact_ei_parts_tables(params[0]["w"], activation="sigmoid", **binning)
+    plugin_bias = float(est.expected_plugin_mutual_information(tables, 10_000).sum()) - exact
+    errors, standard_errors, hits = [], [], 0
+    for seed in range(40):
+        value, info = pure.ei_parts(jax.random.key(seed), chain, params, samples=10_000,
+                                    estimator="chao_shen", error_bars=10, **binning)
+        low, high = info.confidence_interval
+        hits += low <= exact <= high
+        errors.append(value - exact)
+        standard_errors.append(info.standard_error)
+    sem = np.std(errors, ddof=1) / math.sqrt(len(errors))
+    assert plugin_bias / 2 <= np.mean(errors) <= plugin_bias + 3 * sem
+    # bias b past 1.5 standard errors s: a value +- t s interval (t = 2.26) covers at most
+    # Phi(t - b / s) = 78% of the time (measured b / s = 1.9: Phi(0.36) = 64%, as observed);
+    # the measured mean error is 2.7 of its standard errors above 1.5 s
+    assert np.mean(errors) > 1.5 * np.mean(standard_errors)
+    assert hits < 33
