@@ -501,8 +501,11 @@ def load_results(path: str) -> list[dict]:
             value = record.get(name, 0.0) if name not in needed else record.get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                     not math.isfinite(value):
+                why = (" (nan: nothing was counted, every sample had an output outside the "
+                       "output range; leave the record out or measure with a wider range)"
+                       if isinstance(value, float) and math.isnan(value) else "")
                 raise UserError(f"RESULTS {path!r}: record {index} has {name}={value!r}; expected "
-                                f"a finite number")
+                                f"a finite number{why}")
     return records
 
 

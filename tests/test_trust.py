@@ -1,6 +1,7 @@
 """Numbers a user can trust at the defaults (issue 14, items 1-3): the estimated plug-in bias in
 every Info and its warning, NaN when nothing was counted, the NSB and Chao-Shen estimators and the
 shuffle correction, each against the exact value."""
+import importlib.util
 import math
 import warnings
 
@@ -278,11 +279,15 @@ def test_all_dropped_is_nan_in_the_torch_sweep_tracker_and_cli(tmp_path, capsys)
     with pytest.warns(RuntimeWarning, match="their sensitivity is NaN"):
         status = cli.main(["measure", str(tmp_path / "net.pt"), "--input-shape", "1,3",
                            "--samples", "1000", "--sensitivity-samples", "50",
-                           "--out-range", "2,3", "--no-progress"])
+                           "--out-range", "2,3", "--no-progress", "--json",
+                           str(tmp_path / "out.json")])
     row, *rest = capsys.readouterr().out.splitlines()[1:]
     assert status == 0 and row.split()[2:6] == ["nan"] * 4
     assert any("nothing was counted for layer(s) 0 (ei, ei_parts, sensitivity, degeneracy)"
                in line for line in rest)
+    if importlib.util.find_spec("matplotlib") is not None:  # plot refuses NaN, saying why
+        assert cli.main(["plot", str(tmp_path / "out.json"), "--out", str(tmp_path / "f")]) == 2
+        assert "nothing was counted" in capsys.readouterr().err
 
 
 def test_all_dropped_is_nan_in_the_torch_api():
