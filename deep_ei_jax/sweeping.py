@@ -540,7 +540,10 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         so one program serves all) when the sets do not fit together.
 
     Returns:
-      SweepResult with float64 arrays of shape [K] (and [K, n_in, n_out] matrices).
+      SweepResult with float64 arrays of shape [K] (and [K, n_in, n_out] matrices). A measure
+      that counted nothing for a set (policy "drop", every value outside out_range) is NaN
+      there, as in a single call; one RuntimeWarning per measure that dropped more than 1% of
+      some set's values names the sets and those that counted nothing.
     """
     names = _checks.check_measures(measures, MEASURES)
     _checks.check_samples("samples", samples)
