@@ -434,11 +434,13 @@ def format_table(records) -> str:
     if at:
         lines.append("(measured at one output position, channels or features by position: "
                      + ", ".join(dict.fromkeys(at)) + ")")
-    empty = [r["layer"] for r in records
-             if any(isinstance(r.get(m), float) and math.isnan(r[m]) for m in MEASURE_COLUMNS)]
+    empty = {r["layer"]: [m for m in MEASURE_COLUMNS
+                          if isinstance(r.get(m), float) and math.isnan(r[m])] for r in records}
+    empty = {layer: names for layer, names in empty.items() if names}
     if empty:
-        lines.append(f"(nan: nothing was counted for layer(s) {', '.join(map(str, empty))}: every "
-                     "sample had an output outside the output range and was dropped; widen the "
+        which = "; ".join(f"{layer} ({', '.join(names)})" for layer, names in empty.items())
+        lines.append(f"(nan: nothing was counted for layer(s) {which}: every sample of that "
+                     "measure had an output outside the output range and was dropped; widen the "
                      "output range)")
     return "\n".join(lines)
 
@@ -499,8 +501,11 @@ def load_results(path: str) -> list[dict]:
             value = record.get(name, 0.0) if name not in needed else record.get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                     not math.isfinite(value):
+                why = (" (nan: nothing was counted, every sample had an output outside the "
+                       "output range; leave the record out or measure with a wider range)"
+                       if isinstance(value, float) and math.isnan(value) else "")
                 raise UserError(f"RESULTS {path!r}: record {index} has {name}={value!r}; expected "
-                                f"a finite number")
+                                f"a finite number{why}")
     return records
 
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks, backends, driver, kernels, pairstats, planning
-from .histogram import bits_per_value, sorted_inputs_fit, state_bits
+from .histogram import bits_per_value, host_left_out, sorted_inputs_fit, state_bits
 from .information import entropy, mutual_information
 from .layers import ELEMENTWISE_FAN_IN, Chain, Dense, Flatten
 from .planning import Binning, sample_mesh
@@ -60,14 +60,18 @@ class SweepResult(NamedTuple):
       ei: vector EI, float64 [K] (NaN for a set whose every sample was dropped).
       ei_parts: EI_parts, float64 [K] (NaN, and its matrix too, for a set whose every (sample,
         output) value was dropped).
-      sensitivity: sensitivity, float64 [K].
-      degeneracy: sensitivity - EI, float64 [K].
+      sensitivity: sensitivity, float64 [K] (NaN, and its matrix too, for a set whose every
+        (sample, output) value of the one-input intervention was dropped).
+      degeneracy: sensitivity - EI, float64 [K] (NaN where either is).
       ei_parts_matrix: float64 [K, n_in, n_out] (rows: inputs).
       sensitivity_matrix: float64 [K, n_in, n_out].
       samples: samples of the all-inputs intervention (EI, EI_parts).
       sensitivity_samples: samples per input of the sensitivity intervention.
       dropped: int64 [K], samples left out of vector EI (an output out of range; policy "drop").
       out_of_range: int64 [K], (sample, output) values of the EI_parts samples outside out_range.
+      sensitivity_out_of_range: int64 [K], (sample, output) values of the one-input intervention
+        outside out_range, over every input (None when neither sensitivity nor degeneracy was
+        asked for).
     """
 
     ei: np.ndarray | None
@@ -80,6 +84,7 @@ class SweepResult(NamedTuple):
     sensitivity_samples: int
     dropped: np.ndarray | None
     out_of_range: np.ndarray | None
+    sensitivity_out_of_range: np.ndarray | None = None
 
     def records(self) -> list[dict]:
         """One dict per parameter set: {'index', measure values, 'samples', ...}."""
@@ -210,10 +215,11 @@ def _vector_pass(plan: _Plan, key, params, ranges):
 
 
 def _sensitivity_pass(plan: _Plan, key, params, ranges):
-    """The sensitivity matrix [n_in, n_out] (float32 bits) of one parameter set."""
+    """The sensitivity matrix [n_in, n_out] (float32 bits) of one parameter set, and its
+    (sample, output) values outside out_range, over every input (int32 scalar)."""
     sampling, counting = plan.single
     first_blocks = jnp.arange(plan.sensitivity_chunks, dtype=jnp.int32) * sampling.num_blocks
-    matrices = []
+    matrices, out_of_range = [], []
     for offset in range(0, sampling.num_inputs, sampling.inputs_per_chunk):
         carry = (counting.backend.new_pair_counts((sampling.inputs_per_chunk,
                                                    sampling.num_outputs),
@@ -225,9 +231,10 @@ def _sensitivity_pass(plan: _Plan, key, params, ranges):
                                              first_block, 0, plan.sensitivity_samples,
                                              offset), None
 
-        (counts, _), _ = jax.lax.scan(chunk, carry, first_blocks)
+        (counts, outside), _ = jax.lax.scan(chunk, carry, first_blocks)
         matrices.append(mutual_information(counts))
-    return jnp.concatenate(matrices, axis=0)[:sampling.num_inputs]
+        out_of_range.append(jnp.sum(outside))
+    return jnp.concatenate(matrices, axis=0)[:sampling.num_inputs], sum(out_of_range)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -244,7 +251,8 @@ def sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
     def one(key, params):
         result = _vector_pass(plan, key, params, ranges) if plan.vector is not None else {}
         if plan.single is not None:
-            result["sensitivity"] = _sensitivity_pass(plan, key, params, ranges)
+            result["sensitivity"], result["sensitivity_out_of_range"] = _sensitivity_pass(
+                plan, key, params, ranges)
         return result
     if plan.vectorized:
         return jax.vmap(one)(keys, stacked_params)
@@ -255,18 +263,23 @@ def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: i
                            batch: int) -> dict:
     """The sensitivity matrices of every set, counted on the host by the single calls' driver
     (`driver.host_sensitivity_tables`, the noise drawn once for all sets), MI by the same
-    compiled statistics on the same integers."""
+    compiled statistics on the same integers; and each set's (sample, output) values outside
+    out_range (under policy "drop" the entries the tables left out, else counted on the
+    device)."""
     sampling, counting = plan.single
-    tables, _ = driver.host_sensitivity_tables(sampling, counting, key, ranges, stacked_params,
-                                               num_sets, batch, plan.exact_vmap,
-                                               plan.sensitivity_samples)
+    clip = counting.policy != "drop"
+    tables, out_of_range = driver.host_sensitivity_tables(
+        sampling, counting, key, ranges, stacked_params, num_sets, batch, plan.exact_vmap,
+        plan.sensitivity_samples, with_out_of_range=clip)
+    if not clip:
+        out_of_range = host_left_out(tables, counting.in_bins, counting.out_bins).sum(axis=(1, 2))
     statistics = planning.Statistics()
     matrices = []
     for k in range(num_sets):
         stats = jax.device_get(driver.host_sensitivity_statistics(sampling, counting, statistics,
                                                                   tables[k]))
         matrices.append(np.concatenate([st[0] for st in stats])[:sampling.num_inputs])
-    return {"sensitivity": np.stack(matrices)}
+    return {"sensitivity": np.stack(matrices), "sensitivity_out_of_range": out_of_range}
 
 
 # ---------------------------------------------------------------- arguments and planning
@@ -532,7 +545,10 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         so one program serves all) when the sets do not fit together.
 
     Returns:
-      SweepResult with float64 arrays of shape [K] (and [K, n_in, n_out] matrices).
+      SweepResult with float64 arrays of shape [K] (and [K, n_in, n_out] matrices). A measure
+      that counted nothing for a set (policy "drop", every value outside out_range) is NaN
+      there, as in a single call; one RuntimeWarning per measure that dropped more than 1% of
+      some set's values names the sets and those that counted nothing.
     """
     names = _checks.check_measures(measures, MEASURES)
     _checks.check_samples("samples", samples)
@@ -572,7 +588,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
     outputs = jax.device_get(outputs)
     merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
     result = _assemble(names, merged, samples, sensitivity_samples, policy)
-    _warn_sets_dropped(result)
+    _warn_sets_dropped(result, policy, plan)
     return result
 
 
@@ -597,17 +613,33 @@ def _device_passes(plan: _Plan, key, stacked_params, ranges, num_sets: int, batc
     return outputs
 
 
-def _warn_sets_dropped(result: SweepResult):
-    if result.dropped is None:
+def _warn_sets_dropped(result: SweepResult, policy: str, plan: _Plan):
+    """One warning per measure that dropped more than 1% of some set's values, as a single call
+    warns (policy "drop"), naming the sets that counted nothing (their values are NaN)."""
+    if policy != "drop":
         return
-    fraction = result.dropped / result.samples
-    many = np.flatnonzero(fraction > 0.01)
-    if many.size:
+    sampling = (plan.vector or plan.single)[0]
+    n_in, n_out = sampling.num_inputs, sampling.num_outputs
+    what = "(sample, output) values"
+    for measure, left_out, total, unit in (
+            ("vector EI", result.dropped, result.samples, "samples"),
+            ("EI_parts", result.out_of_range, result.samples * n_out, what),
+            ("sensitivity", result.sensitivity_out_of_range,
+             result.sensitivity_samples * n_in * n_out, what)):
+        if left_out is None or total == 0:
+            continue
+        fraction = left_out / total
+        many = np.flatnonzero(fraction > 0.01)
+        if not many.size:
+            continue
         worst = int(np.argmax(fraction))
+        empty = np.flatnonzero(left_out >= total)
+        nothing = (f"; sets {list(map(int, empty))} counted nothing, so their {measure} is NaN"
+                   if empty.size else "")
         warnings.warn(
-            f"{many.size} of {len(fraction)} parameter sets dropped more than 1% of the samples "
-            f"from vector EI (an output outside out_range; worst: set {worst}, "
-            f"{100 * fraction[worst]:.1f}%); widen out_range or use policy='clip'",
+            f"{many.size} of {len(fraction)} parameter sets dropped more than 1% of the {unit} "
+            f"from {measure} (an output outside out_range; worst: set {worst}, "
+            f"{100 * fraction[worst]:.1f}%){nothing}; widen out_range or use policy='clip'",
             RuntimeWarning, stacklevel=3)
 
 
@@ -629,8 +661,12 @@ def _assemble(names, merged, samples, sensitivity_samples, policy) -> SweepResul
             empty = oor.reshape(len(oor), -1).sum(1) >= samples * parts_matrix.shape[2]
             parts_matrix[empty] = np.nan
         parts = parts_matrix.sum(axis=(1, 2))
+    sens_oor = None
     if "sensitivity" in merged:
         sens_matrix = merged["sensitivity"].astype(np.float64)
+        sens_oor = merged["sensitivity_out_of_range"].astype(np.int64)
+        if policy == "drop":  # as EI_parts: a set that counted nothing is NaN
+            sens_matrix[sens_oor >= sensitivity_samples * sens_matrix[0].size] = np.nan
         sens = sens_matrix.sum(axis=(1, 2))
     if "degeneracy" in names:
         degeneracy = sens - ei
@@ -640,4 +676,4 @@ def _assemble(names, merged, samples, sensitivity_samples, policy) -> SweepResul
         ei_parts_matrix=parts_matrix,
         sensitivity_matrix=sens_matrix if "sensitivity" in names else None,
         samples=samples, sensitivity_samples=sensitivity_samples, dropped=dropped,
-        out_of_range=oor)
+        out_of_range=oor, sensitivity_out_of_range=sens_oor)

@@ -44,19 +44,22 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
     for k, params in enumerate(sets):
         ei, info = pure.ei(key, chain, params, samples=samples, **binning)
         parts, parts_info = pure.ei_parts(key, chain, params, samples=samples, **binning)
-        sens, _ = pure.sensitivity(key, chain, params, samples=sensitivity_samples, **binning)
-        # NaN (both) where a set's every sample was dropped: nothing counted
+        sens, sens_info = pure.sensitivity(key, chain, params, samples=sensitivity_samples,
+                                           **binning)
+        # NaN (both) where a set's every sample (or value) was dropped: nothing counted
         np.testing.assert_allclose(result.ei[k], ei, rtol=0, atol=EI_TOL, err_msg=str(k))
-        if binning.get("method") == "numba":  # the single call's counts and compiled formulas
-            np.testing.assert_array_equal(result.ei[k], ei)
-            assert result.ei_parts[k] == parts
-            assert result.sensitivity[k] == sens
         pairs = result.ei_parts_matrix[k].size
-        assert abs(result.ei_parts[k] - parts) <= parts_tol(pairs, samples)
-        assert abs(result.sensitivity[k] - sens) <= parts_tol(pairs, sensitivity_samples)
+        exact = binning.get("method") == "numba"  # the single call's counts and formulas
+        np.testing.assert_allclose(result.ei_parts[k], parts, rtol=0,
+                                   atol=0 if exact else parts_tol(pairs, samples))
+        np.testing.assert_allclose(result.sensitivity[k], sens, rtol=0,
+                                   atol=0 if exact else parts_tol(pairs, sensitivity_samples))
+        if exact:
+            np.testing.assert_array_equal(result.ei[k], ei)
         np.testing.assert_array_equal(result.degeneracy[k], result.sensitivity[k] - result.ei[k])
         assert result.dropped[k] == info.dropped
         assert result.out_of_range[k] == parts_info.out_of_range
+        assert result.sensitivity_out_of_range[k] == sens_info.out_of_range
     return result
 
 

@@ -1,6 +1,7 @@
 """Numbers a user can trust at the defaults (issue 14, items 1-3): the estimated plug-in bias in
 every Info and its warning, NaN when nothing was counted, the NSB and Chao-Shen estimators and the
 shuffle correction, each against the exact value."""
+import importlib.util
 import math
 import warnings
 
@@ -150,14 +151,143 @@ def test_partly_dropped_pairs_count_zero_not_nan():
     assert np.isfinite(matrix).all() and (matrix[:, 1] == 0).all() and matrix[0, 0] > 0
 
 
-def test_all_dropped_is_nan_in_sweeps():
-    chain, params = _sigmoid_layer()
-    stacked = pure.stack_params([params, params])
-    with pytest.warns(RuntimeWarning):
-        result = pure.sweep(jax.random.key(0), chain, stacked, samples=1000,
-                            sensitivity_samples=50, out_range=(2.0, 3.0))
-    assert np.isnan(result.ei).all() and np.isnan(result.ei_parts).all()
-    assert np.isnan(result.degeneracy).all() and np.isnan(result.ei_parts_matrix).all()
+SWEPT = ("ei", "ei_parts", "sensitivity", "degeneracy")
+
+
+def _two_sets():
+    """Two sets of a 3 -> 2 sigmoid layer. Set 0 (all weights 1): one noised input reaches at most
+    sigmoid(1) = 0.73, all three sigmoid(3) = 0.95. Set 1: output 1 = sigmoid(-8 x0 + x2) < 0.74."""
+    chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(3,))
+    ones = {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+    other = {"w": np.array([[8, -8], [0, 0], [1, 1]], np.float32), "b": np.zeros(2, np.float32)}
+    return chain, [(ones,), (other,)]
+
+
+def _same(a, b):
+    """Equal, NaN where the other is NaN (a sweep and a single call of one set)."""
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def _single_calls(params, chain, method, out_range, samples=1000, sensitivity_samples=50):
+    """Each swept measure of one set by single calls (each warning as a single call warns),
+    and the warnings."""
+    key, options = jax.random.key(0), dict(out_range=out_range, method=method, bias_warning=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ei, _ = pure.ei(key, chain, params, samples=samples, **options)
+        parts, _ = pure.ei_parts(key, chain, params, samples=samples, **options)
+        sens, _ = pure.sensitivity(key, chain, params, samples=sensitivity_samples, **options)
+    return dict(ei=ei, ei_parts=parts, sensitivity=sens, degeneracy=sens - ei), \
+        [str(w.message) for w in caught]
+
+
+def _swept(chain, sets, method, out_range, measures=SWEPT):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pure.sweep(jax.random.key(0), chain, pure.stack_params(sets), samples=1000,
+                            sensitivity_samples=50, out_range=out_range, method=method,
+                            measures=measures)
+    return result, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("method", ["numba", "scatter"])  # counted on the host; on the device
+def test_all_dropped_is_nan_in_sweeps_and_single_calls(method):
+    chain, sets = _two_sets()
+    result, caught = _swept(chain, sets, method, (2.0, 3.0))  # no sigmoid output reaches it
+    for name in SWEPT:
+        assert np.isnan(getattr(result, name)).all(), name
+    assert np.isnan(result.ei_parts_matrix).all() and np.isnan(result.sensitivity_matrix).all()
+    np.testing.assert_array_equal(result.sensitivity_out_of_range, 50 * 3 * 2)
+    for measure in ("vector EI", "EI_parts", "sensitivity"):  # one warning per measure
+        assert sum(f"counted nothing, so their {measure} is NaN" in w and "dropped" in w
+                   for w in caught) == 1, (measure, caught)
+    for params in sets:
+        single, warned = _single_calls(params, chain, method, (2.0, 3.0))
+        assert all(math.isnan(v) for v in single.values()), single
+        assert sum("were dropped" in w for w in warned) == 3  # EI, EI_parts, sensitivity
+    # each measure alone (only its own work runs) is NaN and warns (EI alone: the sweep's
+    # dropped warning before this issue, in test_sweep.py)
+    for name, measure in (("sensitivity", "sensitivity"), ("degeneracy", "sensitivity"),
+                          ("ei_parts", "EI_parts")):
+        alone, caught = _swept(chain, sets, method, (2.0, 3.0), measures=(name,))
+        assert np.isnan(getattr(alone, name)).all(), name
+        assert any(f"their {measure} is NaN" in w for w in caught), (name, caught)
+    clipped = pure.sweep(jax.random.key(0), chain, pure.stack_params(sets), samples=1000,
+                         sensitivity_samples=50, out_range=(2.0, 3.0), method=method,
+                         policy="clip")  # clipped values are counted: nothing is NaN
+    assert all(np.isfinite(getattr(clipped, name)).all() for name in SWEPT)
+
+
+@pytest.mark.parametrize("method", ["numba", "scatter"])
+def test_partly_dropped_sweep_equals_single_calls(method):
+    # out_range (0.9, 1): set 0's one-input sensitivity counts nothing (NaN) while its EI and
+    # EI_parts count some samples; set 1 drops every sample whole from EI (output 1 never gets
+    # there) but counts output 0's EI_parts and sensitivity pairs. The sweep matches each single
+    # call: NaN where it is NaN, else equal (numba: the same counts and compiled formulas, so
+    # exactly; scatter: float32 rounding of the same formulas, bounded as in test_sweep.py)
+    chain, sets = _two_sets()
+    result, caught = _swept(chain, sets, method, (0.9, 1.0))
+    for k, params in enumerate(sets):
+        single, _ = _single_calls(params, chain, method, (0.9, 1.0))
+        for name in SWEPT:
+            swept = float(getattr(result, name)[k])
+            if method == "numba" or math.isnan(single[name]):
+                assert _same(swept, single[name]), (k, name, swept, single[name])
+            else:
+                assert swept == pytest.approx(single[name], abs=1e-4), (k, name)
+    assert math.isnan(result.sensitivity[0]) and np.isfinite(result.ei_parts).all()
+    assert math.isfinite(result.ei[0]) and math.isnan(result.ei[1])
+    assert np.isfinite(result.sensitivity[1]) and 0 < result.sensitivity_out_of_range[1] < 300
+    assert any("sets [0] counted nothing, so their sensitivity is NaN" in w for w in caught)
+    # a wider out_range drops some values of every measure and counts the rest: all finite
+    result, caught = _swept(chain, sets, method, (0.6, 1.0))
+    assert all(np.isfinite(getattr(result, name)).all() for name in SWEPT)
+    assert (result.sensitivity_out_of_range > 0).all() and (result.dropped > 0).all()
+    assert not any("counted nothing" in w for w in caught)
+    for k, params in enumerate(sets):
+        single, warned = _single_calls(params, chain, method, (0.6, 1.0))
+        assert any("were dropped" in w for w in warned)
+        for name in SWEPT:
+            assert float(getattr(result, name)[k]) == pytest.approx(
+                single[name], abs=0 if method == "numba" else 1e-4), (k, name)
+
+
+def _torch_net(torch):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Sigmoid())
+
+
+def test_all_dropped_is_nan_in_the_torch_sweep_tracker_and_cli(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    import deep_ei_jax as dei
+    nets = [_torch_net(torch), _torch_net(torch)]
+    options = dict(samples=1000, sensitivity_samples=50, out_range=(2.0, 3.0))
+    with pytest.warns(RuntimeWarning, match="their sensitivity is NaN"):
+        records = dei.sweep(nets, torch.zeros((1, 3)), **options)
+    assert len(records) == 2
+    assert all(math.isnan(r[name]) for r in records for name in SWEPT)
+    top = dei.topology_of(nets[0], torch.zeros((1, 3)))
+    with pytest.warns(RuntimeWarning, match="dropped"):
+        assert math.isnan(dei.sensitivity_of_layer(nets[0][0], top, samples=50, seed=0,
+                                                   out_range=(2.0, 3.0)))
+    tracker = dei.Tracker(tmp_path / "run.jsonl", torch.zeros((1, 3)), every=1, **options)
+    with pytest.warns(RuntimeWarning, match="their sensitivity is NaN"):
+        returned = tracker(nets[0], 0)
+    for record in returned + tracker.records():  # NaN survives the JSON line
+        assert all(math.isnan(record[name]) for name in SWEPT), record
+    torch.jit.script(nets[0]).save(str(tmp_path / "net.pt"))
+    with pytest.warns(RuntimeWarning, match="their sensitivity is NaN"):
+        status = cli.main(["measure", str(tmp_path / "net.pt"), "--input-shape", "1,3",
+                           "--samples", "1000", "--sensitivity-samples", "50",
+                           "--out-range", "2,3", "--no-progress", "--json",
+                           str(tmp_path / "out.json")])
+    row, *rest = capsys.readouterr().out.splitlines()[1:]
+    assert status == 0 and row.split()[2:6] == ["nan"] * 4
+    assert any("nothing was counted for layer(s) 0 (ei, ei_parts, sensitivity, degeneracy)"
+               in line for line in rest)
+    if importlib.util.find_spec("matplotlib") is not None:  # plot refuses NaN, saying why
+        assert cli.main(["plot", str(tmp_path / "out.json"), "--out", str(tmp_path / "f")]) == 2
+        assert "nothing was counted" in capsys.readouterr().err
 
 
 def test_all_dropped_is_nan_in_the_torch_api():
@@ -302,8 +432,9 @@ def test_error_bar_coverage_against_exact(estimator):
     """95% batch-means intervals of EI_parts cover the exact value in most of 40 seeds at 1e4
     samples, where each corrected estimator's remaining bias is small against its error. With
     40 seeds a true coverage of 95% gives >= 33 hits with probability 0.99 (binomial).
-    Chao-Shen is left out: with few singletons its coverage factor is ~1 and it keeps most of
-    the plug-in bias here (measured: 24 of 40 covered), as the guide says."""
+    Chao-Shen is left out: here (1e4 samples, 99-189 occupied cells of 256 per pair, no
+    singletons) it is the plug-in estimator and keeps its first-order bias, about twice the
+    standard error; see `test_chao_shen_error_bars_keep_the_plugin_bias` and the guide."""
     chain, params, binning = _dense(3, 2, "sigmoid", 5)
     exact, _ = pure.ei_parts(jax.random.key(0), chain, params, method="exact", **binning)
     hits = 0
@@ -313,3 +444,46 @@ def test_error_bar_coverage_against_exact(estimator):
         low, high = info.confidence_interval
         hits += low <= exact <= high
     assert hits >= 33
+
+
+def test_chao_shen_is_plugin_without_singletons():
+    # the reason its error bars under-cover once cells are full: with no singleton the coverage
+    # C = 1, and each Horvitz-Thompson factor 1 - (1 - p)^N is 1 to within e^(-N p) (here below
+    # e^-1000), so Chao-Shen is plug-in and keeps plug-in's (m - 1) / 2N bias
+    table = np.random.default_rng(0).multinomial(100_000, np.full(64, 1 / 64)).reshape(8, 8)
+    assert table.min() > 1000
+    assert float(est.mutual_information(table, "chao_shen")) == pytest.approx(
+        float(est.mutual_information(table, "plugin")), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_chao_shen_error_bars_keep_the_plugin_bias():
+    """Why Chao-Shen is not in the coverage test: on its layer at 1e4 samples Chao-Shen's mean
+    error is most of the plug-in bias, which the intervals (centred on the value) do not cover.
+
+    Tolerances from sampling error: over 40 seeds the mean error has a standard error of
+    sd / sqrt(40) = 0.018 / 6.3 = 0.003 bits (sd measured over 200 seeds); the exact plug-in
+    bias B = 0.044 bits (`expected_plugin_mutual_information`, no sampling) and the measured mean
+    0.037 (200 seeds) lie 5 standard errors inside [B / 2, B + 3 standard errors]. Coverage:
+    measured 124 of 200 (62%); 40 seeds at 62% reach the nominal band of the other estimators
+    (>= 33 hits) with probability 0.006. If this fails because Chao-Shen's intervals now cover,
+    move it into the test above and update docs/guide/estimates.md."""
+    chain, params, binning = _dense(3, 2, "sigmoid", 5)
+    exact, _ = pure.ei_parts(jax.random.key(0), chain, params, method="exact", **binning)
+    tables = exact_ei_parts_tables(params[0]["w"], activation="sigmoid", **binning)
+    plugin_bias = float(est.expected_plugin_mutual_information(tables, 10_000).sum()) - exact
+    errors, standard_errors, hits = [], [], 0
+    for seed in range(40):
+        value, info = pure.ei_parts(jax.random.key(seed), chain, params, samples=10_000,
+                                    estimator="chao_shen", error_bars=10, **binning)
+        low, high = info.confidence_interval
+        hits += low <= exact <= high
+        errors.append(value - exact)
+        standard_errors.append(info.standard_error)
+    sem = np.std(errors, ddof=1) / math.sqrt(len(errors))
+    assert plugin_bias / 2 <= np.mean(errors) <= plugin_bias + 3 * sem
+    # bias b past 1.5 standard errors s: a value +- t s interval (t = 2.26) covers at most
+    # Phi(t - b / s) = 78% of the time (measured b / s = 1.9: Phi(0.36) = 64%, as observed);
+    # the measured mean error is 2.7 of its standard errors above 1.5 s
+    assert np.mean(errors) > 1.5 * np.mean(standard_errors)
+    assert hits < 33

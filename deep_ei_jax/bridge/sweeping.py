@@ -302,7 +302,7 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
       'layer' (name), 'layer_index', 'module', 'position' (only for layers measured at an
       output position), the measures asked for (bits), 'samples', 'sensitivity_samples',
       'in_bins', 'out_bins', 'in_range', 'out_range' (the ranges used: (low, high) or
-      'dynamic').
+      'dynamic'). A measure that counted nothing is NaN (with a warning), as in a single call.
     """
     check_example_input(example_input)
     check_settings(samples=samples, sensitivity_samples=sensitivity_samples, in_bins=in_bins,
