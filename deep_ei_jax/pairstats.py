@@ -131,37 +131,27 @@ def _count(table, xa, yb, width, n):
         table[np.uint32(xa[s]) * width + np.uint32(yb[s])] += 1
 
 
+def _take(table, xa, yb, width, s):
+    """The count of sample s's cell, which is then cleared."""
+    key = np.uint32(xa[s]) * width + np.uint32(yb[s])
+    c = table[key]
+    table[key] = 0
+    return c
+
+
 def _read_by_samples(table, xa, yb, width, n, g, p, with_psi):
     """(sum n ln n, occupied, sum n psi(n) (0 unless with_psi)) over the cells the samples
     touched, clearing them as it goes: a cell's first sample reads its count, the others read
     the 0 left behind, which adds nothing (g[0] = p[0] = 0). Branch-free: cost ~ samples."""
-    g0 = g1 = p0 = 0.0
+    total_g = total_p = 0.0
     occupied = 0
-    half = n - n % 2
-    for s in range(0, half, 2):  # two chains of sums, to overlap their latencies
-        key = np.uint32(xa[s]) * width + np.uint32(yb[s])
-        c = table[key]
-        table[key] = 0
-        g0 += g[c]
+    for s in range(n):
+        c = _take(table, xa, yb, width, s)
+        total_g += g[c]
         occupied += c > 0
         if with_psi:
-            p0 += p[c]
-        key = np.uint32(xa[s + 1]) * width + np.uint32(yb[s + 1])
-        c = table[key]
-        table[key] = 0
-        g1 += g[c]
-        occupied += c > 0
-        if with_psi:
-            p0 += p[c]
-    for s in range(half, n):
-        key = np.uint32(xa[s]) * width + np.uint32(yb[s])
-        c = table[key]
-        table[key] = 0
-        g0 += g[c]
-        occupied += c > 0
-        if with_psi:
-            p0 += p[c]
-    return g0 + g1, occupied, p0
+            total_p += p[c]
+    return total_g, occupied, total_p
 
 
 def _scan(table, cells, g, p, with_psi):
@@ -302,6 +292,7 @@ def _input_pairs(a, xa, compact, n, widths, dirty, col_counts, row_counts, colum
 if numba is not None:
     _margin_sums = numba.njit(nogil=True, cache=True)(_margin_sums)
     _count = numba.njit(nogil=True, cache=True)(_count)
+    _take = numba.njit(nogil=True, cache=True)(_take)
     _read_by_samples = numba.njit(nogil=True, cache=True)(_read_by_samples)
     _scan = numba.njit(nogil=True, cache=True)(_scan)
     _spare_column = numba.njit(nogil=True, cache=True)(_spare_column)
