@@ -42,7 +42,7 @@ def random_bins(rng, samples, n_in, n_out, in_bins, out_bins):
 # samples below, near and above the cells of a table (64 x occupied columns): both of the
 # kernel's ways of reducing a pair, and the switch between them
 @pytest.mark.parametrize("samples,in_bins,out_bins", [(60, 8, 8), (300, 64, 64), (900, 16, 16),
-                                                      (6000, 8, 8)])
+                                                      (6000, 8, 8), (700, 8, 32)])
 def test_kernel_equals_numpy_estimators_on_the_same_counts(samples, in_bins, out_bins):
     rng = np.random.default_rng(samples)
     x, y = random_bins(rng, samples, 5, 6, in_bins, out_bins)
@@ -194,9 +194,15 @@ def test_sweep_by_samples_equals_single_calls_exactly(key):
     kwargs = dict(samples=2500, in_bins=16, out_bins=16, out_range=(0.1, 0.9),
                   memory_budget=4 * n_in * n_out * 16 * 16 - 1)  # the tables would not fit
     result = quiet(sweeping.sweep, key, chain, stacked, measures=("ei_parts",), **kwargs)
+    # asked for by name, with EI too: the pairs are then counted on a second thread beside the
+    # joint states
+    named = dict(kwargs, memory_budget=2 ** 30, method="samples")
+    both = quiet(sweeping.sweep, key, chain, stacked, measures=("ei", "ei_parts"), **named)
     for k in range(3):
-        matrix, info = quiet(pure.ei_parts_matrix, key, chain,
-                             jax.tree_util.tree_map(lambda a: a[k], stacked), **kwargs)
+        params = jax.tree_util.tree_map(lambda a: a[k], stacked)
+        matrix, info = quiet(pure.ei_parts_matrix, key, chain, params, **kwargs)
         assert info.method == "samples"
         assert result.ei_parts_matrix[k].tobytes() == matrix.tobytes()
+        assert both.ei_parts_matrix[k].tobytes() == matrix.tobytes()
         assert result.out_of_range[k] == info.out_of_range > 0
+        assert both.ei[k] == quiet(pure.ei, key, chain, params, **named)[0]
