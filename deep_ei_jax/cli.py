@@ -383,7 +383,7 @@ def measure(args) -> int:
                              sensitivity_samples=args.sensitivity_samples, in_bins=in_bins,
                              out_bins=out_bins, in_range=in_ranges[layer],
                              out_range=out_ranges[layer], seed=args.seed, position=args.position,
-                             captured=captured)
+                             captured=captured, progress=not args.no_progress)
         except NotImplementedError as error:
             raise UserError(f"layer {layer!r} cannot be measured: {error}") from None
         except ValueError as error:  # e.g. count tables too large for these bins

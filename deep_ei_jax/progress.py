@@ -8,12 +8,13 @@ and the call ends it with `close()`. A bar is drawn only on a terminal (stderr, 
 pytest, CI logs and notebooks stay silent; `SILENT` reports nothing. Nothing here is global:
 importing this module changes no state, and tqdm is imported when a bar is first needed.
 
-A `KeyboardInterrupt` (Ctrl-C) stops a call between two reports at the latest: the loops that
-report are the host's loops over device calls and host counts, each of which returns within about
-a second on a CPU with numba (README, the pure-JAX API).
+A `KeyboardInterrupt` (Ctrl-C) reaches the main thread between two device calls or host counts,
+the steps these loops report: each returns within about a second on a CPU with numba (README,
+the pure-JAX API).
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -25,9 +26,8 @@ class Progress:
 
     A call may run several passes (the adaptive rules' doubling steps, a second pass for error
     bars): each `start` replaces the bar of the previous pass on the same line, and the delay
-    counts from the first `start` of the call. `close` ends the call (a later `start` begins a
-    new one); the last bar stays on screen unless it is nested under another bar (the command
-    line's bar over layers).
+    counts from the first `start` of the call. `close` ends the call and clears its bar (a later
+    `start` begins a new call).
 
     Args:
       delay: seconds the call runs before a bar is drawn.
@@ -49,7 +49,6 @@ class Progress:
         if self.began is None:
             self.began = time.monotonic()
         if self.bar is not None:  # the next pass takes this line
-            self.bar.leave = False
             self.bar.close()
             self.bar = None
         file = sys.stderr if self.file is None else self.file
@@ -62,7 +61,7 @@ class Progress:
         waited = time.monotonic() - self.began
         self.bar = tqdm(total=int(total), unit=unit, desc=desc, file=file,
                         unit_scale=total >= 10_000, delay=max(0.0, self.delay - waited),
-                        leave=None, dynamic_ncols=True)
+                        leave=False, dynamic_ncols=True)
 
     def update(self, n: int) -> None:
         """Reports `n` more units of the current pass done."""
@@ -112,6 +111,16 @@ def reporter(progress) -> Progress:
         return SILENT
     raise TypeError(f"progress must be True, False or a deep_ei_jax.progress.Progress; got "
                     f"{progress!r}")
+
+
+def reporting(function):
+    """`function` with its keyword `progress` (True, False or a `Progress`) given as a `Progress`,
+    closed when the function returns or raises."""
+    @functools.wraps(function)
+    def reported(*args, progress=True, **kwargs):
+        with reporter(progress) as given:
+            return function(*args, progress=given, **kwargs)
+    return reported
 
 
 def each(items, progress: Progress, *, unit: str, desc: str):

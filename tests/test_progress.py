@@ -62,7 +62,7 @@ def test_a_bar_on_a_terminal_shows_units_rate_and_total(key, monkeypatch):
     pure.ei_parts(key, chain, params, samples=4000, progress=Progress(delay=0), **SMALL)
     drawn = terminal.getvalue()
     assert "EI_parts (4000 samples)" in drawn
-    assert "10/10" in drawn and "output/s" in drawn  # units done of the total, and the rate
+    assert "0/10 [" in drawn and "output/s]" in drawn  # units done of the total, and the rate
 
 
 @pytest.mark.parametrize("stream, progress", [(Terminal, False), (io.StringIO, True),
@@ -99,14 +99,15 @@ def test_the_bar_waits_for_its_delay_counted_from_the_first_pass():
     progress.update(4)
     progress.close()
     drawn = terminal.getvalue()
-    assert "first pass" not in drawn and "second pass" in drawn and "4/4" in drawn
+    assert "first pass" not in drawn and "second pass:   0%" in drawn and "0/4 [" in drawn
+    assert drawn.endswith("\r")  # closed: the bar is cleared (the cursor back at its start)
 
 
 def test_force_draws_on_any_stream_and_each_reports_items():
     stream = io.StringIO()
     assert list(each([1, 2, 3], Progress(delay=0, file=stream, force=True), unit="layer",
                      desc="measuring")) == [1, 2, 3]
-    assert "measuring" in stream.getvalue() and "3/3" in stream.getvalue()
+    assert "measuring:   0%" in stream.getvalue() and "0/3 [" in stream.getvalue()
 
 
 def test_reporter_and_bad_arguments(key):
@@ -177,6 +178,41 @@ def test_the_deep_ei_api_passes_progress_and_reports_seconds(monkeypatch):
     dei.sensitivity_of_layer(net[0], top, samples=300, in_bins=8, out_bins=8, seed=0,
                              progress=False)
     assert terminal.getvalue() == ""
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("numba", [(3 * 3000, "sample"), (3 * 12, "input")]),  # host: (set, sample), (set, input)
+    ("scatter", [(3, "set")]),  # on the device: sets done, one compiled call at a time
+])
+def test_a_sweep_reports_its_passes(key, method, expected):
+    pytest.importorskip("numba") if method == "numba" else None
+    chain, params = layer(n_in=12, n_out=10)
+    stacked = pure.stack_params([params, layer(seed=1)[1], layer(seed=2)[1]])
+    recording = Recording()
+    pure.sweep(key, chain, stacked, in_bins=8, out_bins=8, samples=3000, sensitivity_samples=300,
+               method=method, max_batch=1, progress=recording)
+    assert [tuple(p) for p in recording.passes] == [(total, unit, total)
+                                                     for total, unit in expected]
+    if method == "scatter":
+        assert recording.reports == [3]  # one report per call of one set (max_batch=1)
+
+
+def test_the_command_line_bar_and_no_progress(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from deep_ei_jax import cli
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 2),
+                              torch.nn.Sigmoid())
+    torch.save(net, tmp_path / "net.pt")
+    arguments = ["measure", str(tmp_path / "net.pt"), "--input-shape", "1,4", "--trust-pickle",
+                 "--bins", "8", "--samples", "2000", "--sensitivity-samples", "200"]
+    for extra, shown in (([], True), (["--no-progress"], False)):
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert cli.main(arguments + extra) == 0
+        assert ("measuring" in terminal.getvalue() and "/2 [" in terminal.getvalue()) == shown
+        if not shown:
+            assert terminal.getvalue() == ""  # nor the layers' own bars
 
 
 def test_importing_the_package_does_not_import_tqdm():

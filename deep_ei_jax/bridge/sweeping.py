@@ -262,7 +262,7 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
           out_bins: int = 64, in_range=None, out_range=None, seed: int = 0, steps=None,
           policy: str = "drop", method: str = "auto", max_batch: int | None = None,
           memory_budget: int = sweeping.DEFAULT_CALL_MEMORY_BUDGET, devices=None, position=None,
-          captured=None) -> list[dict]:
+          captured=None, progress: bool = True) -> list[dict]:
     """EI, EI_parts, sensitivity and degeneracy of every layer of many models of one architecture.
 
     Each layer's parameter sets are stacked and measured in one compiled call. Ranges are given
@@ -296,6 +296,8 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
         tuple, 'all', or a dict from layer name to one of these (see `ei_of_layer`).
       captured: the captured graph (`bridge.graph.capture`, first sample) of a model of this
         architecture, to reuse instead of tracing the first model (a `Tracker` passes it).
+      progress: a progress bar on a terminal for each layer's measurement past 2 s
+        (`deep_ei_jax.progress`).
 
     Returns:
       A list of records (dicts), one per (model, layer): 'model' (index), 'step' (when given),
@@ -324,7 +326,7 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
         options = dict(in_range=ranges[0], out_range=ranges[1], in_bins=in_bins,
                        out_bins=out_bins, samples=samples,
                        sensitivity_samples=sensitivity_samples, measures=names, policy=policy,
-                       method=method)
+                       method=method, progress=progress)
         rows = _layer_rows(key, chain, params, options, max_batch=max_batch,
                            memory_budget=memory_budget, devices=devices)
         layer = dict(layer=name, layer_index=index, module=short)
