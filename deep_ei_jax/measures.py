@@ -209,7 +209,8 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
       shuffle_correction: k >= 1 (fixed `samples`): subtract per pair the mean of k surrogates,
         N fresh samples each with the inputs' bins permuted over each chunk's samples (margins
         kept, dependence broken); in `Info.surrogates` and `Info.surrogate_spread`.
-      progress: a progress bar on a terminal for a call past 2 s (`deep_ei_jax.progress`).
+      progress: a progress bar on a terminal for a call past 2 s; False: none; or a
+        `deep_ei_jax.progress.Progress` (another stream, delay, or forced).
 
     Returns:
       (matrix float64 [n_in, n_out] in bits, Info). All NaN when nothing was counted (policy

@@ -528,7 +528,8 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         `lax.map`, e.g. convolutions) run on one device.
       memory_budget: bytes one call may hold; K is split into equal calls (the last one padded,
         so one program serves all) when the sets do not fit together.
-      progress: a progress bar on a terminal for a sweep past 2 s (`deep_ei_jax.progress`).
+      progress: a progress bar on a terminal for a sweep past 2 s; False: none; or a
+        `deep_ei_jax.progress.Progress`.
 
     Returns:
       SweepResult with float64 arrays of shape [K] (and [K, n_in, n_out] matrices).

@@ -290,14 +290,12 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
         mapping that names a layer the model does not have raises a ValueError listing them.
       seed: the PRNG seed; the same for every layer and model, as single calls with `seed=`.
       steps: optional labels, one per model (e.g. training steps), stored as 'step'.
-      policy, method, max_batch, memory_budget, devices: as `deep_ei_jax.pure.sweep` (devices
-        shards each layer's checkpoints over devices).
+      policy, method, max_batch, memory_budget, devices, progress: as `deep_ei_jax.pure.sweep`
+        (devices shards each layer's checkpoints over devices; progress: a bar per layer).
       position: for layers whose output has positions (pixels, tokens): None the centre, a
         tuple, 'all', or a dict from layer name to one of these (see `ei_of_layer`).
       captured: the captured graph (`bridge.graph.capture`, first sample) of a model of this
         architecture, to reuse instead of tracing the first model (a `Tracker` passes it).
-      progress: a progress bar on a terminal for each layer's measurement past 2 s
-        (`deep_ei_jax.progress`).
 
     Returns:
       A list of records (dicts), one per (model, layer): 'model' (index), 'step' (when given),
