@@ -27,6 +27,7 @@ import zipfile
 
 from ._cache import enable_from_environment
 from ._files import atomic_write
+from .progress import SILENT, Progress, each
 
 MEASURE_COLUMNS = ("ei", "ei_parts", "sensitivity", "degeneracy")
 EXIT_USAGE = 2
@@ -318,16 +319,6 @@ def _measurable_layers(model, topology, requested, position=None):
     return chosen
 
 
-def _progress(items, enabled: bool, description: str):
-    if not enabled or not sys.stderr.isatty():
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=description, unit="layer", file=sys.stderr)
-
-
 def list_layers(model, topology) -> str:
     """Every submodule call of the model's captured graph: measurable or why not (one line)."""
     from .bridge.sweeping import measurable_layers
@@ -385,13 +376,14 @@ def measure(args) -> int:
     in_ranges = layer_range_options("--in-range", args.in_range, layers, allow_dynamic=False)
     out_ranges = layer_range_options("--out-range", args.out_range, layers, allow_dynamic=True)
     records = []
-    for layer in _progress(layers, not args.no_progress, "measuring"):
+    layer_bar = SILENT if args.no_progress else Progress(delay=0)  # drawn at once on a terminal
+    for layer in each(layers, layer_bar, unit="layer", desc="measuring"):
         try:
             records += sweep([model], example, layers=[layer], samples=args.samples,
                              sensitivity_samples=args.sensitivity_samples, in_bins=in_bins,
                              out_bins=out_bins, in_range=in_ranges[layer],
                              out_range=out_ranges[layer], seed=args.seed, position=args.position,
-                             captured=captured)
+                             captured=captured, progress=not args.no_progress)
         except NotImplementedError as error:
             raise UserError(f"layer {layer!r} cannot be measured: {error}") from None
         except ValueError as error:  # e.g. count tables too large for these bins

@@ -21,6 +21,7 @@ from . import _checks, kernels
 from . import estimators as _estimators
 from .histogram import SortedInputs, StateCounts, bits_per_value, state_bits
 from .planning import Counting, Plan, Sampling, Statistics, first_blocks
+from .progress import SILENT, Progress
 from .sampling import SAMPLE_BLOCK
 
 
@@ -55,6 +56,13 @@ def chunks(sampling: Sampling, start: int, stop: int):
             yield first, sampling
 
 
+def samples_in(chunk, start: int, stop: int) -> int:
+    """How many of samples [start, stop) the chunk (first block, sampling) covers."""
+    first, sampling = chunk
+    size = sampling.num_blocks * SAMPLE_BLOCK * num_devices(sampling)
+    return max(0, min(stop, (first * SAMPLE_BLOCK) + size) - max(start, first * SAMPLE_BLOCK))
+
+
 def batches(stacked_params, num_sets: int, batch: int):
     """(first set, sets, their params padded to `batch` sets by repeating the last) per call:
     every call has one shape, so one program serves them all."""
@@ -84,13 +92,14 @@ def new_pair_carry(sampling: Sampling, counting: Counting):
 
 
 def run_chunks(plan: Plan, start: int, stop: int, *, offset: int = 0, pair_carry=None,
-               counters=None):
+               counters=None, progress: Progress = SILENT):
     """Runs the chunks covering samples [start, stop) once, feeding every counter they serve.
 
     Args:
       pair_carry: when counting.pairs, the counts of output block `offset` (`new_pair_carry`),
         added to.
       counters: when counting.groups, one (x, y, joint) triplet of `StateCounts` per group.
+      progress: told of the samples done, chunk by chunk.
 
     Returns:
       (pair_carry, samples dropped by the whole-sample rule, samples with an out-of-range output).
@@ -123,7 +132,9 @@ def run_chunks(plan: Plan, start: int, stop: int, *, offset: int = 0, pair_carry
                             min(stop - chunk_start, bins[0].shape[1]))
         if states:
             out_of_range += _count_states(states, counters)
+        progress.update(samples_in(chunk, start, stop))
 
+    progress.start(stop - start, unit="sample", desc=f"EI (samples {start}-{stop})")
     pipelined(chunks(plan.sampling, start, stop), dispatch, consume)
     pair_carry = (host_counts, device_carry[1]) if host_pairs else device_carry
     dropped = out_of_range if counting.policy == "drop" else 0
@@ -168,11 +179,14 @@ class PairwiseCounts:
     def offsets(self):
         return range(0, self.plan.sampling.padded_outputs, self.plan.counting.block_size)
 
-    def matrix(self, stop: int):
+    def matrix(self, stop: int, *, progress: Progress = SILENT):
         """(EI_parts matrix [n_in, n_out], out-of-range counts per output, p-values or None,
-        standard errors or None, estimated plug-in bias per pair) over samples [0, stop)."""
+        standard errors or None, estimated plug-in bias per pair) over samples [0, stop);
+        `progress` is told of the outputs done, block by block."""
         plan = self.plan
         results = []
+        num_outputs = plan.sampling.num_outputs
+        progress.start(num_outputs, unit="output", desc=f"EI_parts ({stop} samples)")
         for offset in self.offsets():
             if self.keep:
                 carry = pair_block_counts(plan, offset, self.counted, stop,
@@ -180,7 +194,11 @@ class PairwiseCounts:
                 self.carries[offset] = carry
             else:
                 carry = pair_block_counts(plan, offset, 0, stop)
+            if plan.counting.backend.by_samples:  # one block, reported as its pairs are done
+                results.append((block_statistics(plan, carry[0], progress.update), carry[1]))
+                continue
             results.append((block_statistics(plan, carry[0]), carry[1]))
+            progress.update(max(0, min(plan.counting.block_size, num_outputs - offset)))
         self.counted = stop
         return assemble_blocks(plan.sampling.num_outputs, plan.statistics, results)
 
@@ -193,9 +211,11 @@ class PairwiseCounts:
         return assemble_blocks(plan.sampling.num_outputs, plan.statistics, results)[0]
 
 
-def block_statistics(plan: Plan, counts):
-    """The statistics of one block's counts, as the plan's backend holds them."""
-    return plan.counting.backend.statistics(plan.counting, plan.statistics, counts)
+def block_statistics(plan: Plan, counts, progress=None):
+    """The statistics of one block's counts, as the plan's backend holds them (`progress`: None
+    or a callable told of the outputs done, where the backend reports them)."""
+    return plan.counting.backend.statistics(plan.counting, plan.statistics, counts,
+                                            progress=progress)
 
 
 def assemble_blocks(num_outputs: int, statistics: Statistics, results):
@@ -253,27 +273,29 @@ def new_state_counters(counting: Counting) -> list:
 
 # ---------------------------------------------------------------- the one-input intervention
 
-def sensitivity_blocks(plan: Plan, samples: int):
+def sensitivity_blocks(plan: Plan, samples: int, *, progress: Progress = SILENT):
     """The one-input intervention of a single call, counted by its plan's backend: ([per block
     of inputs its `table_statistics`], out-of-range count over every input and output). Every
     backend gives the same counts, so the same bits. On the host backend a single call is a
-    sweep of one parameter set (`host_sensitivity_tables`)."""
+    sweep of one parameter set (`host_sensitivity_tables`). `progress` is told of the inputs
+    done."""
     sampling, counting = plan.sampling, plan.counting
     if not counting.backend.on_host:
-        return device_sensitivity_blocks(plan, samples)
+        return device_sensitivity_blocks(plan, samples, progress=progress)
     stacked = jax.tree_util.tree_map(lambda a: a[None], plan.params)
     tables, out_of_range = host_sensitivity_tables(sampling, counting, plan.key, plan.ranges,
                                                    stacked, 1, 1, True, samples,
-                                                   with_out_of_range=True)
+                                                   with_out_of_range=True, progress=progress)
     return (host_sensitivity_statistics(sampling, counting, plan.statistics, tables[0]),
             int(out_of_range[0]))
 
 
-def device_sensitivity_blocks(plan: Plan, samples: int):
+def device_sensitivity_blocks(plan: Plan, samples: int, *, progress: Progress = SILENT):
     """Sensitivity counted on the device, block of inputs by block: ([per block its
     `block_statistics`], out-of-range count over every input and output)."""
     sampling, counting = plan.sampling, plan.counting
     stats, out_of_range = [], []
+    progress.start(sampling.num_inputs, unit="input", desc=f"sensitivity ({samples} samples)")
     for offset in range(0, sampling.num_inputs, sampling.inputs_per_chunk):
         carry = (jnp.zeros((sampling.inputs_per_chunk, sampling.padded_outputs, counting.in_bins,
                             counting.out_bins), jnp.int32),
@@ -283,18 +305,19 @@ def device_sensitivity_blocks(plan: Plan, samples: int):
                                               plan.ranges, first, 0, samples, offset)
         stats.append(kernels.table_statistics(plan.statistics, carry[0]))
         out_of_range.append(carry[1])
+        progress.update(min(sampling.inputs_per_chunk, sampling.num_inputs - offset))
     return stats, int(np.sum(jax.device_get(out_of_range)))
 
 
 def host_sensitivity_tables(sampling: Sampling, counting: Counting, key, ranges, stacked_params,
                             num_sets: int, batch: int, exact_vmap: bool, samples: int, *,
-                            with_out_of_range: bool = False):
+                            with_out_of_range: bool = False, progress: Progress = SILENT):
     """The one-input intervention of K parameter sets (a single call: K = 1), counted on the host:
     the noise drawn once for all sets, each set's layer run as a single call's.
 
     Returns:
       (host tables int32 [K, n_in, n_out, host cells], with `with_out_of_range` the
-      out-of-range counts [K], else None).
+      out-of-range counts [K], else None). `progress` is told of the (set, input) pairs done.
     """
     n_in, n_out = sampling.num_inputs, sampling.num_outputs
     backend = counting.backend
@@ -320,7 +343,10 @@ def host_sensitivity_tables(sampling: Sampling, counting: Counting, key, ranges,
             for j, k in enumerate(sets):
                 backend.consume(tables[k, a][None], (x_codes[i][None], y_codes[j, i]),
                                 counting.out_bins, 0, stop)
+        if first == work[-1][2][0]:  # the offset's inputs are done for these sets
+            progress.update(len(sets) * min(sampling.inputs_per_chunk, n_in - offset))
 
+    progress.start(num_sets * n_in, unit="input", desc=f"sensitivity ({samples} samples)")
     pipelined(work, dispatch, consume)
     return tables, (out_of_range if with_out_of_range else None)
 
@@ -436,7 +462,7 @@ class HostVectorCounts:
 
 def host_vector_pass(sampling: Sampling, counting: Counting, key, ranges, stacked_params,
                      num_sets: int, batch: int, *, exact_vmap: bool, sorted_states: bool,
-                     samples: int) -> dict:
+                     samples: int, progress: Progress = SILENT) -> dict:
     """EI and EI_parts of every set, counted on the host (numba), `batch` sets per device call.
 
     The device samples each chunk's inputs once for all calls (`kernels.host_inputs`), runs every
@@ -448,7 +474,7 @@ def host_vector_pass(sampling: Sampling, counting: Counting, key, ranges, stacke
     (`histogram.SortedInputs`), giving the count spectra a single call's `StateCounts` give;
     otherwise each set gets the single calls' `StateCounts`. Either way the counts and the
     formulas are a single call's (EI_parts: its compiled `kernels.block_statistics`), so EI and
-    EI_parts equal the single call's exactly.
+    EI_parts equal the single call's exactly. `progress` is told of the (set, sample) pairs done.
     """
     pack = bool(counting.groups) and not sorted_states
     counts = HostVectorCounts(sampling, counting, num_sets, sorted_states)
@@ -470,7 +496,9 @@ def host_vector_pass(sampling: Sampling, counting: Counting, key, ranges, stacke
         x_codes, (y_codes, oor, states) = jax.device_get(outputs)
         stop = min(samples - first * SAMPLE_BLOCK, x_codes.shape[1])
         counts.add(sets, x_codes, y_codes, oor, states, stop, first == work_chunks[-1][0])
+        progress.update(len(sets) * stop)
 
+    progress.start(num_sets * samples, unit="sample", desc=f"sweep of {num_sets} sets")
     pipelined(((batch_, chunk) for batch_ in batches(stacked_params, num_sets, batch)
                for chunk in work_chunks), dispatch, consume)
     return counts.result()

@@ -8,8 +8,10 @@ their results, syncing with the host once per chunk at most.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import time
 import warnings
 from typing import Any, NamedTuple
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from . import _checks, adaptive, backends, driver, exact, kernels, planning
 from . import estimators as _estimators
+from . import progress as progress_module
 from .binning import POLICIES
 from .layers import Chain
 from .planning import Binning, Plan, Statistics, sample_mesh  # noqa: F401 (sample_mesh: public)
@@ -55,6 +58,7 @@ class Info(NamedTuple):
         subtracts it). NaN when nothing was counted; None for method="exact".
       surrogates, surrogate_spread: with `shuffle_correction=k`, the EI_parts of each of the k
         input-shuffled surrogates and their sample standard deviation (None for k = 1).
+      seconds: the wall-clock time the measure took, in seconds (compilation included).
     """
 
     samples: int
@@ -75,13 +79,14 @@ class Info(NamedTuple):
     bias: Any = None
     surrogates: Any = None
     surrogate_spread: Any = None
+    seconds: float | None = None
 
     @property
     def dropped_fraction(self) -> float:
         return self.dropped / self.total if self.total else 0.0
 
 
-def _warn_dropped(info: Info, what: str, stacklevel: int = 3):
+def _warn_dropped(info: Info, what: str, stacklevel: int = 4):
     if info.dropped_fraction > 0.01:
         warnings.warn(
             f"{info.dropped} of {info.total} {what} ({100 * info.dropped_fraction:.1f}%) had an "
@@ -102,7 +107,7 @@ def check_bias_warning(value):
                          f"when the estimated plug-in bias exceeds 10% of it); got {value!r}")
 
 
-def _warn_bias(value, bias, estimator: str, fraction, what: str, stacklevel: int = 3):
+def _warn_bias(value, bias, estimator: str, fraction, what: str, stacklevel: int = 4):
     """Warns when a plug-in value's estimated bias exceeds `fraction` of it (plug-in only: the
     other estimators remove at least this first-order term)."""
     if not fraction or estimator != "plugin" or not (math.isfinite(value)
@@ -136,11 +141,26 @@ def _binning(in_range, out_range, in_bins, out_bins, policy, method, activation,
                    memory_budget=memory_budget, devices=devices)
 
 
+def _timed(measure):
+    """The public `measure`, timed into its `Info.seconds` and reporting its progress: its keyword
+    `progress` (True, False or a `progress.Progress`) reaches it as a `Progress`, closed when the
+    measure returns or raises. It is one more frame: the measures' warnings count it in their
+    `stacklevel`, so that they point at the caller's line."""
+    @functools.wraps(measure)
+    def timed(*args, progress=True, **kwargs):
+        started = time.perf_counter()
+        with progress_module.reporter(progress) as reporter:
+            value, info = measure(*args, progress=reporter, **kwargs)
+        return value, info._replace(seconds=time.perf_counter() - started)
+    return timed
+
+
 def _fixed_samples_for_error_bars(error_bars, mode):
     if error_bars and mode != "fixed":
         raise ValueError("error_bars needs a fixed number of samples; got samples=None")
 
 
+@_timed
 def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range=(0.0, 1.0),
                     in_bins: int = 64, out_bins=64, samples: int | None = None,
                     threshold: float = 0.05, extrapolate: bool = False, policy: str = "drop",
@@ -148,7 +168,8 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
                     memory_budget: int = planning.DEFAULT_TABLE_MEMORY_BUDGET, devices=None,
                     estimator: str = "plugin", error_bars: int = 0, significance: bool = False,
                     grid_step: float = exact.DEFAULT_GRID_STEP, target_error: float | None = None,
-                    bias_warning: float | None = DEFAULT_BIAS_WARNING, shuffle_correction: int = 0):
+                    bias_warning: float | None = DEFAULT_BIAS_WARNING, shuffle_correction: int = 0,
+                    progress: bool = True):
     """The EI_parts matrix: I(x_A; y_B) for every input A and output B under uniform noise.
 
     Args:
@@ -188,6 +209,8 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
       shuffle_correction: k >= 1 (fixed `samples`): subtract per pair the mean of k surrogates,
         N fresh samples each with the inputs' bins permuted over each chunk's samples (margins
         kept, dependence broken); in `Info.surrogates` and `Info.surrogate_spread`.
+      progress: a progress bar on a terminal for a call past 2 s; False: none; or a
+        `deep_ei_jax.progress.Progress` (another stream, delay, or forced).
 
     Returns:
       (matrix float64 [n_in, n_out] in bits, Info). All NaN when nothing was counted (policy
@@ -208,18 +231,27 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
                                                target_error is not None))
     counts = driver.PairwiseCounts(plan, memory_budget)
     matrix, oor, pvalues, converged, estimates, sum_error, bias = _parts_totals(
-        counts, mode, samples, threshold, max_samples, target_error)
+        counts, mode, samples, threshold, max_samples, target_error, progress)
     n, dropped = estimates[-1][0], int(oor.sum()) if policy == "drop" else 0
     info = _info(plan, n, dropped, int(oor.sum()), n * plan.sampling.num_outputs, converged,
                  estimates, bias=float(bias.sum()), **_significance(pvalues))
     matrix, info = _empty_if_nothing_counted(matrix, info)
     info = _parts_error_bars(info, counts, float(matrix.sum()), target_error, sum_error,
                              error_bars)
+    return _shuffled_and_warned(plan, memory_budget, matrix, info, shuffle_correction,
+                                bias_warning, progress)
+
+
+def _shuffled_and_warned(plan: Plan, memory_budget, matrix, info: Info, shuffle_correction,
+                         bias_warning, reporter):
+    """(matrix, info) of EI_parts with the shuffle correction, if asked for, and its warnings
+    (dropped values, and plug-in bias unless corrected by shuffling)."""
     if shuffle_correction:
-        matrix, info = _shuffle_corrected(plan, memory_budget, matrix, info, shuffle_correction)
-    _warn_dropped(info, "(sample, output) values")
+        matrix, info = _shuffle_corrected(plan, memory_budget, matrix, info, shuffle_correction,
+                                          reporter)
+    _warn_dropped(info, "(sample, output) values", stacklevel=5)
     _warn_bias(float(matrix.sum()), info.bias, info.estimator,
-               None if shuffle_correction else bias_warning, "EI_parts")
+               None if shuffle_correction else bias_warning, "EI_parts", stacklevel=5)
     return matrix, info
 
 
@@ -260,14 +292,14 @@ def _check_shuffle(shuffle_correction, mode):
         raise ValueError("shuffle_correction needs a fixed number of samples; got samples=None")
 
 
-def _shuffle_corrected(plan: Plan, memory_budget, matrix, info: Info, k: int):
+def _shuffle_corrected(plan: Plan, memory_budget, matrix, info: Info, k: int, reporter):
     """(matrix minus the mean of k input-shuffled surrogates' matrices, Info with the
     surrogates' EI_parts and spread). Surrogate i draws its own samples (key folded with i)."""
     shuffled = plan.counting._replace(shuffle=True)
     stream = jax.random.fold_in(plan.key, kernels.SHUFFLE_STREAM)
     surrogates = [driver.PairwiseCounts(plan._replace(key=jax.random.fold_in(stream, i),
                                                       counting=shuffled),
-                                        memory_budget).matrix(info.samples)[0]
+                                        memory_budget).matrix(info.samples, progress=reporter)[0]
                   for i in range(k)]
     sums = tuple(float(m.sum()) for m in surrogates)
     spread = float(np.std(sums, ddof=1)) if k > 1 else None
@@ -289,7 +321,7 @@ def _check_target_error(target_error, mode, samples, extrapolate):
         raise ValueError(f"target_error must be a positive number of bits; got {target_error!r}")
 
 
-def _parts_totals(counts, mode, samples, threshold, max_samples, target_error):
+def _parts_totals(counts, mode, samples, threshold, max_samples, target_error, reporter):
     """Grows the EI_parts counts over the mode's sample totals until its rule stops them:
     (matrix, out-of-range, p-values, converged, estimates, standard error of the sum or None,
     the plug-in bias per pair)."""
@@ -301,7 +333,7 @@ def _parts_totals(counts, mode, samples, threshold, max_samples, target_error):
     else:
         totals, converged = adaptive.doubling_totals(limit=max_samples), False
     for total in totals:
-        matrix, oor, pvalues, pair_errors, bias = counts.matrix(total)
+        matrix, oor, pvalues, pair_errors, bias = counts.matrix(total, progress=reporter)
         estimates.append((total, float(matrix.sum())))
         if target_error is not None:
             sum_error = float(np.sqrt(np.sum(pair_errors ** 2)))
@@ -313,7 +345,7 @@ def _parts_totals(counts, mode, samples, threshold, max_samples, target_error):
             break
     if mode == "adaptive" and not converged:
         warnings.warn(f"EI_parts did not converge to threshold={threshold} within max_samples="
-                      f"{max_samples}", RuntimeWarning, stacklevel=3)
+                      f"{max_samples}", RuntimeWarning, stacklevel=4)
     return matrix, oor, pvalues, converged, estimates, sum_error, bias
 
 
@@ -346,7 +378,7 @@ def _exact_matrix(measure, chain, params, in_range, out_range, in_bins, out_bins
     if outside > 0.01:
         warnings.warn(f"{100 * outside:.1f}% of the output distribution lies outside out_range "
                       f"and is dropped; widen out_range or use policy='clip'", RuntimeWarning,
-                      stacklevel=3)
+                      stacklevel=4)
     return matrix, info
 
 
@@ -375,6 +407,7 @@ def _sample_mode(samples, threshold, extrapolate, max_samples):
     return "adaptive"
 
 
+@_timed
 def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0),
                        out_range=(0.0, 1.0), in_bins: int = 64, out_bins=64,
                        samples: int | None = None, threshold: float = 0.05,
@@ -384,7 +417,7 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
                        pairs: bool = False, devices=None,
                        state_memory_budget: int = DEFAULT_STATE_MEMORY_BUDGET,
                        estimator: str = "plugin", error_bars: int = 0,
-                       bias_warning: float | None = DEFAULT_BIAS_WARNING):
+                       bias_warning: float | None = DEFAULT_BIAS_WARNING, progress: bool = True):
     """I(X_G; Y_H) for each (G, H) in `groups` (indices into the flattened inputs and outputs).
 
     A sample with any output outside out_range is dropped whole (policy "drop"). `samples=None`
@@ -397,7 +430,7 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
     batch-means standard errors and 95% intervals per group (fixed samples only). For
     estimator="nsb" the number of possible states is in_bins ** len(G) for X_G and the product
     of the outputs' bins for Y_H. `Info.bias` holds each group's estimated plug-in bias;
-    `bias_warning` as in `ei_parts_matrix`, per group.
+    `bias_warning` as in `ei_parts_matrix`, per group; `progress` as there.
 
     Returns:
       (list of floats in bits, Info). NaN for every group when nothing was counted (every sample
@@ -407,11 +440,11 @@ def eis_between_groups(key, chain: Chain, params, groups, *, in_range=(0.0, 1.0)
         in_range, out_range, in_bins, out_bins, policy, method, activation, memory_budget,
         devices), samples=samples, threshold=threshold, max_samples=max_samples, pairs=pairs,
         state_memory_budget=state_memory_budget, estimator=estimator, error_bars=error_bars,
-        bias_warning=bias_warning)
+        bias_warning=bias_warning, progress=progress)
 
 
 def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold, max_samples,
-            pairs, state_memory_budget, estimator, error_bars, bias_warning,
+            pairs, state_memory_budget, estimator, error_bars, bias_warning, progress,
             params_checked=False):
     """`eis_between_groups` (see there) with its binning arguments gathered."""
     check_bias_warning(bias_warning)
@@ -446,13 +479,13 @@ def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold,
     state_plan = plan if together else plan._replace(
         counting=plan.counting._replace(pairs=False))
     values, pair_carry, info = _grow_states(plan, state_plan, together, mode, samples, threshold,
-                                            max_samples)
+                                            max_samples, progress)
     if error_bars:
-        info = _group_error_bars(state_plan, info, values, error_bars)
-    _warn_dropped(info, "samples", stacklevel=4)
+        info = _group_error_bars(state_plan, info, values, error_bars, progress)
+    _warn_dropped(info, "samples", stacklevel=5)
     for value, bias in zip(values, info.bias):
         _warn_bias(value, bias, estimator, bias_warning,
-                   "vector EI" if len(values) == 1 else "a group's EI", stacklevel=4)
+                   "vector EI" if len(values) == 1 else "a group's EI", stacklevel=5)
     if not pairs:
         return values, info
     if together:
@@ -461,7 +494,8 @@ def _groups(key, chain, params, groups, binning: Binning, *, samples, threshold,
                                         [(stats, None)])[0]
     else:
         pair_plan = plan._replace(counting=plan.counting._replace(groups=()))
-        matrix = driver.PairwiseCounts(pair_plan, binning.memory_budget).matrix(info.samples)[0]
+        matrix = driver.PairwiseCounts(pair_plan, binning.memory_budget).matrix(
+            info.samples, progress=progress)[0]
     if _nothing_counted(info):
         matrix = np.full_like(matrix, np.nan)
     return (values, matrix), info
@@ -491,7 +525,7 @@ def _state_estimates(counters, estimator: str, log_states) -> tuple[list, list]:
     return values, biases
 
 
-def _grow_states(plan, state_plan, together, mode, samples, threshold, max_samples):
+def _grow_states(plan, state_plan, together, mode, samples, threshold, max_samples, reporter):
     """Counts the groups' joint states over the mode's sample totals until its rule stops:
     (values, the pairwise carry when counted together, Info)."""
     counters = driver.new_state_counters(plan.counting)
@@ -502,7 +536,8 @@ def _grow_states(plan, state_plan, together, mode, samples, threshold, max_sampl
     estimates, history, dropped, out_of_range, counted = [], [], 0, 0, 0
     for total in totals:
         pair_carry, step_dropped, step_out = driver.run_chunks(
-            state_plan, counted, total, pair_carry=pair_carry, counters=counters)
+            state_plan, counted, total, pair_carry=pair_carry, counters=counters,
+            progress=reporter)
         dropped, out_of_range, counted = dropped + step_dropped, out_of_range + step_out, total
         values, biases = _state_estimates(counters, estimator, _log_states(plan))
         history.append(values)
@@ -516,19 +551,19 @@ def _grow_states(plan, state_plan, together, mode, samples, threshold, max_sampl
             break
     if mode == "adaptive" and not converged:
         warnings.warn(f"vector EI did not converge to threshold={threshold} within max_samples="
-                      f"{max_samples}", RuntimeWarning, stacklevel=4)
+                      f"{max_samples}", RuntimeWarning, stacklevel=5)
     info = _info(plan, counted, dropped, out_of_range, counted, converged, estimates,
                  bias=tuple(biases))
     return values, pair_carry, info
 
 
-def _group_error_bars(state_plan, info, values, error_bars):
+def _group_error_bars(state_plan, info, values, error_bars, reporter):
     """`info` with batch-means standard errors and 95% intervals per group."""
     batches = []
     no_pairs = state_plan._replace(counting=state_plan.counting._replace(pairs=False))
     for a, b in driver.batch_edges(info.samples, error_bars):
         fresh = driver.new_state_counters(state_plan.counting)
-        driver.run_chunks(no_pairs, a, b, counters=fresh)
+        driver.run_chunks(no_pairs, a, b, counters=fresh, progress=reporter)
         batches.append(_state_estimates(fresh, state_plan.statistics.estimator,
                                         _log_states(state_plan))[0])
     error, interval = _estimators.batch_means_interval(batches, np.asarray(values))
@@ -566,6 +601,7 @@ _GROUP_DEFAULTS = {name: parameter.default
                    if parameter.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+@_timed
 def ei(key, chain: Chain, params, **kwargs):
     """Vector EI: I(X; Y) between the whole binned input and output vectors. Same arguments as
     `eis_between_groups` without `groups`. Returns (float bits, Info)."""
@@ -573,6 +609,7 @@ def ei(key, chain: Chain, params, **kwargs):
     return values[0], _single_group(info)
 
 
+@_timed
 def ei_and_ei_parts(key, chain: Chain, params, **kwargs):
     """(vector EI, EI_parts) from the same samples. Returns ((float, float), Info)."""
     (values, matrix), info = _whole_layer_measure(key, chain, params, kwargs, pairs=True)
@@ -588,17 +625,18 @@ def _single_group(info: Info) -> Info:
                          confidence_interval=info.confidence_interval[0])
 
 
+@_timed
 def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_range=(0.0, 1.0),
                        out_range=(0.0, 1.0), in_bins: int = 64, out_bins=64,
                        policy: str = "drop", method: str = "auto", activation=None,
                        memory_budget: int = planning.DEFAULT_TABLE_MEMORY_BUDGET, devices=None,
                        estimator: str = "plugin", significance: bool = False,
-                       bias_warning: float | None = DEFAULT_BIAS_WARNING):
+                       bias_warning: float | None = DEFAULT_BIAS_WARNING, progress: bool = True):
     """The sensitivity matrix: I(x_A; y_B) when only input A is noised (uniform on in_range) and
     every other input is 0, for every pair. It runs on the default device whatever `devices`
     says (checked only): it draws few samples per input. `method="exact"` computes it without
     sampling (a Dense or Conv2d layer: each table cell is a length ratio); `estimator` and
-    `significance`, `bias_warning` and `Info.bias` as in `ei_parts_matrix`.
+    `significance`, `bias_warning`, `progress` and `Info.bias` as in `ei_parts_matrix`.
 
     Returns:
       (matrix float64 [n_in, n_out] in bits, Info); `Info.samples` is per input. All NaN when
@@ -615,7 +653,7 @@ def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_rang
                          samples_hint=samples, single_input=True, pairs=True, groups=(),
                          statistics=Statistics(estimator, bool(significance)))
     sampling = plan.sampling
-    stats, oor = driver.sensitivity_blocks(plan, samples)
+    stats, oor = driver.sensitivity_blocks(plan, samples, progress=progress)
     stats = jax.device_get(stats)
     matrix = np.concatenate([m[0] for m in stats], axis=0)[:sampling.num_inputs]
     pvalues = (np.concatenate([m[1] for m in stats], axis=0)[:sampling.num_inputs].astype(
@@ -651,7 +689,7 @@ def degeneracy(key, chain: Chain, params, *, ei_kind: str = "vector",
     ei_value, ei_info = measure(ei_key, chain, params, **kwargs)
     binning = {k: kwargs[k] for k in ("in_range", "out_range", "in_bins", "out_bins", "policy",
                                       "method", "activation", "memory_budget", "devices",
-                                      "estimator", "bias_warning")
+                                      "estimator", "bias_warning", "progress")
                if k in kwargs}
     sens, sens_info = sensitivity(sensitivity_key, chain, params, samples=sensitivity_samples,
                                   **binning)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks, backends, driver, kernels, pairstats, planning
+from . import progress as progress_module
 from .histogram import bits_per_value, host_left_out, sorted_inputs_fit, state_bits
 from .information import entropy, mutual_information
 from .layers import ELEMENTWISE_FAN_IN, Chain, Dense, Flatten
@@ -260,7 +261,7 @@ def sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
 
 
 def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
-                           batch: int) -> dict:
+                           batch: int, reporter) -> dict:
     """The sensitivity matrices of every set, counted on the host by the single calls' driver
     (`driver.host_sensitivity_tables`, the noise drawn once for all sets), MI by the same
     compiled statistics on the same integers; and each set's (sample, output) values outside
@@ -270,7 +271,7 @@ def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: i
     clip = counting.policy != "drop"
     tables, out_of_range = driver.host_sensitivity_tables(
         sampling, counting, key, ranges, stacked_params, num_sets, batch, plan.exact_vmap,
-        plan.sensitivity_samples, with_out_of_range=clip)
+        plan.sensitivity_samples, with_out_of_range=clip, progress=reporter)
     if not clip:
         out_of_range = host_left_out(tables, counting.in_bins, counting.out_bins).sum(axis=(1, 2))
     statistics = planning.Statistics()
@@ -512,11 +513,13 @@ def _chunk_plan(plan: _Plan, need_states: bool, need_pairs: bool, num_sets: int,
 
 # ---------------------------------------------------------------- the public sweep
 
+@progress_module.reporting
 def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(0.0, 1.0),
           in_bins: int = 64, out_bins: int = 64, samples: int = 100_000,
           sensitivity_samples: int = 500, measures=MEASURES, policy: str = "drop",
           method: str = "auto", activation=None, max_batch: int | None = None,
-          memory_budget: int = DEFAULT_CALL_MEMORY_BUDGET, devices=None) -> SweepResult:
+          memory_budget: int = DEFAULT_CALL_MEMORY_BUDGET, devices=None,
+          progress: bool = True) -> SweepResult:
     """EI, EI_parts, sensitivity and degeneracy of K parameter sets of one chain, compiled once.
 
     Args:
@@ -543,6 +546,8 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         `lax.map`, e.g. convolutions) run on one device.
       memory_budget: bytes one call may hold; K is split into equal calls (the last one padded,
         so one program serves all) when the sets do not fit together.
+      progress: a progress bar on a terminal for a sweep past 2 s; False: none; or a
+        `deep_ei_jax.progress.Progress`.
 
     Returns:
       SweepResult with float64 arrays of shape [K] (and [K, n_in, n_out] matrices). A measure
@@ -577,14 +582,15 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
             merged.update(driver.host_vector_pass(
                 *plan.vector, key, ranges, stacked_params, num_sets, batch,
                 exact_vmap=plan.exact_vmap, sorted_states=plan.sorted_states,
-                samples=plan.samples))
+                samples=plan.samples, progress=progress))
         if plan.single is not None:
             merged.update(_host_sensitivity_pass(plan, key, stacked_params, ranges, num_sets,
-                                                 batch))
+                                                 batch, progress))
         outputs = [merged]
     else:
         outputs = _device_passes(plan, key, stacked_params, ranges, num_sets, batch,
-                                 mesh if plan.vectorized else None)  # set by set: one device
+                                 mesh if plan.vectorized else None,  # set by set: one device
+                                 progress)
     outputs = jax.device_get(outputs)
     merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
     result = _assemble(names, merged, samples, sensitivity_samples, policy)
@@ -593,23 +599,34 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
 
 
 def _device_passes(plan: _Plan, key, stacked_params, ranges, num_sets: int, batch: int,
-                   mesh) -> list:
+                   mesh, reporter) -> list:
     """Every measure of every set on the device, `batch` sets per compiled call (sharded over
-    `mesh` when given): one result dict per call."""
+    `mesh` when given): one result dict per call. Each call is waited for while the next one
+    runs (`driver.pipelined`), so `reporter` hears of sets done and Ctrl-C is taken between
+    calls."""
     sharding = None
     if mesh is not None:
         batch = -(-batch // mesh.size) * mesh.size  # whole sets per device (padding repeats one)
         sharding = jax.sharding.NamedSharding(
             jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
     outputs = []
-    for _, sets, part in driver.batches(stacked_params, num_sets, batch):
+
+    def dispatch(item):
+        _, sets, part = item
         keys = jax.random.wrap_key_data(np.broadcast_to(
             np.asarray(jax.random.key_data(key)), (batch,) + jax.random.key_data(key).shape),
             impl=jax.random.key_impl(key))
         if sharding is not None:
             part, keys = jax.device_put((part, keys), sharding)
         result = sweep_kernel(plan, keys, part, ranges)
-        outputs.append(jax.tree_util.tree_map(lambda a: a[:len(sets)], result))
+        return jax.tree_util.tree_map(lambda a: a[:len(sets)], result)
+
+    def consume(result, item):
+        outputs.append(jax.block_until_ready(result))
+        reporter.update(len(item[1]))
+
+    reporter.start(num_sets, unit="set", desc=f"sweep of {num_sets} sets")
+    driver.pipelined(driver.batches(stacked_params, num_sets, batch), dispatch, consume)
     return outputs
 
 
@@ -640,7 +657,7 @@ def _warn_sets_dropped(result: SweepResult, policy: str, plan: _Plan):
             f"{many.size} of {len(fraction)} parameter sets dropped more than 1% of the {unit} "
             f"from {measure} (an output outside out_range; worst: set {worst}, "
             f"{100 * fraction[worst]:.1f}%){nothing}; widen out_range or use policy='clip'",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning, stacklevel=4)  # the caller of sweep (`reporting` is one frame)
 
 
 def _assemble(names, merged, samples, sensitivity_samples, policy) -> SweepResult:

@@ -262,7 +262,7 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
           out_bins: int = 64, in_range=None, out_range=None, seed: int = 0, steps=None,
           policy: str = "drop", method: str = "auto", max_batch: int | None = None,
           memory_budget: int = sweeping.DEFAULT_CALL_MEMORY_BUDGET, devices=None, position=None,
-          captured=None) -> list[dict]:
+          captured=None, progress: bool = True) -> list[dict]:
     """EI, EI_parts, sensitivity and degeneracy of every layer of many models of one architecture.
 
     Each layer's parameter sets are stacked and measured in one compiled call. Ranges are given
@@ -290,8 +290,8 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
         mapping that names a layer the model does not have raises a ValueError listing them.
       seed: the PRNG seed; the same for every layer and model, as single calls with `seed=`.
       steps: optional labels, one per model (e.g. training steps), stored as 'step'.
-      policy, method, max_batch, memory_budget, devices: as `deep_ei_jax.pure.sweep` (devices
-        shards each layer's checkpoints over devices).
+      policy, method, max_batch, memory_budget, devices, progress: as `deep_ei_jax.pure.sweep`
+        (devices shards each layer's checkpoints over devices; progress: a bar per layer).
       position: for layers whose output has positions (pixels, tokens): None the centre, a
         tuple, 'all', or a dict from layer name to one of these (see `ei_of_layer`).
       captured: the captured graph (`bridge.graph.capture`, first sample) of a model of this
@@ -324,7 +324,7 @@ def sweep(models_or_state_dicts, example_input, layers=None, measures=None, *, m
         options = dict(in_range=ranges[0], out_range=ranges[1], in_bins=in_bins,
                        out_bins=out_bins, samples=samples,
                        sensitivity_samples=sensitivity_samples, measures=names, policy=policy,
-                       method=method)
+                       method=method, progress=progress)
         rows = _layer_rows(key, chain, params, options, max_batch=max_batch,
                            memory_budget=memory_budget, devices=devices)
         layer = dict(layer=name, layer_index=index, module=short)
