@@ -535,15 +535,13 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
         work they need runs.
       policy: 'drop' or 'clip' for outputs outside out_range (as the single calls).
       method: 'auto' (numba's host counters on a CPU when installed, else the device kernels),
-        'numba', 'scatter' or 'onehot' (all give identical counts; see the module docstring).
+        'numba', 'samples', 'scatter' or 'onehot' (see the module docstring).
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_batch: at most this many sets per compiled call (None: as many as memory_budget allows).
       devices: devices to shard the sets over (None: every local device of the default backend;
-        an int n; a list of jax Devices; see `deep_ei_jax.measures.sample_mesh`). Each call's sets
-        are split
-        along K over a 1-d mesh and the vmapped kernel runs as a sharded jit, each device
-        measuring its own sets exactly as one device would. Chains measured set by set (with
-        `lax.map`, e.g. convolutions) run on one device.
+        an int n; a list of jax Devices; see `planning.sample_mesh`). Each call's sets are split
+        along K over a 1-d mesh, each device measuring its own sets exactly as one device would.
+        Chains measured set by set (with `lax.map`, e.g. convolutions) run on one device.
       memory_budget: bytes one call may hold; K is split into equal calls (the last one padded,
         so one program serves all) when the sets do not fit together.
       progress: a progress bar on a terminal for a sweep past 2 s; False: none; or a

@@ -206,3 +206,30 @@ def test_sweep_by_samples_equals_single_calls_exactly(key):
         assert both.ei_parts_matrix[k].tobytes() == matrix.tobytes()
         assert result.out_of_range[k] == info.out_of_range > 0
         assert both.ei[k] == quiet(pure.ei, key, chain, params, **named)[0]
+
+
+def test_a_call_by_samples_reports_its_outputs(key):
+    from deep_ei_jax.progress import Progress
+
+    class Recording(Progress):
+        def __init__(self):
+            super().__init__()
+            self.passes = []
+
+        def start(self, total, *, unit, desc):
+            self.passes.append([total, unit, 0, 0])
+
+        def update(self, n):
+            self.passes[-1][2] += n
+            self.passes[-1][3] += 1
+
+    chain, params = sigmoid_layer(np.random.default_rng(6), 30, 50)
+    recording = Recording()
+    original = pairstats.CALL_PAIR_SAMPLES
+    try:
+        pairstats.CALL_PAIR_SAMPLES = 30 * 2000 * 8  # 8 outputs per kernel call
+        quiet(pure.ei_parts, key, chain, params, samples=2000, in_bins=16, out_bins=16,
+              method="samples", progress=recording)
+    finally:
+        pairstats.CALL_PAIR_SAMPLES = original
+    assert recording.passes == [[50, "output", 50, 7]]  # 6 calls of 8 outputs and one of 2

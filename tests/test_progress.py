@@ -234,15 +234,16 @@ LONG_CALL = textwrap.dedent("""
         def update(self, n):
             print("counting", flush=True)
 
-    chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(784,))
-    w = np.random.default_rng(0).normal(0, 0.1, (784, 1000)).astype("float32")
-    pure.ei_parts(jax.random.key(0), chain, ({"w": w},), samples=10_000, progress=Announce())
+    chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(5000,))
+    w = np.random.default_rng(0).normal(0, 0.015, (5000, 5000)).astype("float32")
+    pure.ei_parts(jax.random.key(0), chain, ({"w": w},), samples=1000, progress=Announce())
     print("finished", flush=True)
 """)
-# One chunk's host count or device call is what a KeyboardInterrupt waits for (the main thread
-# runs Python between them): up to 1.4 s measured here for this layer (numba, 2 shared cores),
-# plus the interpreter's exit. 8 s leaves that a margin of more than 4x for a loaded machine,
-# and is a tenth of the call's length, so a call that ignored Ctrl-C would fail it.
+# A 5000 -> 5000 layer (64 bins, 1e3 samples: counted by samples, 2.5e10 pair-samples, 30-180 s
+# here). One kernel call over a block of outputs is what a KeyboardInterrupt waits for (the main
+# thread runs Python between them): ~0.1-0.5 s, plus the interpreter's exit (~1-3 s). 8 s leaves
+# a margin of more than 2x for a loaded machine and is well under the call's length, so a call
+# that ignored Ctrl-C would fail it.
 INTERRUPT_BOUND_S = 8.0
 
 
