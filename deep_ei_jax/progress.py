@@ -56,7 +56,7 @@ class Progress:
             return
         try:
             from tqdm import tqdm
-        except ImportError:  # the 'progress' extra is not installed: silent
+        except ImportError:  # (a dependency; an install without it stays silent)
             return
         waited = time.monotonic() - self.began
         self.bar = tqdm(total=int(total), unit=unit, desc=desc, file=file,
