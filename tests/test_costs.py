@@ -76,3 +76,21 @@ def test_estimate_cost_of_a_torch_layer():
     _, info = dei.ei_of_layer(net[0], top, samples=3000, in_bins=8, out_bins=8,
                               return_info=True)
     assert cost.method == info.method
+
+
+def test_readme_wide_layer_example_runs():
+    import contextlib
+    import io
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("## Wide layers")
+    section = text[start:text.index("\n## ", start + 1)]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README wide layer", "exec"), {"__name__": "readme_wide"})
+    estimate, measured = out.getvalue().splitlines()
+    assert estimate.startswith("samples ~") and measured.split()[2] == "samples"
+    assert float(measured.split()[0]) > 0
