@@ -9,10 +9,11 @@ bytes), and `pair_statistics` computes each pair's sums
 
     A = sum over occupied cells of n ln n,  m = occupied cells,  P = sum of n psi(n)
 
-in a scratch table small enough for a core's L1 cache, which is then cleared: by a second walk
-over the pair's samples when they are fewer than the table's cells, else by a scan of the cells
-that can be occupied (the output's occupied columns only). So a pair costs about
-samples + min(samples, in_bins x occupied columns), and there is no jump where the two meet. With
+in a scratch table small enough for a core's L1 cache, which is then read and cleared: by a
+second walk over the pair's samples when they are few (the first sample of a cell takes its count
+and clears it), else by a scan of the cells that can be occupied (the output's occupied columns
+only), whichever is cheaper. So a pair costs about samples + min(2 samples, cells), and there is
+no jump where the two meet. With
 the margins' sums (per input and per output, computed once), each estimate is a closed form:
 
     N I = A - B - C + N ln N      (B, C: the rows' and the columns' sum of n ln n)
@@ -35,6 +36,10 @@ _LN2 = math.log(2)
 # work (pairs x samples) per kernel call: ~0.1 s on this project's 2-core CPU, so that progress
 # moves and a KeyboardInterrupt is taken between calls
 CALL_PAIR_SAMPLES = 2 ** 27
+# Reading a pair back by one of its samples (a random load and store, then a lookup) costs about
+# as much as scanning this many cells (a streamed load and a lookup): measured ~1.2 vs ~0.5 ns on
+# this project's CPU. A pair is read back by its samples below samples = cells / this.
+SAMPLE_READ_CELLS = 2
 
 
 class SampleBins:
@@ -196,17 +201,20 @@ def _log_ratios(table, in_bins, width, k, log, ln_rows, ln_cols, ln_total):
 
 
 def _pair_sums(table, xa, yb, k, n, in_bins, g, p, log, ln_rows, ln_cols, ln_total, want_se,
-               with_psi):
+               with_psi, dirty):
     """Counts one pair and returns its joint table's (sum n ln n, occupied, sum n psi(n), sum
     n lr, sum n lr^2) over the cells of columns < k (lr only with want_se), leaving `table`
-    clear: read back by the samples when they are fewer than the cells, else by one scan of
-    the cells (with want_se, always)."""
+    clear: read back by the samples when that is cheaper than one scan of the cells (with
+    want_se, always scanned)."""
     width = np.uint32(k + 1)
     cells = in_bins * (k + 1)
     s1 = s2 = 0.0
     _count(table, xa, yb, width, n)
-    spare_g, spare_m, spare_p = _spare_column(table, in_bins, width, k, g, p)
-    if n < cells and not want_se:
+    spare_g = spare_p = 0.0
+    spare_m = 0
+    if dirty:  # entries left out, in the spare column: read (cleared below), not counted
+        spare_g, spare_m, spare_p = _spare_column(table, in_bins, width, k, g, p)
+    if SAMPLE_READ_CELLS * n < cells and not want_se:
         total_g, occupied, total_p = _read_by_samples(table, xa, yb, width, n, g, p, with_psi)
     else:
         if want_se:
@@ -267,7 +275,7 @@ def _input_pairs(a, xa, compact, n, widths, dirty, col_counts, row_counts, colum
                 ln_cols[jj] = log[col_counts[b, jj]]
         joint_g, joint_m, joint_p, s1, s2 = _pair_sums(
             table, xa, yb, k, n, in_bins, g, p, log, ln_rows, ln_cols, log[total], want_se,
-            with_psi)
+            with_psi, dirty[b])
         if dirty[b]:
             rows[:] = 0
         if total == 0:
