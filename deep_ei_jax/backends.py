@@ -166,8 +166,11 @@ class SamplesBackend(NumbaBackend):
             pair_errors=statistics.pair_errors, progress=progress)
 
     def left_out(self, counts, in_bins: int, out_bins: int):
-        return np.vectorize(lambda bins: int((bins.y[:, :bins.length] == out_bins).sum()),
-                            otypes=[np.int64])(counts)
+        def one(bins):
+            return int((bins.y[:, :bins.length] == out_bins).sum())
+        if isinstance(counts, pairstats.SampleBins):
+            return one(counts)
+        return np.vectorize(one, otypes=[np.int64])(counts)
 
 
 SCATTER = ScatterBackend()
@@ -178,7 +181,7 @@ REGISTRY = {backend.name: backend for backend in (SCATTER, ONEHOT, HOST, SAMPLES
 METHODS = ("auto",) + tuple(REGISTRY)
 
 
-def default_backend(*, one_input: bool = False) -> CountingBackend:
+def default_backend(*, one_input: bool = False, wide: bool = False) -> CountingBackend:
     """The counting backend for the default JAX backend: one-hot matmul on accelerators; on a CPU
     the host loop when numba is installed, else XLA's scatter-add.
 
@@ -188,33 +191,35 @@ def default_backend(*, one_input: bool = False) -> CountingBackend:
         process (loading its compiled kernel, ~0.5 s) would outweigh what it saves. A sweep's
         sensitivity, over K sets, takes the host loop; `method='numba'` asks for it here too (the
         same counts either way).
-
-    `planning` gives a layer whose tables would not fit `memory_budget` the samples backend in
-    place of the host loop (`planning.pair_backend`).
+      wide: the layer's tables would not fit its memory budget but its samples' bins would
+        (`planning.counts_by_samples`): on a CPU with numba, the samples backend.
     """
     if jax.default_backend() != "cpu":
         return ONEHOT
-    return HOST if HOST.available() and not one_input else SCATTER
+    if not HOST.available():
+        return SCATTER
+    return SAMPLES if wide else SCATTER if one_input else HOST
 
 
-def resolve(method, *, require_available: bool = False,
-            one_input: bool = False) -> CountingBackend:
+def resolve(method, *, require_available: bool = False, one_input: bool = False,
+            wide: bool = False) -> CountingBackend:
     """The backend object for `method`, chosen once.
 
     Args:
       method: a name from `METHODS` (checked: a ValueError names the choices), or a backend.
       require_available: raise a ValueError now when the backend cannot run in this install
         (otherwise it raises when first asked to count).
-      one_input: "auto" for a single call's one-input intervention (see `default_backend`); the
-        samples backend counts the all-inputs intervention only, so it gives the host loop here.
+      one_input, wide: for "auto" (see `default_backend`); a wide layer asked of the host loop
+        (by name or object) is counted by samples too: the same loop's counts, without tables.
     """
     if isinstance(method, CountingBackend):
         backend = method
     else:
         _checks.check_choice("method", method, METHODS)
-        backend = default_backend(one_input=one_input) if method == "auto" else REGISTRY[method]
-    if one_input and backend.by_samples:
-        backend = HOST
+        backend = default_backend(one_input=one_input, wide=wide) if method == "auto" \
+            else REGISTRY[method]
+    if wide and backend is HOST:
+        backend = SAMPLES
     if require_available and not backend.available():
         raise ValueError(histogram.NEEDS_NUMBA)
     return backend

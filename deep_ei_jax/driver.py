@@ -283,6 +283,12 @@ def sensitivity_blocks(plan: Plan, samples: int, *, progress: Progress = SILENT)
     if not counting.backend.on_host:
         return device_sensitivity_blocks(plan, samples, progress=progress)
     stacked = jax.tree_util.tree_map(lambda a: a[None], plan.params)
+    if counting.backend.by_samples:
+        rows, out_of_range = host_sensitivity_by_samples(
+            sampling, counting, plan.statistics, plan.key, plan.ranges, stacked, 1, 1, True,
+            samples, with_out_of_range=True, progress=progress)
+        return [tuple(r[0] if isinstance(r, np.ndarray) else r for r in rows)], \
+            int(out_of_range[0])
     tables, out_of_range = host_sensitivity_tables(sampling, counting, plan.key, plan.ranges,
                                                    stacked, 1, 1, True, samples,
                                                    with_out_of_range=True, progress=progress)
@@ -349,6 +355,65 @@ def host_sensitivity_tables(sampling: Sampling, counting: Counting, key, ranges,
     progress.start(num_sets * n_in, unit="input", desc=f"sensitivity ({samples} samples)")
     pipelined(work, dispatch, consume)
     return tables, (out_of_range if with_out_of_range else None)
+
+
+def host_sensitivity_by_samples(sampling: Sampling, counting: Counting, statistics: Statistics,
+                                key, ranges, stacked_params, num_sets: int, batch: int,
+                                exact_vmap: bool, samples: int, *, with_out_of_range: bool,
+                                progress: Progress = SILENT):
+    """`host_sensitivity_tables` without tables (the samples backend): each (set, input)'s
+    samples are kept (`pairstats.SampleBins` of one input) until its block's last chunk, then
+    its row of statistics is computed from them (`pairstats.pair_statistics`) and they go.
+
+    Returns:
+      ((MI, p-values or (), standard errors or (), plug-in bias), each [K, n_in, n_out] float64,
+      and the (sample, output) values outside out_range per set [K]: counted on the device with
+      `with_out_of_range`, else the entries left out).
+    """
+    n_in, n_out = sampling.num_inputs, sampling.num_outputs
+    shape = (num_sets, n_in, n_out)
+    rows = (np.zeros(shape), np.zeros(shape) if statistics.significance else (),
+            np.zeros(shape) if statistics.pair_errors else (), np.zeros(shape))
+    out_of_range = np.zeros(num_sets, np.int64)
+    held: dict = {}
+    work = [(batch_, offset, chunk) for batch_ in batches(stacked_params, num_sets, batch)
+            for offset in range(0, n_in, sampling.inputs_per_chunk)
+            for chunk in chunks(sampling, 0, samples)]
+
+    def dispatch(item):
+        (_, _, params), offset, (first, chunk_sampling) = item
+        return kernels.host_single_input_chunk(chunk_sampling, counting, exact_vmap,
+                                               with_out_of_range, key, params, ranges, first,
+                                               offset, samples)
+
+    def consume(outputs, item):
+        (_, sets, _), offset, (first, _) = item
+        x_codes, y_codes, oor = jax.device_get(outputs)
+        stop = min(samples - first * SAMPLE_BLOCK, x_codes.shape[1])
+        if with_out_of_range:
+            out_of_range[sets] += oor[:len(sets)].sum(axis=1)
+        for i, a in enumerate(range(offset, min(offset + sampling.inputs_per_chunk, n_in))):
+            for j, k in enumerate(sets):
+                if (k, a) not in held:
+                    held[k, a] = counting.backend.new_pair_counts((1, n_out), counting.in_bins,
+                                                                  counting.out_bins)
+                counting.backend.consume(held[k, a], (x_codes[i][None], y_codes[j, i]),
+                                         counting.out_bins, 0, stop)
+        if first == work[-1][2][0]:  # the block's inputs are done for these sets
+            for (k, a), bins in held.items():
+                for result, row in zip(rows, counting.backend.statistics(counting, statistics,
+                                                                         bins)):
+                    if isinstance(result, np.ndarray):
+                        result[k, a] = row[0]
+                if not with_out_of_range:
+                    out_of_range[k] += counting.backend.left_out(bins, counting.in_bins,
+                                                                 counting.out_bins)
+            progress.update(len(held))
+            held.clear()
+
+    progress.start(num_sets * n_in, unit="input", desc=f"sensitivity ({samples} samples)")
+    pipelined(work, dispatch, consume)
+    return rows, out_of_range
 
 
 def host_sensitivity_statistics(sampling: Sampling, counting: Counting, statistics: Statistics,

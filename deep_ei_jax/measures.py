@@ -188,7 +188,7 @@ def ei_parts_matrix(key, chain: Chain, params, *, in_range=(0.0, 1.0), out_range
         monotone activation; see `deep_ei_jax.exact`), about 1.5 * grid_step**2 bits per pair.
       activation: replaces the chain's last activation (a name or a JAX callable).
       max_samples: the adaptive mode stops here, with `info.converged` False.
-      memory_budget: bytes of counts held at once (tables or bins: `planning.pair_backend`).
+      memory_budget: bytes of counts held at once (tables or bins: `planning.counts_by_samples`).
       devices: where chunks run: None (all local devices of the default backend, or the one
         pinned with `jax.default_device`), an int n (the first n) or a list of jax Devices. With
         several, each chunk's sample blocks are sharded over them (shard_map + psum of the integer
@@ -651,7 +651,8 @@ def sensitivity_matrix(key, chain: Chain, params, *, samples: int = 500, in_rang
     plan = planning.plan(key, chain, params, _binning(in_range, out_range, in_bins, out_bins,
                                                       policy, method, activation, memory_budget),
                          samples_hint=samples, single_input=True, pairs=True, groups=(),
-                         statistics=Statistics(estimator, bool(significance)))
+                         statistics=Statistics(estimator, bool(significance)),
+                         samples_max=samples)
     sampling = plan.sampling
     stats, oor = driver.sensitivity_blocks(plan, samples, progress=progress)
     stats = jax.device_get(stats)

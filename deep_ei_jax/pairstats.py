@@ -236,24 +236,29 @@ def _pairs(x, compact, first, n, widths, dirty, col_counts, row_counts, b_lo, b_
         col_g, col_m, col_p, _ = _margin_sums(col_counts[b, :widths[b]], log, g, p)
         columns[b - b_lo, 0], columns[b - b_lo, 1], columns[b - b_lo, 2] = col_g, col_m, col_p
     with_psi = estimator == 2
-    chunk = 16
-    for first_input in numba.prange((x.shape[0] + chunk - 1) // chunk):
+    chunk = 16  # inputs per task, outputs per task below: enough tasks for every core
+    out_chunk = max(1, min(b_hi - b_lo, 64))
+    out_tasks = (b_hi - b_lo + out_chunk - 1) // out_chunk
+    for task in numba.prange(((x.shape[0] + chunk - 1) // chunk) * out_tasks):
+        first_input, first_output = task // out_tasks, b_lo + (task % out_tasks) * out_chunk
         table = np.zeros(in_bins * (kmax + 1), np.int32)
         rows = np.zeros(in_bins, np.int64)
         ln_rows = np.zeros(in_bins)
         ln_cols = np.zeros(kmax + 1)
         for a in range(first_input * chunk, min((first_input + 1) * chunk, x.shape[0])):
             _input_pairs(a, x[a, first:first + n], compact, n, widths, dirty, col_counts,
-                         row_counts[a], columns, b_lo, b_hi, in_bins, log, g, p, estimator,
+                         row_counts[a], columns, b_lo, first_output,
+                         min(first_output + out_chunk, b_hi), in_bins, log, g, p, estimator,
                          want_se, with_psi, table, rows, ln_rows, ln_cols, out)
 
 
-def _input_pairs(a, xa, compact, n, widths, dirty, col_counts, row_counts, columns, b_lo, b_hi,
-                 in_bins, log, g, p, estimator, want_se, with_psi, table, rows, ln_rows, ln_cols,
-                 out):
-    """Input a's pairs with outputs b_lo..b_hi-1 (see `_pairs`), in the given scratch."""
+def _input_pairs(a, xa, compact, n, widths, dirty, col_counts, row_counts, columns, b_lo, start,
+                 stop, in_bins, log, g, p, estimator, want_se, with_psi, table, rows, ln_rows,
+                 ln_cols, out):
+    """Input a's pairs with outputs start..stop-1 (see `_pairs`; the call's outputs begin at
+    b_lo), in the given scratch."""
     clean = _margin_sums(row_counts, log, g, p)
-    for b in range(b_lo, b_hi):
+    for b in range(start, stop):
         j = b - b_lo
         k = widths[b]
         out[0, a, j] = out[1, a, j] = out[2, a, j] = out[3, a, j] = out[4, a, j] = 0.0

@@ -175,7 +175,7 @@ def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, sing
       params_checked: the caller has run `_checks.check_params(chain, params)` already.
       samples_max: the most samples the call will count, when known (fixed `samples`): with it,
         a layer whose tables would not fit `memory_budget` may be counted by its samples
-        (`pair_backend`).
+        (`counts_by_samples`).
     """
     if not isinstance(chain, Chain):
         raise TypeError(f"chain must be a deep_ei_jax.Chain; got {type(chain).__name__}")
@@ -185,11 +185,10 @@ def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, sing
     in_bins = _checks.check_bins("in_bins", binning.in_bins)
     out_bins = _checks.check_bins("out_bins", binning.out_bins, allow_dynamic=True)
     _checks.check_choice("policy", binning.policy, POLICIES)
-    backend = backends.resolve(binning.method, one_input=single_input)
     _checks.check_choice("estimator", statistics.estimator, _estimators.ESTIMATORS)
+    if not isinstance(binning.method, CountingBackend):
+        _checks.check_choice("method", binning.method, backends.METHODS)
     mesh = None if single_input else sample_mesh(binning.devices)  # sensitivity: one device
-    if mesh is not None:  # sharded chunks count on their devices
-        backend = backends.device_fallback(backend)
     if not params_checked:
         _checks.check_params(chain, params)  # structure, shapes, finite values: before any work
     _checks.check_positive_int("memory_budget", binning.memory_budget)
@@ -204,9 +203,18 @@ def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, sing
                         single_input=single_input, inputs_per_chunk=1, mesh=mesh)
     low, high, bins = _output_binning(key, params, sampling, out_range, out_bins, in_low, in_high,
                                       in_bins, min(samples_hint, DYNAMIC_PROBE))
-    backend = pair_backend(backend, num_inputs, num_outputs, in_bins, int(bins.max()),
-                           pairs=pairs and not single_input, estimator=statistics.estimator,
-                           samples=samples_max, memory_budget=binning.memory_budget)
+    wide = counts_by_samples(num_inputs, num_outputs, in_bins, int(bins.max()),
+                             single_input=single_input, pairs=pairs,
+                             estimator=statistics.estimator, samples=samples_max,
+                             memory_budget=binning.memory_budget)
+    backend = backends.resolve(binning.method, one_input=single_input, wide=wide)
+    if mesh is not None:  # sharded chunks count on their devices
+        backend = backends.device_fallback(backend)
+    if backend.by_samples and pairs and statistics.estimator not in \
+            pairstats.SUPPORTED_ESTIMATORS:
+        raise ValueError(f"method={backend.name!r} estimates by "
+                         f"{pairstats.SUPPORTED_ESTIMATORS}; got "
+                         f"estimator={statistics.estimator!r}")
     counting = Counting(in_bins=in_bins, out_bins=int(bins.max()), policy=binning.policy,
                         backend=backend, block_size=1, pairs=pairs, groups=groups)
     sampling, counting = _chunk_shapes(sampling, counting, samples_hint, binning.memory_budget)
@@ -218,24 +226,20 @@ def plan(key, chain: Chain, params, binning: Binning, *, samples_hint: int, sing
     return Plan(key, params, sampling, counting, statistics, ranges, low, high, bins)
 
 
-def pair_backend(backend: CountingBackend, num_inputs: int, num_outputs: int, in_bins: int,
-                 out_bins: int, *, pairs: bool, estimator: str, samples: int | None,
-                 memory_budget: int) -> CountingBackend:
-    """The samples backend in place of the host loop where the whole layer's tables would not
-    fit `memory_budget` (they would be streamed block by block, each block sampling again) but
-    the bins of its `samples` would; checks a samples backend asked for by name."""
-    if backend.by_samples:
-        if pairs and estimator not in pairstats.SUPPORTED_ESTIMATORS:
-            raise ValueError(f"method={backend.name!r} estimates by "
-                             f"{pairstats.SUPPORTED_ESTIMATORS}; got estimator={estimator!r}")
-        return backend
-    if backend is not backends.HOST or not pairs or samples is None or \
-            estimator not in pairstats.SUPPORTED_ESTIMATORS:
-        return backend
+def counts_by_samples(num_inputs: int, num_outputs: int, in_bins: int, out_bins: int, *,
+                      single_input: bool, pairs: bool, estimator: str, samples: int | None,
+                      memory_budget: int) -> bool:
+    """Whether a layer is counted by its samples (`backends.SAMPLES`, on a CPU with numba): its
+    pairwise tables would not fit `memory_budget` (they would be streamed block by block, each
+    block sampling again), but the bins of its `samples` would (all inputs' and outputs', or for
+    sensitivity one input's and the outputs'), and the estimator has a closed form in a table's
+    sums. Needs a known sample count (`samples` None: tables)."""
+    if not pairs or samples is None or estimator not in pairstats.SUPPORTED_ESTIMATORS:
+        return False
     tables = 4 * num_inputs * num_outputs * in_bins * out_bins
-    dtype = host_bins_dtype(in_bins, out_bins)
-    kept = samples * pairstats.bytes_per_sample(num_inputs, num_outputs, dtype)
-    return backends.SAMPLES if tables > memory_budget >= kept else backend
+    per_sample = pairstats.bytes_per_sample(1 if single_input else num_inputs, num_outputs,
+                                            host_bins_dtype(in_bins, out_bins))
+    return tables > memory_budget >= samples * per_sample
 
 
 def _output_binning(key, params, sampling: Sampling, out_range, out_bins, in_low, in_high,
@@ -263,7 +267,10 @@ def _chunk_shapes(sampling: Sampling, counting: Counting, samples_hint: int,
     """Table blocks within `memory_budget` and sample blocks per chunk."""
     num_inputs, num_outputs = sampling.num_inputs, sampling.num_outputs
     cell_bytes = 4 * counting.in_bins * counting.out_bins
-    if sampling.single_input:
+    if sampling.single_input and counting.backend.by_samples:
+        per_unit = (1 + num_outputs) * samples_hint  # one input's samples' bins (bytes)
+        units = num_inputs
+    elif sampling.single_input:
         per_unit = num_outputs * cell_bytes  # one input's tables
         units = num_inputs
     elif counting.backend.by_samples:

@@ -269,6 +269,12 @@ def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: i
     device)."""
     sampling, counting = plan.single
     clip = counting.policy != "drop"
+    if counting.backend.by_samples:  # no tables: each set's rows from its samples' bins
+        rows, out_of_range = driver.host_sensitivity_by_samples(
+            sampling, counting, planning.Statistics(), key, ranges, stacked_params, num_sets,
+            batch, plan.exact_vmap, plan.sensitivity_samples, with_out_of_range=clip,
+            progress=reporter)
+        return {"sensitivity": rows[0], "sensitivity_out_of_range": out_of_range}
     tables, out_of_range = driver.host_sensitivity_tables(
         sampling, counting, key, ranges, stacked_params, num_sets, batch, plan.exact_vmap,
         plan.sensitivity_samples, with_out_of_range=clip, progress=reporter)
@@ -388,7 +394,10 @@ def _per_set_bytes(vector, single, samples, sensitivity_samples) -> int:
             need = -(-samples // SAMPLE_BLOCK)  # blocks; chunking pads at most one per chunk
             padded_rows = (need + -(-need // planning.MAX_BLOCKS_PER_CHUNK) + 1) * SAMPLE_BLOCK
             total += 4 * padded_rows * (3 * words + 8)
-    if single is not None:
+    if single is not None and single[1].backend.by_samples:  # a block of inputs' bins
+        sampling = single[0]
+        total += sampling.inputs_per_chunk * sensitivity_samples * (1 + sampling.num_outputs)
+    elif single is not None:
         sampling, counting = single
         total += 4 * sampling.num_inputs * sampling.num_outputs * counting.in_bins \
             * counting.out_bins
@@ -431,15 +440,16 @@ def plan_sweep(key, chain, params0, binning: Binning, *, samples, sensitivity_sa
     need_states = "ei" in names or "degeneracy" in names
     need_pairs = "ei_parts" in names
     vector = single = first = None
+    # the single calls' table budget (at most): their choice of tables or samples
+    budget = min(binning.memory_budget, planning.DEFAULT_TABLE_MEMORY_BUDGET)
     if "sensitivity" in names or "degeneracy" in names:
-        first = planning.plan(key, chain, params0, binning, samples_hint=sensitivity_samples,
-                              single_input=True, pairs=True, groups=(), params_checked=True)
+        first = planning.plan(key, chain, params0, binning._replace(memory_budget=budget),
+                              samples_hint=sensitivity_samples, single_input=True, pairs=True,
+                              groups=(), params_checked=True, samples_max=sensitivity_samples)
         single = (first.sampling, first.counting)
     if need_states or need_pairs:
         whole = _whole_layer(chain, params0) if need_states else ()
         # devices=1: a sweep shards its sets (`sweep`), never one set's samples
-        # and the single calls' table budget (at most): their choice of tables or samples
-        budget = min(binning.memory_budget, planning.DEFAULT_TABLE_MEMORY_BUDGET)
         vector_plan = planning.plan(key, chain, params0,
                                     binning._replace(devices=1, memory_budget=budget),
                                     samples_hint=samples, single_input=False, pairs=need_pairs,

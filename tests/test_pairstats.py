@@ -161,17 +161,55 @@ def test_auto_counts_by_samples_where_the_tables_would_not_fit(key):
         pure.ei_parts_matrix(key, chain, params, method="samples", estimator="nsb", **kwargs)
 
 
-def test_pair_backend_rule():
-    host, samples = backends.HOST, backends.SAMPLES
-    kwargs = dict(pairs=True, estimator="plugin", memory_budget=2 ** 28)
+def test_the_rule_for_counting_by_samples():
+    rule = dict(single_input=False, pairs=True, estimator="plugin", memory_budget=2 ** 28)
     # W6: 784 x 1000 x 64 x 64 int32 tables = 12.5 GiB; its 1e4 samples' bins 17 MiB
-    assert planning.pair_backend(host, 784, 1000, 64, 64, samples=10 ** 4, **kwargs) is samples
-    assert planning.pair_backend(host, 20, 10, 64, 64, samples=10 ** 6, **kwargs) is host
-    assert planning.pair_backend(host, 784, 1000, 64, 64, samples=None, **kwargs) is host
-    assert planning.pair_backend(backends.SCATTER, 784, 1000, 64, 64, samples=10 ** 4,
-                                 **kwargs) is backends.SCATTER
-    # the one-input intervention (sensitivity) keeps the host loop, even when asked by name
-    assert backends.resolve("samples", one_input=True) is host
+    assert planning.counts_by_samples(784, 1000, 64, 64, samples=10 ** 4, **rule)
+    assert not planning.counts_by_samples(20, 10, 64, 64, samples=10 ** 6, **rule)
+    assert not planning.counts_by_samples(784, 1000, 64, 64, samples=None, **rule)
+    assert not planning.counts_by_samples(784, 1000, 64, 64, samples=10 ** 4,
+                                          **dict(rule, estimator="nsb"))
+    # sensitivity: one input's samples (and the outputs') at a time
+    assert planning.counts_by_samples(784, 1000, 64, 64, samples=10 ** 5,
+                                      **dict(rule, single_input=True))
+    # the host loop (by name, object or 'auto' on a CPU) becomes the samples backend; a device
+    # backend asked for by name stays
+    assert backends.resolve("numba", wide=True) is backends.SAMPLES
+    assert backends.resolve(backends.HOST, wide=True) is backends.SAMPLES
+    assert backends.resolve("scatter", wide=True) is backends.SCATTER
+    if jax.default_backend() == "cpu":
+        assert backends.resolve("auto", one_input=True, wide=True) is backends.SAMPLES
+
+
+def test_sensitivity_by_samples(key):
+    chain, params = sigmoid_layer(np.random.default_rng(7), 9, 12)
+    kwargs = dict(samples=700, in_bins=16, out_bins=16, out_range=(0.1, 0.9),
+                  significance=True)
+    tables, tables_info = quiet(pure.sensitivity_matrix, key, chain, params, method="numba",
+                                **kwargs)
+    samples, info = quiet(pure.sensitivity_matrix, key, chain, params, method="samples",
+                          **kwargs)
+    assert info.method == "samples" and tables_info.method == "numba"
+    np.testing.assert_allclose(samples, tables, rtol=0, atol=FLOAT32_PAIR)
+    assert info.dropped == tables_info.dropped > 0
+    np.testing.assert_allclose(info.pvalues, tables_info.pvalues, rtol=1e-3, atol=1e-6)
+    # 'auto' picks it where one input's tables would not fit, and a sweep does as single calls
+    budget = 4 * 9 * 12 * 16 * 16 - 1
+    auto, auto_info = quiet(pure.sensitivity_matrix, key, chain, params, memory_budget=budget,
+                            **kwargs)
+    assert auto_info.method == "samples" and auto.tobytes() == samples.tobytes()
+    stacked = jax.tree_util.tree_map(lambda a: np.stack([a, a[::-1]]), params)
+    swept = quiet(sweeping.sweep, key, chain, stacked, measures=("sensitivity",),
+                  samples=700, sensitivity_samples=700, in_bins=16, out_bins=16,
+                  out_range=(0.1, 0.9), memory_budget=budget)
+    for k in range(2):
+        single, single_info = quiet(pure.sensitivity_matrix, key, chain,
+                                    jax.tree_util.tree_map(lambda a: a[k], stacked),
+                                    samples=700, in_bins=16, out_bins=16,
+                                    out_range=(0.1, 0.9), memory_budget=budget)
+        assert single_info.method == "samples"
+        assert swept.sensitivity_matrix[k].tobytes() == single.tobytes()
+        assert swept.sensitivity_out_of_range[k] == single_info.out_of_range
 
 
 def test_groups_and_pairs_together_by_samples(key):
