@@ -33,6 +33,7 @@ from .planning import Binning, Statistics
 MEASURES = ("ei_parts", "ei", "sensitivity")
 CALIBRATION_PAIR_SAMPLES = 2 ** 26  # work of one calibration run (~30-100 ms on this CPU)
 CALIBRATION_INPUTS = 64  # (enough for every core: the samples backend splits inputs by 16)
+CALIBRATION_SAMPLES = 2 ** 14  # at most: calls with more samples share one calibration
 
 
 class Cost(NamedTuple):
@@ -99,7 +100,7 @@ def estimate(key, chain, params, *, measure: str = "ei_parts", samples: int = 10
     else:
         work = samples * n_in * n_out
         per_sample, per_pair = _pair_costs(counting.backend, counting.in_bins, counting.out_bins,
-                                           samples)
+                                           min(samples, CALIBRATION_SAMPLES))
         counting_seconds = work * per_sample + n_in * n_out * per_pair
         rate = work / max(counting_seconds, 1e-12)
         passes, memory = _pair_memory(sampling, counting, samples)
@@ -133,10 +134,10 @@ def _pair_memory(sampling, counting, samples: int) -> tuple[int, int]:
 @functools.lru_cache(maxsize=64)
 def _pair_costs(backend, in_bins: int, out_bins: int, samples: int) -> tuple[float, float]:
     """(seconds per pair-sample, seconds per pair) of `backend` counting and reducing synthetic
-    bins: two runs of 64 x n_out pairs, over s and s / 4 samples (s = min(samples, 16384)),
+    bins: two runs of 64 x n_out pairs, over s and s / 4 samples (s = `samples`, at most 16384),
     fitted to t = pairs * (samples * per_sample + per_pair)."""
     rng = np.random.default_rng(0)
-    size = min(samples, 2 ** 14)
+    size = min(samples, CALIBRATION_SAMPLES)
     n_in = CALIBRATION_INPUTS
     n_out = max(4, min(1024, CALIBRATION_PAIR_SAMPLES // (n_in * size)))
     x = rng.integers(0, in_bins, (n_in, size)).astype(np.uint8 if in_bins <= 256 else np.uint16)

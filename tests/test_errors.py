@@ -174,9 +174,11 @@ def test_unsupported_pool_option():
 def test_memory_too_large_is_refused_before_work():
     chain = pure.Chain(layers=(pure.Dense(),), in_shape=(100_000,))
     params = ({"w": np.zeros((100_000, 1), np.float32)},)
+    # (the bins of 10,000 samples, 1 GB, would not fit either; 10 samples would be counted by
+    # samples: tests/test_pairstats.py)
     with pytest.raises(ValueError, match=r"one output's count tables need 1562.5 MiB \(100000 "
                                          r"inputs x 1 outputs, 64 x 64 bins\)"):
-        pure.ei_parts(jax.random.key(0), chain, params, samples=10)
+        pure.ei_parts(jax.random.key(0), chain, params, samples=10_000)
 
 
 def test_pure_api_argument_kinds():

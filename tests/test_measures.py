@@ -200,10 +200,12 @@ def test_sensitivity_equal_on_every_backend(key, backend):
     reference, reference_info = pure.sensitivity_matrix(key, chain, params, method="scatter",
                                                         **kwargs)
     matrix, info = pure.sensitivity_matrix(key, chain, params, method=backend.name, **kwargs)
-    assert matrix.tobytes() == reference.tobytes()
-    # (the samples backend counts the all-inputs intervention only: sensitivity takes the host
-    # loop, and says so)
-    assert info.method == (backends.HOST.name if backend.by_samples else backend.name)
+    if backend.by_samples:  # the same counts, reduced in float64 rather than float32 (on
+        # 900 samples a pair's rounding is ~1e-6 bits: see tests/test_pairstats.py)
+        np.testing.assert_allclose(matrix, reference, rtol=0, atol=1e-5)
+    else:
+        assert matrix.tobytes() == reference.tobytes()
+    assert info.method == backend.name
     assert info.out_of_range == info.dropped == reference_info.out_of_range > 0
     clip, clip_info = pure.sensitivity_matrix(key, chain, params, method=backend.name,
                                               policy="clip", **kwargs)
