@@ -26,30 +26,11 @@ from deep_ei_jax.activations import activation  # noqa: E402
 from deep_ei_jax.bridge import resolve_span  # noqa: E402
 from deep_ei_jax.sampling import SAMPLE_BLOCK, uniform_inputs  # noqa: E402
 
+from _models import TutorialCNN  # noqa: E402
+
 N_IN, N_HID, N_OUT = 20, 24, 6   # fan-ins 20 and 24 > 16: Dense uses a matmul
 BINS = dict(in_bins=8, out_bins=8)
 GAMMA_UNIT = 2.0 ** -24
-
-
-class TutorialCNN(nn.Module):
-    """The PyTorch tutorial's CIFAR-10 network (one pool module used twice)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
 
 
 class Functional(nn.Module):
