@@ -251,6 +251,9 @@ def test_tutorial_cnn_every_layer(cnn):
         expected = None if name == "fc3" else activation("relu")
         assert span.out_activation == expected, name
         assert out_range == ((-10.0, 10.0) if name == "fc3" else (0.0, 10.0))
+        # what ei_of_layer's info reports (api.layer_info copies them from the span); conv
+        # outputs [C, H, W] are measured at their centre pixel: conv1's 28 x 28 -> (14, 14)
+        assert (span.name, span.position) == (name, dict(conv1=(14, 14), conv2=(5, 5)).get(name))
     # every layer is measured, and a sweep's default layers are all five: one sweep measures
     # them (ei_of_layer on each of the five runs in the README's tutorial,
     # tests/test_any_model_readme.py; the sweep equals single calls, test_sweep_over_...)
@@ -259,9 +262,8 @@ def test_tutorial_cnn_every_layer(cnn):
     assert [r["layer"] for r in records] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
     for record in records:
         assert math.isfinite(record["ei_parts"]) and record["ei_parts"] >= 0, record
-        # conv outputs [C, H, W] are measured at their centre pixel: conv1's 28 x 28 -> (14, 14)
         assert record.get("position") == dict(conv1=[14, 14], conv2=[5, 5]).get(record["layer"])
-    # a single call says which layer and position it measured
+    # a single call's info says which layer and position it measured
     value, info = dei.ei_of_layer(net.conv2, top, samples=500, seed=0, in_bins=4, out_bins=4,
                                   return_info=True)
     assert math.isfinite(value) and value >= 0
