@@ -26,30 +26,11 @@ from deep_ei_jax.activations import activation  # noqa: E402
 from deep_ei_jax.bridge import resolve_span  # noqa: E402
 from deep_ei_jax.sampling import SAMPLE_BLOCK, uniform_inputs  # noqa: E402
 
+from _models import TutorialCNN  # noqa: E402
+
 N_IN, N_HID, N_OUT = 20, 24, 6   # fan-ins 20 and 24 > 16: Dense uses a matmul
 BINS = dict(in_bins=8, out_bins=8)
 GAMMA_UNIT = 2.0 ** -24
-
-
-class TutorialCNN(nn.Module):
-    """The PyTorch tutorial's CIFAR-10 network (one pool module used twice)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
 
 
 class Functional(nn.Module):
@@ -66,6 +47,15 @@ class Functional(nn.Module):
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    """(net, topology) of TutorialCNN with torch's seed 0, shared by the tests that only read
+    them: one torch.export capture (cached on the topology) serves them all."""
+    torch.manual_seed(0)
+    net = TutorialCNN()
+    return net, dei.topology_of(net, torch.zeros((1, 3, 32, 32)))
 
 
 # ---------------------------------------------------------------- exact twins
@@ -253,21 +243,31 @@ def test_new_activation_agrees_with_a_numpy_histogram(name, module, slope):
 
 # ---------------------------------------------------------------- the tutorial CNN
 
-def test_tutorial_cnn_every_layer():
-    net = TutorialCNN()
-    top = dei.topology_of(net, torch.zeros((1, 3, 32, 32)))
+def test_tutorial_cnn_every_layer(cnn):
+    net, top = cnn
     for name in ("conv1", "conv2", "fc1", "fc2", "fc3"):
         layer = getattr(net, name)
         span, _, out_range = resolve_span(layer, top)
         expected = None if name == "fc3" else activation("relu")
         assert span.out_activation == expected, name
         assert out_range == ((-10.0, 10.0) if name == "fc3" else (0.0, 10.0))
-        value, info = dei.ei_of_layer(layer, top, samples=500, seed=0, in_bins=4, out_bins=4,
-                                      return_info=True)
-        assert math.isfinite(value) and value >= 0, name
-        assert info.layer == name
-        # conv outputs [C, H, W] are measured at their centre pixel: conv1's 28 x 28 -> (14, 14)
-        assert info.position == dict(conv1=(14, 14), conv2=(5, 5)).get(name)
+        # what ei_of_layer's info reports (api.layer_info copies them from the span); conv
+        # outputs [C, H, W] are measured at their centre pixel: conv1's 28 x 28 -> (14, 14)
+        assert (span.name, span.position) == (name, dict(conv1=(14, 14), conv2=(5, 5)).get(name))
+    # every layer is measured, and a sweep's default layers are all five: one sweep measures
+    # them (ei_of_layer on each of the five runs in the README's tutorial,
+    # tests/test_any_model_readme.py; the sweep equals single calls, test_sweep_over_...)
+    records = dei.sweep([net], torch.zeros((1, 3, 32, 32)), measures=["ei_parts"],
+                        samples=500, in_bins=4, out_bins=4)
+    assert [r["layer"] for r in records] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    for record in records:
+        assert math.isfinite(record["ei_parts"]) and record["ei_parts"] >= 0, record
+        assert record.get("position") == dict(conv1=[14, 14], conv2=[5, 5]).get(record["layer"])
+    # a single call's info says which layer and position it measured
+    value, info = dei.ei_of_layer(net.conv2, top, samples=500, seed=0, in_bins=4, out_bins=4,
+                                  return_info=True)
+    assert math.isfinite(value) and value >= 0
+    assert info.layer == "conv2" and info.position == (5, 5)
     # conv1's centre pixel depends on its 3 x 5 x 5 receptive field, as deep-ei's rule says
     assert resolve_span(net.conv1, top)[0].chain.in_shape == (75,)
     # the pool is called twice: the first call (6 x 28 x 28 -> 6 x 14 x 14) by default
@@ -275,9 +275,8 @@ def test_tutorial_cnn_every_layer():
     assert resolve_span(net.pool, top, position="all")[0].graph.in_shape == (6, 28, 28)
 
 
-def test_positions_are_selectable():
-    net = TutorialCNN()
-    top = dei.topology_of(net, torch.zeros((1, 3, 32, 32)))
+def test_positions_are_selectable(cnn):
+    net, top = cnn
     corner, _, _ = resolve_span(net.conv1, top, position=(0, 0))
     assert corner.position == (0, 0) and corner.chain.in_shape == (75,)
     whole, _, _ = resolve_span(net.conv2, top, position="all")
@@ -299,7 +298,7 @@ class Skip(nn.Module):
         return self.c(self.b(h) + x)
 
 
-def test_errors_name_the_tensor_the_op_and_the_argument():
+def test_errors_name_the_tensor_the_op_and_the_argument(cnn):
     model = Skip()
     top = dei.topology_of(model, torch.zeros((1, 4)))
     with pytest.raises(ValueError, match=r"depends on tensor 'x' .* skip connection"):
@@ -317,8 +316,7 @@ def test_errors_name_the_tensor_the_op_and_the_argument():
     top = dei.topology_of(model, torch.zeros((1, 4)))
     with pytest.raises(NotImplementedError, match=r"op aten\.sort"):
         dei.ei_of_layer(model, top, samples=100)
-    net = TutorialCNN()
-    top = dei.topology_of(net, torch.zeros((1, 3, 32, 32)))
+    net, top = cnn
     with pytest.raises(ValueError, match=r"position .*\(99, 0\).* out of bounds"):
         dei.ei_of_layer(net.conv1, top, samples=100, position=(99, 0))
     with pytest.raises(ValueError, match=r"position must be None \(the centre\), 'all'"):
@@ -365,7 +363,11 @@ def test_sweep_over_checkpoints_equals_single_calls():
         models, x, layers=["conv1"], measures=["ei", "ei_parts"], **settings)
     assert [(r["model"], r["layer"]) for r in records] == [
         (k, name) for name in ("fc1", "conv1") for k in range(3)]
-    for record in records[::2]:     # checkpoints 0 and 2 of fc1, 1 of conv1 (for time)
+    assert [r.get("position") for r in records] == [None] * 3 + [[14, 14]] * 3
+    # each single call captures and compiles anew: two of them, checkpoint 2 of fc1 (all four
+    # measures; its sweep reuses checkpoint 0's capture with other weights) and checkpoint 0 of
+    # conv1 (the capture's own model; a restricted layer at a position)
+    for record in (records[2], records[3]):
         model = models[record["model"]]
         top = dei.topology_of(model, x)
         layer = getattr(model, record["layer"])
@@ -380,7 +382,6 @@ def test_sweep_over_checkpoints_equals_single_calls():
         assert abs(record["ei_parts"] - parts) <= _rounding(pairs, 1000)
         if sens is not None:
             assert abs(record["sensitivity"] - sens) <= _rounding(pairs, 10)
-        assert record.get("position") == ([14, 14] if record["layer"] == "conv1" else None)
 
 
 def test_tracker_measures_graph_layers(tmp_path):
@@ -393,12 +394,6 @@ def test_tracker_measures_graph_layers(tmp_path):
     assert [r["layer"] for r in first] == ["conv2", "fc3"]
     assert [r["ei_parts"] for r in first] == [r["ei_parts"] for r in second]
     assert first[0]["position"] == [5, 5]
-
-
-def test_default_layers_of_the_tutorial_cnn():
-    records = dei.sweep([TutorialCNN()], torch.zeros((1, 3, 32, 32)), measures=["ei_parts"],
-                        samples=300, in_bins=4, out_bins=4)
-    assert [r["layer"] for r in records] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
 
 
 def test_cli_lists_and_measures_the_tutorial_cnn(tmp_path, capsys):

@@ -20,27 +20,7 @@ from deep_ei_jax.bridge.graph import CaptureError, capture  # noqa: E402
 from deep_ei_jax.bridge.spans import every_span, span_function  # noqa: E402
 
 from _graph_oracle import check_every_call  # noqa: E402
-
-
-class TutorialNet(nn.Module):
-    """The PyTorch CIFAR tutorial's CNN: functional relu, one pool module called twice."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
+from _models import TutorialCNN  # noqa: E402
 
 
 class BasicBlock(nn.Module):
@@ -92,7 +72,7 @@ def seeded():
 
 
 def test_tutorial_cnn_every_call_and_activations():
-    model = TutorialNet()
+    model = TutorialCNN()
     captured, spans = check_every_call(model, torch.randn(1, 3, 32, 32))
     assert {name for name, _ in spans} == {"", "conv1", "pool", "conv2", "fc1", "fc2", "fc3"}
     assert ("pool", 1) in spans and spans[("pool", 1)].in_shape == (16, 10, 10)
@@ -303,7 +283,7 @@ def test_recurrent_cells():
 
 
 def test_same_architecture_shares_one_function():
-    first, second = TutorialNet(), TutorialNet()
+    first, second = TutorialCNN(), TutorialCNN()
     example = torch.randn(1, 3, 32, 32)
     a = span_function(capture(first, example), first.fc1)
     b = span_function(capture(second, example), second.fc1)
@@ -355,7 +335,7 @@ def test_unsupported_op_names_op_and_module():
 
 
 def test_bad_arguments():
-    model = TutorialNet()
+    model = TutorialCNN()
     captured = capture(model, torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"call must be an int in \[0, 2\) for 'pool'"):
         span_function(captured, model.pool, call=2)
@@ -370,7 +350,7 @@ def test_bad_arguments():
 
 
 def test_first_sample_of_a_batch():
-    model = TutorialNet()
+    model = TutorialCNN()
     captured = capture(model, torch.randn(8, 3, 32, 32), first_sample=True)
     span = span_function(captured, model.fc1)
     assert span.in_shape == (400,) and captured.nodes[captured.inputs[0]].shape[0] == 1
