@@ -343,7 +343,7 @@ def pair_statistics(bins: SampleBins, start: int, stop: int, in_bins: int, senti
     n = stop - start
     num_inputs, num_outputs = bins.x.shape[0], bins.y.shape[0]
     compact = np.empty((num_outputs, n), np.uint8 if sentinel < 256 else np.uint16)
-    col_counts = np.zeros((num_outputs, sentinel), np.int64)
+    col_counts = np.zeros((num_outputs, min(sentinel, max(n, 1))), np.int64)  # k <= both
     widths = np.zeros(num_outputs, np.int64)
     dirty = np.zeros(num_outputs, np.bool_)
     _columns(bins.y, start, stop, sentinel, compact, col_counts, widths, dirty)

@@ -564,6 +564,7 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
       some set's values names the sets and those that counted nothing.
     """
     names = _checks.check_measures(measures, MEASURES)
+    _checks.check_positive_int("memory_budget", memory_budget)
     _checks.check_samples("samples", samples)
     _checks.check_samples("sensitivity_samples", sensitivity_samples)
     if max_batch is not None:

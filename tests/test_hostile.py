@@ -583,7 +583,10 @@ def test_atomic_write_keeps_the_old_file_on_any_error(tmp_path):
     ("good.pt", ["--seed", str(2 ** 70)], ["--seed", "expected an integer seed"]),
     ("good.pt", ["--bins", "1"], ["--bins", "expected an integer >= 2; got '1'"]),
     ("good.pt", ["--samples", str(2 ** 31)], ["--samples", "below 2**31"]),
-    ("good.pt", ["--bins", "100000"], ["--in-bins 100000", "count tables need"]),
+    # (tables of 1e10 cells per pair; the bins of 1e8 samples would not fit either: at 1000
+    # samples this layer is counted by its samples)
+    ("good.pt", ["--bins", "100000", "--samples", str(10 ** 8)],
+     ["--in-bins 100000", "count tables need"]),
     ("good.pt", ["--layers", "0,0"], ["--layers names layer '0' more than once"]),
     ("good.pt", ["--layers", "1"], ["--layers: '1' is not a measurable module"]),
 ])
