@@ -315,19 +315,22 @@ def device_sensitivity_blocks(plan: Plan, samples: int, *, progress: Progress = 
     return stats, int(np.sum(jax.device_get(out_of_range)))
 
 
-def host_sensitivity_tables(sampling: Sampling, counting: Counting, key, ranges, stacked_params,
-                            num_sets: int, batch: int, exact_vmap: bool, samples: int, *,
-                            with_out_of_range: bool = False, progress: Progress = SILENT):
-    """The one-input intervention of K parameter sets (a single call: K = 1), counted on the host:
-    the noise drawn once for all sets, each set's layer run as a single call's.
+def one_input_pass(sampling: Sampling, counting: Counting, key, ranges, stacked_params,
+                   num_sets: int, batch: int, exact_vmap: bool, samples: int, *, add, block_done,
+                   with_out_of_range: bool, progress: Progress = SILENT) -> np.ndarray:
+    """The one-input intervention of K parameter sets (a single call: K = 1), chunk by chunk for
+    the host: the noise drawn once for all sets, each set's layer run as a single call's.
+
+    Calls `add(k, a, x_bins [1, S], y_bins [n_out, S], stop)` for every set k and input a of
+    each chunk (`out_bins` on every entry left out; samples past `stop` not counted) and
+    `block_done(sets)` after a block of inputs' last chunk. `progress` is told of the (set,
+    input) pairs done.
 
     Returns:
-      (host tables int32 [K, n_in, n_out, host cells], with `with_out_of_range` the
-      out-of-range counts [K], else None). `progress` is told of the (set, input) pairs done.
+      with `with_out_of_range` the out-of-range counts per set [K] (counted on the device), else
+      zeros.
     """
-    n_in, n_out = sampling.num_inputs, sampling.num_outputs
-    backend = counting.backend
-    tables = backend.new_pair_counts((num_sets, n_in, n_out), counting.in_bins, counting.out_bins)
+    n_in = sampling.num_inputs
     out_of_range = np.zeros(num_sets, np.int64)
     work = [(batch_, offset, chunk) for batch_ in batches(stacked_params, num_sets, batch)
             for offset in range(0, n_in, sampling.inputs_per_chunk)
@@ -345,15 +348,39 @@ def host_sensitivity_tables(sampling: Sampling, counting: Counting, key, ranges,
         stop = min(samples - first * SAMPLE_BLOCK, x_codes.shape[1])
         if with_out_of_range:
             out_of_range[sets] += oor[:len(sets)].sum(axis=1)
-        for i, a in enumerate(range(offset, min(offset + sampling.inputs_per_chunk, n_in))):
+        inputs = range(offset, min(offset + sampling.inputs_per_chunk, n_in))
+        for i, a in enumerate(inputs):
             for j, k in enumerate(sets):
-                backend.consume(tables[k, a][None], (x_codes[i][None], y_codes[j, i]),
-                                counting.out_bins, 0, stop)
-        if first == work[-1][2][0]:  # the offset's inputs are done for these sets
-            progress.update(len(sets) * min(sampling.inputs_per_chunk, n_in - offset))
+                add(k, a, x_codes[i][None], y_codes[j, i], stop)
+        if first == work[-1][2][0]:  # the block's inputs are done for these sets
+            block_done(sets)
+            progress.update(len(sets) * len(inputs))
 
     progress.start(num_sets * n_in, unit="input", desc=f"sensitivity ({samples} samples)")
     pipelined(work, dispatch, consume)
+    return out_of_range
+
+
+def host_sensitivity_tables(sampling: Sampling, counting: Counting, key, ranges, stacked_params,
+                            num_sets: int, batch: int, exact_vmap: bool, samples: int, *,
+                            with_out_of_range: bool = False, progress: Progress = SILENT):
+    """The one-input intervention of K parameter sets counted into host tables (`one_input_pass`).
+
+    Returns:
+      (host tables int32 [K, n_in, n_out, host cells], with `with_out_of_range` the
+      out-of-range counts [K], else None).
+    """
+    backend = counting.backend
+    tables = backend.new_pair_counts((num_sets, sampling.num_inputs, sampling.num_outputs),
+                                     counting.in_bins, counting.out_bins)
+
+    def add(k, a, x_bins, y_bins, stop):
+        backend.consume(tables[k, a][None], (x_bins, y_bins), counting.out_bins, 0, stop)
+
+    out_of_range = one_input_pass(sampling, counting, key, ranges, stacked_params, num_sets,
+                                  batch, exact_vmap, samples, add=add,
+                                  block_done=lambda sets: None,
+                                  with_out_of_range=with_out_of_range, progress=progress)
     return tables, (out_of_range if with_out_of_range else None)
 
 
@@ -361,59 +388,40 @@ def host_sensitivity_by_samples(sampling: Sampling, counting: Counting, statisti
                                 key, ranges, stacked_params, num_sets: int, batch: int,
                                 exact_vmap: bool, samples: int, *, with_out_of_range: bool,
                                 progress: Progress = SILENT):
-    """`host_sensitivity_tables` without tables (the samples backend): each (set, input)'s
-    samples are kept (`pairstats.SampleBins` of one input) until its block's last chunk, then
-    its row of statistics is computed from them (`pairstats.pair_statistics`) and they go.
+    """The one-input intervention of K parameter sets without tables (the samples backend,
+    `one_input_pass`): each (set, input)'s samples are kept (`pairstats.SampleBins` of one
+    input) until its block's last chunk, then its row of statistics is computed from them and
+    they go.
 
     Returns:
       ((MI, p-values or (), standard errors or (), plug-in bias), each [K, n_in, n_out] float64,
       and the (sample, output) values outside out_range per set [K]: counted on the device with
       `with_out_of_range`, else the entries left out).
     """
-    n_in, n_out = sampling.num_inputs, sampling.num_outputs
-    shape = (num_sets, n_in, n_out)
+    backend, n_out = counting.backend, sampling.num_outputs
+    shape = (num_sets, sampling.num_inputs, n_out)
     rows = (np.zeros(shape), np.zeros(shape) if statistics.significance else (),
             np.zeros(shape) if statistics.pair_errors else (), np.zeros(shape))
-    out_of_range = np.zeros(num_sets, np.int64)
+    left_out = np.zeros(num_sets, np.int64)
     held: dict = {}
-    work = [(batch_, offset, chunk) for batch_ in batches(stacked_params, num_sets, batch)
-            for offset in range(0, n_in, sampling.inputs_per_chunk)
-            for chunk in chunks(sampling, 0, samples)]
 
-    def dispatch(item):
-        (_, _, params), offset, (first, chunk_sampling) = item
-        return kernels.host_single_input_chunk(chunk_sampling, counting, exact_vmap,
-                                               with_out_of_range, key, params, ranges, first,
-                                               offset, samples)
+    def add(k, a, x_bins, y_bins, stop):
+        if (k, a) not in held:
+            held[k, a] = backend.new_pair_counts((1, n_out), counting.in_bins, counting.out_bins)
+        backend.consume(held[k, a], (x_bins, y_bins), counting.out_bins, 0, stop)
 
-    def consume(outputs, item):
-        (_, sets, _), offset, (first, _) = item
-        x_codes, y_codes, oor = jax.device_get(outputs)
-        stop = min(samples - first * SAMPLE_BLOCK, x_codes.shape[1])
-        if with_out_of_range:
-            out_of_range[sets] += oor[:len(sets)].sum(axis=1)
-        for i, a in enumerate(range(offset, min(offset + sampling.inputs_per_chunk, n_in))):
-            for j, k in enumerate(sets):
-                if (k, a) not in held:
-                    held[k, a] = counting.backend.new_pair_counts((1, n_out), counting.in_bins,
-                                                                  counting.out_bins)
-                counting.backend.consume(held[k, a], (x_codes[i][None], y_codes[j, i]),
-                                         counting.out_bins, 0, stop)
-        if first == work[-1][2][0]:  # the block's inputs are done for these sets
-            for (k, a), bins in held.items():
-                for result, row in zip(rows, counting.backend.statistics(counting, statistics,
-                                                                         bins)):
-                    if isinstance(result, np.ndarray):
-                        result[k, a] = row[0]
-                if not with_out_of_range:
-                    out_of_range[k] += counting.backend.left_out(bins, counting.in_bins,
-                                                                 counting.out_bins)
-            progress.update(len(held))
-            held.clear()
+    def block_done(sets):
+        for (k, a), bins in held.items():
+            for result, row in zip(rows, backend.statistics(counting, statistics, bins)):
+                if isinstance(result, np.ndarray):
+                    result[k, a] = row[0]
+            left_out[k] += backend.left_out(bins, counting.in_bins, counting.out_bins)
+        held.clear()
 
-    progress.start(num_sets * n_in, unit="input", desc=f"sensitivity ({samples} samples)")
-    pipelined(work, dispatch, consume)
-    return rows, out_of_range
+    out_of_range = one_input_pass(sampling, counting, key, ranges, stacked_params, num_sets,
+                                  batch, exact_vmap, samples, add=add, block_done=block_done,
+                                  with_out_of_range=with_out_of_range, progress=progress)
+    return rows, (out_of_range if with_out_of_range else left_out)
 
 
 def host_sensitivity_statistics(sampling: Sampling, counting: Counting, statistics: Statistics,

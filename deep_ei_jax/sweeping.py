@@ -437,6 +437,7 @@ def plan_sweep(key, chain, params0, binning: Binning, *, samples, sensitivity_sa
             raise ValueError(f"{name} must be fixed in a sweep (each parameter set would get its "
                              f"own dynamic binning); got {value!r} (measure such a layer with "
                              f"single calls, as deep_ei_jax.sweep does for it)")
+    _checks.check_positive_int("memory_budget", binning.memory_budget)
     need_states = "ei" in names or "degeneracy" in names
     need_pairs = "ei_parts" in names
     vector = single = first = None
@@ -564,7 +565,6 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
       some set's values names the sets and those that counted nothing.
     """
     names = _checks.check_measures(measures, MEASURES)
-    _checks.check_positive_int("memory_budget", memory_budget)
     _checks.check_samples("samples", samples)
     _checks.check_samples("sensitivity_samples", sensitivity_samples)
     if max_batch is not None:
