@@ -542,6 +542,13 @@ def export(args) -> int:
 
 # ---------------------------------------------------------------- the parser
 
+def _results_argument(command) -> None:
+    """The RESULTS argument of the commands that read measurement records (plot, export)."""
+    command.add_argument("results", metavar="RESULTS",
+                         help="records: 'measure --json' output, a Tracker's JSON lines, a JSON "
+                         "list of deep_ei_jax.sweep records, or a CSV of them")
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="deep-ei-jax", description="Effective information (EI), EI_parts, sensitivity and "
@@ -602,9 +609,7 @@ def parser() -> argparse.ArgumentParser:
         description="Draw the causal plane (sensitivity vs degeneracy per layer; trajectories "
         "coloured by step when the results have steps) and the measures against step (or per "
         "layer) as PNG files.")
-    p.add_argument("results", metavar="RESULTS",
-                   help="records: 'measure --json' output, a Tracker's JSON lines, a JSON list "
-                   "of deep_ei_jax.sweep records, or a CSV of them")
+    _results_argument(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
     p.set_defaults(run=plot)
     e = commands.add_parser(
@@ -612,9 +617,7 @@ def parser() -> argparse.ArgumentParser:
         description="Write measurement records as TensorBoard scalars (tags ei/LAYER, "
         "ei_parts/LAYER, sensitivity/LAYER, degeneracy/LAYER, at each record's step) in a new "
         "event file; view them with 'tensorboard --logdir DIR'. Needs tensorboard.")
-    e.add_argument("results", metavar="RESULTS",
-                   help="records: 'measure --json' output, a Tracker's JSON lines, a JSON list "
-                   "of deep_ei_jax.sweep records, or a CSV of them")
+    _results_argument(e)
     e.add_argument("--tensorboard", required=True, metavar="DIR",
                    help="the run folder for the event file (created if missing)")
     e.set_defaults(run=export)
