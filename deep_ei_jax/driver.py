@@ -1,16 +1,20 @@
 """The chunk driver: feeds the chunks of a sample range to the kernels and their results to the
-counters, for single calls (one parameter set) and sweeps (K sets) alike.
+counters, for sweeps of K parameter sets and single calls alike (a single call is the sweep of
+one set, `one_set`).
 
-Every pass is a list of work items, each dispatched to the device (asynchronously) and then
-consumed on the host while the device computes the next one (`pipelined`). The counting backend
-(`backends`) decides whether a chunk's tables are counted on the device (they ride in the carry)
-or on the host from the bins the chunk returns.
+A pass is one intervention (all inputs: `AllInputsPass`; one input at a time: `OneInputPass`)
+over a sample range, for a stream of work items (`work`: per call's sets, per block of outputs
+or inputs, per chunk of samples). `drive` dispatches each item to the device (asynchronously)
+and takes the previous one's results in on the host meanwhile (`pipelined`). The counting
+backend (`backends`) decides whether a chunk's tables are counted on the device (they ride in a
+carry) or on the host from the bins the chunk returns; joint states are always counted on the
+host (`histogram.StateCounts`), so every entry point gets the same counter for a measure.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,81 +86,283 @@ def batch_edges(samples: int, num_batches: int):
     return list(zip(edges[:-1], edges[1:]))
 
 
+# ---------------------------------------------------------------- the one loop
+
+class Sets(NamedTuple):
+    """The parameter sets one pass measures: K of a sweep, or a single call's one.
+
+    Attributes:
+      params: the params with a leading axis K on every array.
+      count: K.
+      batch: sets per compiled call (the last call padded by repeating its last set).
+      vmap: vmap a call's sets (where each then rounds as a single call), else `lax.map` them.
+      sharding: a `NamedSharding` that splits a call's sets over devices (device counting), or
+        None.
+    """
+
+    params: Any
+    count: int
+    batch: int = 1
+    vmap: bool = True
+    sharding: Any = None
+
+
+def one_set(params) -> Sets:
+    """A single call's parameter set as a sweep of one."""
+    return Sets(jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], params), 1)
+
+
+class Chunk(NamedTuple):
+    """One work item of a pass: a chunk of samples of one block, for one call's sets."""
+
+    sets: range          # the parameter sets (indices into K)
+    params: Any          # their params [batch, ...]
+    keys: Any            # the measurement's key once per set of the call [batch]
+    offset: int          # the block's first output (all inputs) or input (one input)
+    first: int           # the chunk's first sample block
+    sampling: Sampling   # the chunk's sampling (its num_blocks)
+    last: bool           # the block's last chunk for these sets
+
+
+def work(sampling: Sampling, sets: Sets, key, offsets, start: int, stop: int):
+    """The chunks of a pass in the order they run: per call's sets, per block, per chunk of
+    samples [start, stop)."""
+    chunk_list = list(chunks(sampling, start, stop))
+    for _, members, params in batches(sets.params, sets.count, sets.batch):
+        keys = jax.random.wrap_key_data(np.broadcast_to(
+            np.asarray(jax.random.key_data(key)), (sets.batch,) + jax.random.key_data(key).shape),
+            impl=jax.random.key_impl(key))
+        if sets.sharding is not None:
+            params, keys = jax.device_put((params, keys), sets.sharding)
+        for offset in offsets:
+            for i, (first, chunk_sampling) in enumerate(chunk_list):
+                yield Chunk(members, params, keys, offset, first, chunk_sampling,
+                            i == len(chunk_list) - 1)
+
+
+def drive(one_pass, items, progress: Progress, total: int, unit: str, desc: str) -> None:
+    """THE chunk driver, for every measure, single call or sweep: each chunk of `items` is
+    dispatched to the device (`one_pass.dispatch`), and the previous one's results are taken in
+    on the host meanwhile (`one_pass.consume`, `pipelined`). `progress` hears of `total` units;
+    Ctrl-C is taken between chunks."""
+    progress.start(total, unit=unit, desc=desc)
+    pipelined(items, one_pass.dispatch, one_pass.consume)
+
+
+def local_rows(chunk: Chunk, start: int, stop: int, width: int) -> tuple[int, int]:
+    """The rows [lo, hi) of a chunk's [.., S] host bins that fall in samples [start, stop)."""
+    chunk_start = chunk.first * SAMPLE_BLOCK
+    return max(start - chunk_start, 0), min(stop - chunk_start, width)
+
+
 # ---------------------------------------------------------------- the all-inputs intervention
+
+class AllInputsCounts:
+    """Per parameter set, the counters of the all-inputs intervention: the pairwise counts of one
+    block of outputs (as the backend holds them) and their out-of-range counts per output, the
+    joint states of counting.groups (one `StateCounts` triplet per group), and the samples with
+    an output out of range.
+
+    Args:
+      pairs, pair_out_of_range: per set its counts so far and out-of-range counts (None: none
+        yet).
+      state_counters: per set its list of (x, y, joint) `StateCounts` per group (None: made as
+        needed).
+    """
+
+    def __init__(self, sampling: Sampling, counting: Counting, num_sets: int, *, pairs=None,
+                 pair_out_of_range=None, state_counters=None):
+        self.sampling, self.counting = sampling, counting
+        self.pairs = list(pairs) if pairs is not None else [None] * num_sets
+        self.pair_out_of_range = list(pair_out_of_range) if pair_out_of_range is not None \
+            else [None] * num_sets
+        self.state_counters = list(state_counters) if state_counters is not None \
+            else [None] * num_sets
+        self.samples_out = np.zeros(num_sets, np.int64)
+
+    def block_shape(self) -> tuple:
+        return self.sampling.num_inputs, self.counting.block_size
+
+    def device_carry(self, sets, batch: int, sharding):
+        """The device counts of a call's sets, [batch, ...] (zeros where none yet)."""
+        counting = self.counting
+        if not counting.pairs:
+            carry = (jnp.zeros(batch, jnp.int32), jnp.zeros(batch, jnp.int32))
+        elif all(self.pairs[k] is None for k in sets):
+            carry = (counting.backend.new_pair_counts((batch,) + self.block_shape(),
+                                                      counting.in_bins, counting.out_bins),
+                     jnp.zeros((batch, counting.block_size), jnp.int32))
+        else:
+            zero = counting.backend.new_pair_counts(self.block_shape(), counting.in_bins,
+                                                    counting.out_bins)
+            zeros = jnp.zeros(counting.block_size, jnp.int32)
+            held = [(self.pairs[k], self.pair_out_of_range[k]) for k in sets]
+            held += [(zero, zeros)] * (batch - len(held))
+            carry = (jnp.stack([c for c, _ in held]), jnp.stack([o for _, o in held]))
+        return carry if sharding is None else jax.device_put(carry, sharding)
+
+    def add_device(self, chunk: Chunk, carry, states) -> None:
+        """Takes in a chunk counted on the device: its joint states, and at the block's last
+        chunk the sets' counts (`carry`)."""
+        if carry is not None and self.counting.pairs:
+            for i, k in enumerate(chunk.sets):
+                self.pairs[k], self.pair_out_of_range[k] = carry[0][i], carry[1][i]
+        if states:
+            self.add_states(chunk.sets, states)
+
+    def add_host(self, chunk: Chunk, x_bins, codes, out_of_range, states, lo: int,
+                 hi: int) -> None:
+        """Takes in a chunk binned for the host: per set its outputs' bins `codes` [K, block, S]
+        (rows lo..hi-1 in the pass's samples), out-of-range counts [K, block], packed states."""
+        counting = self.counting
+
+        def count_pairs():
+            for i, k in enumerate(chunk.sets):
+                if self.pairs[k] is None:
+                    self.pairs[k] = counting.backend.new_pair_counts(
+                        self.block_shape(), counting.in_bins, counting.out_bins)
+                    self.pair_out_of_range[k] = np.zeros(counting.block_size, np.int64)
+                counting.backend.consume(self.pairs[k], (x_bins, codes[i]), counting.out_bins,
+                                         lo, hi)
+                self.pair_out_of_range[k] += out_of_range[i]
+        side = None
+        if counting.pairs and counting.groups:  # the two counters run side by side (own data)
+            side = _helper().submit(count_pairs)
+        elif counting.pairs:
+            count_pairs()
+        if counting.groups:
+            self.add_groups(chunk, x_bins, codes, states, hi)
+        if side is not None:
+            side.result()
+
+    def add_groups(self, chunk: Chunk, x_bins, codes, states, hi: int) -> None:
+        """Takes in a host chunk's joint states (`SweepCounts` counts some against sorted
+        inputs)."""
+        self.add_states(chunk.sets, states)
+
+    def add_states(self, sets, states) -> None:
+        """Adds a chunk's packed states [K, S, ...] of `sets` to their `StateCounts`."""
+        if jax.process_count() > 1:  # a chunk's states are spread over the processes
+            states = multihost_utils.process_allgather(states)
+        keep, out, groups = jax.device_get(states)
+        for i, k in enumerate(sets):
+            if self.state_counters[k] is None:
+                self.state_counters[k] = new_state_counters(self.counting)
+            for triplet, words in zip(self.state_counters[k], groups):
+                for counter, group_words in zip(triplet, words):
+                    counter.add(group_words[i], keep[i])
+            self.samples_out[k] += int(out[i].sum())
+
+    def sets_done(self, sets) -> None:
+        """Called when `sets` have every chunk counted (sweeps finish them here)."""
+
+
+class AllInputsPass:
+    """The all-inputs intervention of a pass's sets over samples [start, stop), counted into an
+    `AllInputsCounts`: on the host from each chunk's bins (the inputs sampled once per chunk for
+    all sets, `kernels.host_inputs` and `host_chunk`), or on the device (`kernels.step`, the
+    counts riding in a carry per call)."""
+
+    def __init__(self, sampling: Sampling, counting: Counting, key, ranges, sets: Sets,
+                 counts: AllInputsCounts, start: int, stop: int, *, progress: Progress):
+        self.sampling, self.counting, self.key, self.ranges = sampling, counting, key, ranges
+        self.sets, self.counts, self.start, self.stop = sets, counts, start, stop
+        self.progress = progress
+        self.pack = bool(counting.groups) and not getattr(counts, "sorted_states", False)
+        self.sampled = (None, None)
+        self.carry = None
+
+    def dispatch(self, chunk: Chunk):
+        counting = self.counting
+        if counting.backend.on_host:
+            if self.sampled[0] != chunk.first:  # with one chunk: sampled once for all calls
+                self.sampled = (chunk.first, kernels.host_inputs(
+                    chunk.sampling, counting, self.key, self.ranges, chunk.first))
+            x, x_bins = self.sampled[1]
+            return x_bins, kernels.host_chunk(chunk.sampling, counting, self.sets.vmap,
+                                              self.pack, self.key, x, chunk.params, self.ranges,
+                                              chunk.first, self.start, self.stop, chunk.offset)
+        if self.carry is None:
+            self.carry = self.counts.device_carry(chunk.sets, self.sets.batch,
+                                                  self.sets.sharding)
+        carry, states = kernels.step(chunk.sampling, counting, self.sets.vmap, self.carry,
+                                     chunk.keys, chunk.params, self.ranges, chunk.first,
+                                     self.start, self.stop, chunk.offset)
+        self.carry = None if chunk.last else carry
+        return (carry if chunk.last else None), states
+
+    def consume(self, outputs, chunk: Chunk) -> None:
+        if self.counting.backend.on_host:
+            x_bins, (codes, out_of_range, states) = jax.device_get(outputs)
+            lo, hi = local_rows(chunk, self.start, self.stop, x_bins.shape[1])
+            self.counts.add_host(chunk, x_bins, codes, out_of_range, states, lo, hi)
+        else:
+            self.counts.add_device(chunk, *outputs)
+        if chunk.last:
+            self.counts.sets_done(chunk.sets)
+        self.progress.update(len(chunk.sets) * samples_in((chunk.first, chunk.sampling),
+                                                          self.start, self.stop))
+
+
+def all_inputs_pass(sampling: Sampling, counting: Counting, key, ranges, sets: Sets,
+                    counts: AllInputsCounts, start: int, stop: int, *, offsets=(0,),
+                    progress: Progress = SILENT) -> AllInputsCounts:
+    """Counts samples [start, stop) of the all-inputs intervention of every set into `counts`
+    (output blocks `offsets`, one after another into the same counts: sweeps and single calls
+    count one block per pass); `progress` hears of the (set, sample) pairs done."""
+    one_pass = AllInputsPass(sampling, counting, key, ranges, sets, counts, start, stop,
+                             progress=progress)
+    drive(one_pass, work(sampling, sets, key, offsets, start, stop), progress,
+          sets.count * (stop - start) * len(offsets), "sample",
+          f"EI (samples {start}-{stop})" if sets.count == 1 else f"sweep of {sets.count} sets")
+    return counts
+
+
+def run_chunks(plan: Plan, start: int, stop: int, *, offset: int = 0, pair_carry=None,
+               counters=None, progress: Progress = SILENT):
+    """A single call's all-inputs pass (the sweep of one set, `all_inputs_pass`) over samples
+    [start, stop).
+
+    Args:
+      pair_carry: when counting.pairs, the counts of output block `offset` and their
+        out-of-range counts (`new_pair_carry`), added to.
+      counters: when counting.groups, one (x, y, joint) triplet of `StateCounts` per group.
+
+    Returns:
+      (pair_carry, samples dropped by the whole-sample rule, samples with an out-of-range output).
+    """
+    pairs, outside = (None, None) if pair_carry is None else pair_carry
+    counts = AllInputsCounts(plan.sampling, plan.counting, 1, pairs=[pairs],
+                             pair_out_of_range=[outside],
+                             state_counters=[counters] if counters is not None else None)
+    all_inputs_pass(plan.sampling, plan.counting, plan.key, plan.ranges, one_set(plan.params),
+                    counts, start, stop, offsets=(offset,), progress=progress)
+    out_of_range = int(counts.samples_out[0])
+    dropped = out_of_range if plan.counting.policy == "drop" else 0
+    return (counts.pairs[0], counts.pair_out_of_range[0]), dropped, out_of_range
+
 
 def new_pair_carry(sampling: Sampling, counting: Counting):
     """Empty counts of one output block (as the backend holds them) and out-of-range counts."""
     counts = counting.backend.new_pair_counts((sampling.num_inputs, counting.block_size),
                                               counting.in_bins, counting.out_bins)
+    if counting.backend.on_host:
+        return counts, np.zeros(counting.block_size, np.int64)
     return counts, jnp.zeros(counting.block_size, jnp.int32)
-
-
-def run_chunks(plan: Plan, start: int, stop: int, *, offset: int = 0, pair_carry=None,
-               counters=None, progress: Progress = SILENT):
-    """Runs the chunks covering samples [start, stop) once, feeding every counter they serve.
-
-    Args:
-      pair_carry: when counting.pairs, the counts of output block `offset` (`new_pair_carry`),
-        added to.
-      counters: when counting.groups, one (x, y, joint) triplet of `StateCounts` per group.
-      progress: told of the samples done, chunk by chunk.
-
-    Returns:
-      (pair_carry, samples dropped by the whole-sample rule, samples with an out-of-range output).
-      Host work for a chunk (host counting, state merging) overlaps the next chunk's device work.
-    """
-    counting = plan.counting
-    backend = counting.backend
-    host_pairs = counting.pairs and backend.on_host
-    if pair_carry is None:
-        pair_carry = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-    host_counts = pair_carry[0] if host_pairs else None
-    device_carry = (jnp.zeros((), jnp.int32), pair_carry[1]) if host_pairs else pair_carry
-    out_of_range = 0
-
-    def dispatch(chunk):
-        nonlocal device_carry
-        first, sampling = chunk
-        device_carry, states, bins = kernels.step(sampling, counting, device_carry, plan.key,
-                                                  plan.params, plan.ranges, first, start, stop,
-                                                  offset)
-        return states, bins
-
-    def consume(outputs, chunk):
-        nonlocal out_of_range
-        (states, bins), (first, _) = outputs, chunk
-        if bins:
-            # only the chunk's rows in [start, stop) are counted (the others carry the sentinel)
-            chunk_start = first * SAMPLE_BLOCK
-            backend.consume(host_counts, bins, counting.out_bins, max(start - chunk_start, 0),
-                            min(stop - chunk_start, bins[0].shape[1]))
-        if states:
-            out_of_range += _count_states(states, counters)
-        progress.update(samples_in(chunk, start, stop))
-
-    progress.start(stop - start, unit="sample", desc=f"EI (samples {start}-{stop})")
-    pipelined(chunks(plan.sampling, start, stop), dispatch, consume)
-    pair_carry = (host_counts, device_carry[1]) if host_pairs else device_carry
-    dropped = out_of_range if counting.policy == "drop" else 0
-    return pair_carry, dropped, out_of_range
-
-
-def _count_states(states, counters) -> int:
-    """Adds one chunk's packed states to the groups' counters; returns its samples with an
-    output out of range."""
-    if jax.process_count() > 1:  # the chunk's states are spread over the processes
-        states = multihost_utils.process_allgather(states, tiled=True)
-    keep, out, groups = jax.device_get(states)
-    for triplet, words in zip(counters, groups):
-        for counter, group_words in zip(triplet, words):
-            counter.add(group_words, keep)
-    return int(out.sum())
 
 
 def pair_block_counts(plan: Plan, offset: int, start: int, stop: int, carry=None):
     """Adds samples [start, stop) to the counts of output block `offset`; returns the carry."""
     carry = new_pair_carry(plan.sampling, plan.counting) if carry is None else carry
     return run_chunks(plan, start, stop, offset=offset, pair_carry=carry)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _helper() -> concurrent.futures.ThreadPoolExecutor:
+    """One worker thread for host counting beside the caller's: the numba counters release the
+    GIL, and on this project's 2-vCPU machine pairwise and joint-state counting side by side
+    took 0.6x the time of one after the other."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="deep_ei_jax")
 
 
 class PairwiseCounts:
@@ -273,326 +479,165 @@ def new_state_counters(counting: Counting) -> list:
 
 # ---------------------------------------------------------------- the one-input intervention
 
-def sensitivity_blocks(plan: Plan, samples: int, *, progress: Progress = SILENT):
-    """The one-input intervention of a single call, counted by its plan's backend: ([per block
-    of inputs its `table_statistics`], out-of-range count over every input and output). Every
-    backend gives the same counts, so the same bits. On the host backend a single call is a
-    sweep of one parameter set (`host_sensitivity_tables`). `progress` is told of the inputs
-    done."""
-    sampling, counting = plan.sampling, plan.counting
-    if not counting.backend.on_host:
-        return device_sensitivity_blocks(plan, samples, progress=progress)
-    stacked = jax.tree_util.tree_map(lambda a: a[None], plan.params)
-    if counting.backend.by_samples:
-        rows, out_of_range = host_sensitivity_by_samples(
-            sampling, counting, plan.statistics, plan.key, plan.ranges, stacked, 1, 1, True,
-            samples, with_out_of_range=True, progress=progress)
-        return [tuple(r[0] if isinstance(r, np.ndarray) else r for r in rows)], \
-            int(out_of_range[0])
-    tables, out_of_range = host_sensitivity_tables(sampling, counting, plan.key, plan.ranges,
-                                                   stacked, 1, 1, True, samples,
-                                                   with_out_of_range=True, progress=progress)
-    return (host_sensitivity_statistics(sampling, counting, plan.statistics, tables[0]),
-            int(out_of_range[0]))
+class OneInputPass:
+    """The one-input intervention of a pass's sets over `samples` per input, block of inputs by
+    block: per set and block its statistics (`kernels.table_statistics` of the block's tables,
+    or the samples backend's from the samples' bins) and per set its (sample, output) values
+    outside out_range. Counted on the host from each chunk's bins (the noise drawn once for all
+    sets, `kernels.host_single_input_chunk`; each (set, input)'s counts held until its block's
+    last chunk) or on the device (`kernels.single_input_step`, the counts in a carry)."""
 
+    def __init__(self, sampling: Sampling, counting: Counting, statistics: Statistics, key,
+                 ranges, sets: Sets, samples: int, *, progress: Progress):
+        self.sampling, self.counting, self.statistics = sampling, counting, statistics
+        self.key, self.ranges, self.sets, self.samples = key, ranges, sets, samples
+        self.progress = progress
+        self.blocks: list[list] = [[] for _ in range(sets.count)]
+        self.out_of_range = np.zeros(sets.count, np.int64)
+        self.held: dict = {}
+        self.carry = None
 
-def device_sensitivity_blocks(plan: Plan, samples: int, *, progress: Progress = SILENT):
-    """Sensitivity counted on the device, block of inputs by block: ([per block its
-    `block_statistics`], out-of-range count over every input and output)."""
-    sampling, counting = plan.sampling, plan.counting
-    stats, out_of_range = [], []
-    progress.start(sampling.num_inputs, unit="input", desc=f"sensitivity ({samples} samples)")
-    for offset in range(0, sampling.num_inputs, sampling.inputs_per_chunk):
-        carry = (jnp.zeros((sampling.inputs_per_chunk, sampling.padded_outputs, counting.in_bins,
-                            counting.out_bins), jnp.int32),
-                 jnp.zeros(sampling.padded_outputs, jnp.int32))
-        for first in first_blocks(0, samples, sampling.num_blocks):
-            carry = kernels.single_input_step(sampling, counting, carry, plan.key, plan.params,
-                                              plan.ranges, first, 0, samples, offset)
-        stats.append(kernels.table_statistics(plan.statistics, carry[0]))
-        out_of_range.append(carry[1])
-        progress.update(min(sampling.inputs_per_chunk, sampling.num_inputs - offset))
-    return stats, int(np.sum(jax.device_get(out_of_range)))
+    def dispatch(self, chunk: Chunk):
+        sampling, counting = chunk.sampling, self.counting
+        if counting.backend.on_host:
+            return kernels.host_single_input_chunk(sampling, counting, self.sets.vmap, True,
+                                                   self.key, chunk.params, self.ranges,
+                                                   chunk.first, chunk.offset, self.samples)
+        if self.carry is None:
+            shape = (self.sets.batch, sampling.inputs_per_chunk, sampling.padded_outputs)
+            self.carry = (counting.backend.new_pair_counts(shape, counting.in_bins,
+                                                           counting.out_bins),
+                          jnp.zeros((self.sets.batch, sampling.padded_outputs), jnp.int32))
+            if self.sets.sharding is not None:
+                self.carry = jax.device_put(self.carry, self.sets.sharding)
+        carry = kernels.single_input_step(sampling, counting, self.sets.vmap, self.carry,
+                                          chunk.keys, chunk.params, self.ranges, chunk.first, 0,
+                                          self.samples, chunk.offset)
+        self.carry = None if chunk.last else carry
+        return carry if chunk.last else None
 
+    def consume(self, outputs, chunk: Chunk) -> None:
+        inputs = range(chunk.offset,
+                       min(chunk.offset + self.sampling.inputs_per_chunk,
+                           self.sampling.num_inputs))
+        if self.counting.backend.on_host:
+            self.add_host(chunk, inputs, *jax.device_get(outputs))
+        if not chunk.last:
+            return
+        for i, k in enumerate(chunk.sets):
+            if self.counting.backend.on_host:
+                self.blocks[k].append(self.host_block(k, inputs))
+            else:
+                self.blocks[k].append(kernels.table_statistics(self.statistics, outputs[0][i]))
+                self.out_of_range[k] += int(outputs[1][i].sum())
+        self.held.clear()
+        self.progress.update(len(chunk.sets) * len(inputs))
 
-def one_input_pass(sampling: Sampling, counting: Counting, key, ranges, stacked_params,
-                   num_sets: int, batch: int, exact_vmap: bool, samples: int, *, add, block_done,
-                   with_out_of_range: bool, progress: Progress = SILENT) -> np.ndarray:
-    """The one-input intervention of K parameter sets (a single call: K = 1), chunk by chunk for
-    the host: the noise drawn once for all sets, each set's layer run as a single call's.
+    def add_host(self, chunk: Chunk, inputs, x_codes, y_codes, out_of_range) -> None:
+        """Adds a host chunk's bins to each (set, input)'s counts."""
+        counting = self.counting
+        hi = min(self.samples - chunk.first * SAMPLE_BLOCK, x_codes.shape[1])
+        for j, k in enumerate(chunk.sets):
+            self.out_of_range[k] += int(out_of_range[j].sum())
+            for i, a in enumerate(inputs):
+                if (k, a) not in self.held:
+                    self.held[k, a] = counting.backend.new_pair_counts(
+                        (1, self.sampling.num_outputs), counting.in_bins, counting.out_bins)
+                counting.backend.consume(self.held[k, a], (x_codes[i][None], y_codes[j, i]),
+                                         counting.out_bins, 0, hi)
 
-    Calls `add(k, a, x_bins [1, S], y_bins [n_out, S], stop)` for every set k and input a of
-    each chunk (`out_bins` on every entry left out; samples past `stop` not counted) and
-    `block_done(sets)` after a block of inputs' last chunk. `progress` is told of the (set,
-    input) pairs done.
-
-    Returns:
-      with `with_out_of_range` the out-of-range counts per set [K] (counted on the device), else
-      zeros.
-    """
-    n_in = sampling.num_inputs
-    out_of_range = np.zeros(num_sets, np.int64)
-    work = [(batch_, offset, chunk) for batch_ in batches(stacked_params, num_sets, batch)
-            for offset in range(0, n_in, sampling.inputs_per_chunk)
-            for chunk in chunks(sampling, 0, samples)]
-
-    def dispatch(item):
-        (_, _, params), offset, (first, chunk_sampling) = item
-        return kernels.host_single_input_chunk(chunk_sampling, counting, exact_vmap,
-                                               with_out_of_range, key, params, ranges, first,
-                                               offset, samples)
-
-    def consume(outputs, item):
-        (_, sets, _), offset, (first, _) = item
-        x_codes, y_codes, oor = jax.device_get(outputs)
-        stop = min(samples - first * SAMPLE_BLOCK, x_codes.shape[1])
-        if with_out_of_range:
-            out_of_range[sets] += oor[:len(sets)].sum(axis=1)
-        inputs = range(offset, min(offset + sampling.inputs_per_chunk, n_in))
+    def host_block(self, k: int, inputs):
+        """Set k's statistics of a block of inputs from their host counts: the samples
+        backend's per input, or `kernels.table_statistics` of the block's tables (the program a
+        device count runs, on the same integers: the same bits)."""
+        counting, statistics = self.counting, self.statistics
+        if counting.backend.by_samples:
+            rows = [counting.backend.statistics(counting, statistics, self.held[k, a])
+                    for a in inputs]
+            return tuple(np.concatenate([r[n] for r in rows]) if isinstance(rows[0][n],
+                                                                            np.ndarray) else ()
+                         for n in range(4))
+        block = np.zeros((self.sampling.inputs_per_chunk, self.sampling.num_outputs,
+                          counting.in_bins, counting.out_bins), np.int32)
         for i, a in enumerate(inputs):
-            for j, k in enumerate(sets):
-                add(k, a, x_codes[i][None], y_codes[j, i], stop)
-        if first == work[-1][2][0]:  # the block's inputs are done for these sets
-            block_done(sets)
-            progress.update(len(sets) * len(inputs))
-
-    progress.start(num_sets * n_in, unit="input", desc=f"sensitivity ({samples} samples)")
-    pipelined(work, dispatch, consume)
-    return out_of_range
+            block[i] = counting.backend.tables(self.held[k, a], counting.in_bins,
+                                               counting.out_bins)[0]
+        return kernels.table_statistics(statistics, block)
 
 
-def host_sensitivity_tables(sampling: Sampling, counting: Counting, key, ranges, stacked_params,
-                            num_sets: int, batch: int, exact_vmap: bool, samples: int, *,
-                            with_out_of_range: bool = False, progress: Progress = SILENT):
-    """The one-input intervention of K parameter sets counted into host tables (`one_input_pass`).
-
-    Returns:
-      (host tables int32 [K, n_in, n_out, host cells], with `with_out_of_range` the
-      out-of-range counts [K], else None).
-    """
-    backend = counting.backend
-    tables = backend.new_pair_counts((num_sets, sampling.num_inputs, sampling.num_outputs),
-                                     counting.in_bins, counting.out_bins)
-
-    def add(k, a, x_bins, y_bins, stop):
-        backend.consume(tables[k, a][None], (x_bins, y_bins), counting.out_bins, 0, stop)
-
-    out_of_range = one_input_pass(sampling, counting, key, ranges, stacked_params, num_sets,
-                                  batch, exact_vmap, samples, add=add,
-                                  block_done=lambda sets: None,
-                                  with_out_of_range=with_out_of_range, progress=progress)
-    return tables, (out_of_range if with_out_of_range else None)
+def one_input_pass(sampling: Sampling, counting: Counting, statistics: Statistics, key, ranges,
+                   sets: Sets, samples: int, *, progress: Progress = SILENT):
+    """The one-input intervention of every set (`OneInputPass`): (per set the list of its blocks'
+    statistics, per set its (sample, output) values outside out_range [K]); `progress` hears
+    of the (set, input) pairs done."""
+    one_pass = OneInputPass(sampling, counting, statistics, key, ranges, sets, samples,
+                            progress=progress)
+    offsets = range(0, sampling.num_inputs, sampling.inputs_per_chunk)
+    drive(one_pass, work(sampling, sets, key, offsets, 0, samples), progress,
+          sets.count * sampling.num_inputs, "input", f"sensitivity ({samples} samples)")
+    return one_pass.blocks, one_pass.out_of_range
 
 
-def host_sensitivity_by_samples(sampling: Sampling, counting: Counting, statistics: Statistics,
-                                key, ranges, stacked_params, num_sets: int, batch: int,
-                                exact_vmap: bool, samples: int, *, with_out_of_range: bool,
-                                progress: Progress = SILENT):
-    """The one-input intervention of K parameter sets without tables (the samples backend,
-    `one_input_pass`): each (set, input)'s samples are kept (`pairstats.SampleBins` of one
-    input) until its block's last chunk, then its row of statistics is computed from them and
-    they go.
-
-    Returns:
-      ((MI, p-values or (), standard errors or (), plug-in bias), each [K, n_in, n_out] float64,
-      and the (sample, output) values outside out_range per set [K]: counted on the device with
-      `with_out_of_range`, else the entries left out).
-    """
-    backend, n_out = counting.backend, sampling.num_outputs
-    shape = (num_sets, sampling.num_inputs, n_out)
-    rows = (np.zeros(shape), np.zeros(shape) if statistics.significance else (),
-            np.zeros(shape) if statistics.pair_errors else (), np.zeros(shape))
-    left_out = np.zeros(num_sets, np.int64)
-    held: dict = {}
-
-    def add(k, a, x_bins, y_bins, stop):
-        if (k, a) not in held:
-            held[k, a] = backend.new_pair_counts((1, n_out), counting.in_bins, counting.out_bins)
-        backend.consume(held[k, a], (x_bins, y_bins), counting.out_bins, 0, stop)
-
-    def block_done(sets):
-        for (k, a), bins in held.items():
-            for result, row in zip(rows, backend.statistics(counting, statistics, bins)):
-                if isinstance(result, np.ndarray):
-                    result[k, a] = row[0]
-            left_out[k] += backend.left_out(bins, counting.in_bins, counting.out_bins)
-        held.clear()
-
-    out_of_range = one_input_pass(sampling, counting, key, ranges, stacked_params, num_sets,
-                                  batch, exact_vmap, samples, add=add, block_done=block_done,
-                                  with_out_of_range=with_out_of_range, progress=progress)
-    return rows, (out_of_range if with_out_of_range else left_out)
+def sensitivity_blocks(plan: Plan, samples: int, *, progress: Progress = SILENT):
+    """A single call's one-input intervention (the sweep of one set, `one_input_pass`): ([per
+    block of inputs its statistics], out-of-range count over every input and output)."""
+    blocks, out_of_range = one_input_pass(plan.sampling, plan.counting, plan.statistics,
+                                          plan.key, plan.ranges, one_set(plan.params), samples,
+                                          progress=progress)
+    return blocks[0], int(out_of_range[0])
 
 
-def host_sensitivity_statistics(sampling: Sampling, counting: Counting, statistics: Statistics,
-                                tables) -> list:
-    """Per block of inputs (as a device count holds them) the `table_statistics` of one set's
-    host tables [n_in, n_out, host cells]: the same program on the same integers as a device
-    count, so the same bits."""
-    n_in, n_out = sampling.num_inputs, sampling.num_outputs
-    counts = counting.backend.tables(tables, counting.in_bins, counting.out_bins)
-    per_call = sampling.inputs_per_chunk
-    stats = []
-    for offset in range(0, n_in, per_call):
-        block = np.zeros((per_call, n_out, counting.in_bins, counting.out_bins), np.int32)
-        block[:min(per_call, n_in - offset)] = counts[offset:offset + per_call]
-        stats.append(kernels.table_statistics(statistics, block))
-    return stats
+# ---------------------------------------------------------------- a sweep's counters
 
-
-# ---------------------------------------------------------------- a sweep's all-inputs intervention
-
-class HostVectorCounts:
-    """The host's counters of the all-inputs intervention of every set: EI_parts tables (the
-    single calls' pairwise counter) and EI (against sorted input states, or by each set's
-    `StateCounts`), filled chunk by chunk."""
+class SweepCounts(AllInputsCounts):
+    """A sweep's all-inputs counters: as a single call's, each set finished as soon as its last
+    chunk is in (its EI and EI_parts computed by the single call's formulas, its counters let
+    go). With `sorted_states` (every sample in one chunk, narrow states) EI is counted against
+    the input states sorted once (`histogram.SortedInputs`), giving the count spectra a single
+    call's `StateCounts` give."""
 
     def __init__(self, sampling: Sampling, counting: Counting, num_sets: int,
                  sorted_states: bool):
-        self.sampling, self.counting, self.sorted_states = sampling, counting, sorted_states
-        self.tables = counting.backend.new_pair_counts(
-            (num_sets, sampling.num_inputs, sampling.num_outputs), counting.in_bins,
-            counting.out_bins) if counting.pairs else None
-        self.out_of_range = np.zeros(num_sets, np.int64)
+        super().__init__(sampling, counting, num_sets)
+        self.sorted_states = sorted_states
+        self.sorted_inputs = None
+        self.parts: list = [None] * num_sets
         self.ei = np.zeros(num_sets)
         self.dropped = np.zeros(num_sets, np.int64)
-        self.counters: dict = {}
-        self.sorted_inputs = None
-        self.parts: dict = {}  # samples backend: each set's EI_parts once counted
-        self.left_out = np.zeros(num_sets, np.int64)
 
-    def add(self, sets, x_codes, y_codes, oor, states, stop: int, last_chunk: bool) -> None:
-        """Adds one chunk of `sets` (its first `stop` samples) to every counter."""
-        counting = self.counting
-        if counting.policy == "clip":
-            self.out_of_range[sets] += oor[:len(sets)].sum(axis=1)
-
-        def count_pairs():
-            for i, k in enumerate(sets):
-                counting.backend.consume(self.tables[k], (x_codes, y_codes[i]),
-                                         counting.out_bins, 0, stop)
-                if last_chunk and counting.backend.by_samples:  # done: its bins go
-                    self._finish_set(k)
-        pairs = None
-        if counting.pairs and counting.groups:  # the two counters run side by side (own data)
-            pairs = _helper().submit(count_pairs)
-        elif counting.pairs:
-            count_pairs()
-        if counting.groups and self.sorted_states:
-            self._add_sorted(sets, x_codes, y_codes, stop)
-        elif counting.groups:
-            _count_set_states(counting, self.counters, sets, states)
-            if last_chunk:
-                for k in sets:
-                    cx, cy, cxy, lost = self.counters.pop(k)
-                    self.ei[k] = _estimators.states_mutual_information(cx.counts(), cy.counts(),
-                                                                       cxy.counts())
-                    self.dropped[k] = lost
-        if pairs is not None:
-            pairs.result()
-
-    def _finish_set(self, k: int) -> None:
-        """Set k's EI_parts (the single call's statistics) and left-out entries, from the
-        samples' bins, which are then let go (samples backend)."""
-        counting = self.counting
-        self.parts[k] = counting.backend.statistics(counting, Statistics(), self.tables[k])[0]
-        self.left_out[k] = counting.backend.left_out(self.tables[k:k + 1], counting.in_bins,
-                                                     counting.out_bins)[0]
-        self.tables[k] = None
-
-    def _add_sorted(self, sets, x_codes, y_codes, stop: int) -> None:
-        """EI of `sets` against the input states, sorted once (the whole sample range is in this
-        one chunk, and every call samples the same inputs)."""
-        counting = self.counting
+    def add_groups(self, chunk: Chunk, x_bins, codes, states, hi: int) -> None:
+        if not self.sorted_states:
+            return super().add_groups(chunk, x_bins, codes, states, hi)
         if self.sorted_inputs is None:
-            out_bits = self.sampling.num_outputs * bits_per_value(counting.out_bins)
-            self.sorted_inputs = SortedInputs(x_codes, stop, counting.in_bins, out_bits)
-        for i, k in enumerate(sets):
-            spectra = self.sorted_inputs.spectra(y_codes[i], counting.out_bins)
+            out_bits = self.sampling.num_outputs * bits_per_value(self.counting.out_bins)
+            self.sorted_inputs = SortedInputs(x_bins, hi, self.counting.in_bins, out_bits)
+        for i, k in enumerate(chunk.sets):
+            spectra = self.sorted_inputs.spectra(codes[i], self.counting.out_bins)
             self.ei[k] = _estimators.spectra_mutual_information(*spectra)
-            self.dropped[k] = stop - int(np.dot(*spectra[0]))  # samples left out whole
+            self.samples_out[k] = hi - int(np.dot(*spectra[0]))  # samples left out whole
+
+    def sets_done(self, sets) -> None:
+        counting = self.counting
+        for k in sets:
+            if counting.pairs:  # the single call's own compiled statistics: equal to it exactly
+                self.parts[k] = counting.backend.statistics(counting, Statistics(),
+                                                            self.pairs[k])[0]
+                self.pairs[k] = None
+            if counting.groups and not self.sorted_states:
+                cx, cy, cxy = self.state_counters[k][0]
+                self.ei[k] = _estimators.states_mutual_information(cx.counts(), cy.counts(),
+                                                                   cxy.counts())
+                self.state_counters[k] = None
 
     def result(self) -> dict:
-        sampling, counting = self.sampling, self.counting
         result = {}
+        counting = self.counting
         if counting.pairs:
-            # each set's MI by the single call's own compiled statistics: equal to it exactly
-            statistics = Statistics()
-            parts = [self.parts[k] if k in self.parts else
-                     counting.backend.statistics(counting, statistics, table)[0]
-                     for k, table in enumerate(self.tables)]
-            result["parts"] = np.stack(jax.device_get(parts))[:, :, :sampling.num_outputs]
-            if counting.policy == "drop":  # the entries left out: out of range (input 0's)
-                self.out_of_range = self.left_out if self.parts else counting.backend.left_out(
-                    self.tables, counting.in_bins, counting.out_bins)
-            result["out_of_range"] = self.out_of_range
+            parts = np.stack(jax.device_get(self.parts))
+            result["parts"] = parts[:, :, :self.sampling.num_outputs]
+            result["out_of_range"] = np.stack(jax.device_get(self.pair_out_of_range)).sum(1)
         if counting.groups:
             result["ei"] = self.ei
-            result["dropped"] = self.dropped if counting.policy == "drop" else \
-                np.zeros_like(self.dropped)
+            result["dropped"] = self.samples_out if counting.policy == "drop" else \
+                np.zeros_like(self.samples_out)
         return result
-
-
-def host_vector_pass(sampling: Sampling, counting: Counting, key, ranges, stacked_params,
-                     num_sets: int, batch: int, *, exact_vmap: bool, sorted_states: bool,
-                     samples: int, progress: Progress = SILENT) -> dict:
-    """EI and EI_parts of every set, counted on the host (numba), `batch` sets per device call.
-
-    The device samples each chunk's inputs once for all calls (`kernels.host_inputs`), runs every
-    set's
-    layer as a single call does and bins (`kernels.host_chunk`); the host counts
-    (`HostVectorCounts`), while the device computes the next call. EI_parts: the single calls'
-    pairwise counter. EI: with `sorted_states` (all samples in one chunk, narrow states) the
-    input states are sorted once and every set's joint states are counted against that order
-    (`histogram.SortedInputs`), giving the count spectra a single call's `StateCounts` give;
-    otherwise each set gets the single calls' `StateCounts`. Either way the counts and the
-    formulas are a single call's (EI_parts: its compiled `kernels.block_statistics`), so EI and
-    EI_parts equal the single call's exactly. `progress` is told of the (set, sample) pairs done.
-    """
-    pack = bool(counting.groups) and not sorted_states
-    counts = HostVectorCounts(sampling, counting, num_sets, sorted_states)
-    work_chunks = list(chunks(sampling, 0, samples))
-    sampled: dict = {}  # the last chunk's inputs: with one chunk, sampled once for all calls
-
-    def dispatch(item):
-        (_, _, params), (first, chunk_sampling) = item
-        if first not in sampled:
-            sampled.clear()
-            sampled[first] = kernels.host_inputs(chunk_sampling, counting, key, ranges,
-                                                 first)
-        x, x_codes = sampled[first]
-        return x_codes, kernels.host_chunk(chunk_sampling, counting, exact_vmap, pack, key, x,
-                                           params, ranges, first, samples)
-
-    def consume(outputs, item):
-        (_, sets, _), (first, _) = item
-        x_codes, (y_codes, oor, states) = jax.device_get(outputs)
-        stop = min(samples - first * SAMPLE_BLOCK, x_codes.shape[1])
-        counts.add(sets, x_codes, y_codes, oor, states, stop, first == work_chunks[-1][0])
-        progress.update(len(sets) * stop)
-
-    progress.start(num_sets * samples, unit="sample", desc=f"sweep of {num_sets} sets")
-    pipelined(((batch_, chunk) for batch_ in batches(stacked_params, num_sets, batch)
-               for chunk in work_chunks), dispatch, consume)
-    return counts.result()
-
-
-@functools.lru_cache(maxsize=None)
-def _helper() -> concurrent.futures.ThreadPoolExecutor:
-    """One worker thread for host counting beside the caller's: the numba counters release the
-    GIL, and on this project's 2-vCPU machine pairwise and joint-state counting side by side
-    took 0.6x the time of one after the other."""
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="deep_ei_jax")
-
-
-def _count_set_states(counting, counters: dict, sets, states) -> None:
-    """Adds one chunk's packed states of `sets` to their `StateCounts` (x, y, joint, dropped)."""
-    keep, out, ((wx, wy, wxy),) = states
-    for i, k in enumerate(sets):
-        if k not in counters:
-            counters[k] = tuple(new_state_counters(counting)[0]) + (0,)
-        cx, cy, cxy, lost = counters[k]
-        cx.add(wx[i], keep[i])
-        cy.add(wy[i], keep[i])
-        cxy.add(wxy[i], keep[i])
-        counters[k] = (cx, cy, cxy, lost + int(out[i].sum()))

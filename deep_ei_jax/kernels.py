@@ -61,27 +61,35 @@ def bin_outputs(sampling: Sampling, counting: Counting, ranges: Ranges, y, offse
     return y_bins, y_in & real, countable & real
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
-def step(sampling: Sampling, counting: Counting, carry, key, params, ranges: Ranges, first_block,
-         start, stop, offset):
-    """One chunk of the all-inputs intervention: num_blocks sample blocks on each device.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3)
+def step(sampling: Sampling, counting: Counting, vmap_sets: bool, carry, keys, stacked_params,
+         ranges: Ranges, first_block, start, stop, offset):
+    """One chunk of the all-inputs intervention of a batch of parameter sets (leading axis K on
+    `carry`, `keys` and `stacked_params`; a single call is K = 1), counted on the device.
 
-    Adds the pairwise counts of outputs offset..offset+block_size to `carry = (counts,
-    out_of_range)` (when counting.pairs) and returns the packed joint states of counting.groups
-    for the host. With a host backend, returns the bins for it instead: ([n_in, S], [block, S])
-    with the sentinel `out_bins` where an entry is left out.
-
-    With a mesh of several devices (sampling.mesh), device d takes blocks
-    first_block + d * num_blocks ... and the integer counts are summed with a psum, so the result
-    is the one device's, exactly; the joint states come back concatenated in block order.
+    Per set, adds the pairwise counts of outputs offset..offset+block_size to its `carry =
+    (counts, out_of_range)` (when counting.pairs) and returns the packed joint states of
+    counting.groups for the host (`packed_states`). The sets are vmapped (`vmap_sets`) or run one
+    after another (`over_sets`). With a mesh of several devices (sampling.mesh, K = 1), device d
+    takes blocks first_block + d * num_blocks ... and the integer counts are summed with a psum,
+    so the result is the one device's, exactly; the joint states come back concatenated in block
+    order.
 
     Returns:
-      (carry, states, host bins).
+      (carry, states), each with the leading axis K.
     """
-    if sampling.mesh is None:
-        return step_local(sampling, counting, carry, key, params, ranges, first_block, start,
-                          stop, offset)
+    def one(args):
+        carry, key, params = args
+        run = step_sharded if sampling.mesh is not None else step_local
+        carry, states, _ = run(sampling, counting, carry, key, params, ranges, first_block,
+                               start, stop, offset)
+        return carry, states
+    return over_sets(one, (carry, keys, stacked_params), vmap_sets)
 
+
+def step_sharded(sampling: Sampling, counting: Counting, carry, key, params, ranges: Ranges,
+                 first_block, start, stop, offset):
+    """`step_local` over the devices of sampling.mesh (see `step`)."""
     def per_device(carry, key, params, ranges, first_block, start, stop, offset):
         device = jax.lax.axis_index(SAMPLE_AXIS)
         zero = jax.tree_util.tree_map(jnp.zeros_like, carry)
@@ -105,9 +113,7 @@ def step_local(sampling: Sampling, counting: Counting, carry, key, params, range
     x, y = outputs(sampling, key, params, ranges.in_low, ranges.in_high, first_block,
                    inputs=inputs)
     in_chunk = sample_mask(first_block, sampling.num_blocks, start, stop)
-    x_bins, _ = bin_indices(x, ranges.in_low, ranges.in_high, counting.in_bins)
-    if counting.shuffle:  # a surrogate: each output meets another sample's inputs
-        x_bins = shuffled_rows(key, first_block, x_bins)
+    x_bins = input_bins(counting, key, x, ranges, first_block)  # (a surrogate's: shuffled)
     counts, out_of_range = carry
     host_bins = ()
     if counting.pairs:
@@ -151,20 +157,26 @@ def packed_states(counting: Counting, x_bins, y_bins, y_in, in_chunk):
     return keep, in_chunk & ~sample_in, states
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
-def single_input_step(sampling: Sampling, counting: Counting, carry, key, params,
-                      ranges: Ranges, first_block, start, stop, offset):
-    """One chunk of the one-input intervention for inputs offset..offset+inputs_per_chunk, counted
-    on the device: adds their [inputs, outputs, in_bins, out_bins] counts to `carry`."""
-    def one_input(a):
-        x_bins, y_bins, valid, out_of_range = single_input_bins(
-            sampling, counting, key, params, ranges, first_block, start, stop, a)
-        counts, _ = counting.backend.count_in_kernel(0, x_bins[:, None], y_bins, valid,
-                                                     counting.in_bins, counting.out_bins)
-        return counts[0], out_of_range
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3)
+def single_input_step(sampling: Sampling, counting: Counting, vmap_sets: bool, carry, keys,
+                      stacked_params, ranges: Ranges, first_block, start, stop, offset):
+    """One chunk of the one-input intervention for inputs offset..offset+inputs_per_chunk of a
+    batch of parameter sets (leading axis K; a single call is K = 1), counted on the device:
+    adds each set's [inputs, outputs, in_bins, out_bins] counts and out-of-range counts per
+    output to its `carry`."""
+    def one(args):
+        (counts, out_of_range), key, params = args
 
-    counts, out_of_range = jax.vmap(one_input)(offset + jnp.arange(sampling.inputs_per_chunk))
-    return carry[0] + counts, carry[1] + out_of_range.sum(0)
+        def one_input(a):
+            x_bins, y_bins, valid, outside = single_input_bins(
+                sampling, counting, key, params, ranges, first_block, start, stop, a)
+            tables, _ = counting.backend.count_in_kernel(0, x_bins[:, None], y_bins, valid,
+                                                         counting.in_bins, counting.out_bins)
+            return tables[0], outside
+
+        tables, outside = jax.vmap(one_input)(offset + jnp.arange(sampling.inputs_per_chunk))
+        return counts + tables, out_of_range + outside.sum(0)
+    return over_sets(one, (carry, keys, stacked_params), vmap_sets)
 
 
 def single_input_bins(sampling: Sampling, counting: Counting, key, params, ranges: Ranges,
@@ -187,11 +199,15 @@ def single_input_bins(sampling: Sampling, counting: Counting, key, params, range
             jnp.sum(~y_in & real[:, None], axis=0, dtype=jnp.int32))
 
 
-def over_sets(fn, stacked_params, exact_vmap: bool):
-    """`fn(params)` for every parameter set (leading axis K): vmapped where each set then rounds
-    exactly as a single call (`exact_vmap`), else one set after another (`lax.map`, each a
-    single call's program)."""
-    return jax.vmap(fn)(stacked_params) if exact_vmap else jax.lax.map(fn, stacked_params)
+def over_sets(fn, stacked, vmap_sets: bool):
+    """`fn(args)` for every parameter set of `stacked` (a pytree, leading axis K on every leaf),
+    outputs stacked along K: one set (a single call) runs `fn` as it is; several are vmapped
+    where each then rounds as a single call does (`vmap_sets`), else run one after another
+    (`lax.map`, each a single call's program)."""
+    if jax.tree_util.tree_leaves(stacked)[0].shape[0] == 1:
+        one = fn(jax.tree_util.tree_map(lambda a: a[0], stacked))
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], one)
+    return jax.vmap(fn)(stacked) if vmap_sets else jax.lax.map(fn, stacked)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -227,42 +243,51 @@ def host_single_input_chunk(sampling: Sampling, counting: Counting, exact_vmap: 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def host_inputs(sampling, counting, key, ranges, first_block):
-    """One chunk's inputs (as a single call samples them) and their bins [n_in, S] for the host;
-    every set of a sweep sees these samples."""
+    """One chunk's inputs (as a single call samples them) and their bins [n_in, S] for the host
+    (in a surrogate's shuffled order with counting.shuffle); every set of a sweep sees these
+    samples."""
     x = uniform_inputs(key, first_block, sampling.num_blocks, sampling.chain.in_shape,
                        ranges.in_low, ranges.in_high)
+    return x, input_bins(counting, key, x, ranges, first_block).T.astype(
+        host_bins_dtype(counting.in_bins, counting.out_bins))
+
+
+def input_bins(counting: Counting, key, x, ranges: Ranges, first_block):
+    """The bins [S, n_in] of a chunk's inputs x, shuffled relative to the outputs for a
+    surrogate (counting.shuffle)."""
     x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
                             counting.in_bins)
-    return x, x_bins.T.astype(host_bins_dtype(counting.in_bins, counting.out_bins))
+    return shuffled_rows(key, first_block, x_bins) if counting.shuffle else x_bins
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def host_chunk(sampling, counting, exact_vmap, pack, key, x, stacked_params, ranges,
-                first_block, stop):
-    """One chunk of the all-inputs intervention for every set, for the host's counters.
+               first_block, start, stop, offset):
+    """One chunk of the all-inputs intervention for every set (leading axis K; a single call is
+    K = 1), for the host's counters.
 
-    Takes the chunk's inputs `x` (`host_inputs`) and returns per set its outputs' bins [n_out, S]
-    with the sentinel `out_bins` on every entry a single call leaves out (past `stop`; outside
-    out_range under policy "drop"), its out-of-range counts [n_out] under policy "clip" and,
-    with `pack`, its packed states for `StateCounts` (`packed_states`). Each set's
-    layer runs exactly as in a single call.
+    Takes the chunk's inputs `x` (`host_inputs`) and returns per set the bins [block, S] of its
+    outputs offset..offset+block_size with the sentinel `out_bins` on every entry a single call
+    leaves out (outside samples [start, stop); outside out_range under policy "drop"), their
+    out-of-range counts [block] and, with `pack`, its packed states of counting.groups
+    (`packed_states`). Each set's layer runs exactly as in a single call.
     """
-    in_chunk = sample_mask(first_block, sampling.num_blocks, 0, stop)
+    in_chunk = sample_mask(first_block, sampling.num_blocks, start, stop)
 
     def one(params):
         _, y = outputs(sampling, key, params, ranges.in_low, ranges.in_high, first_block,
                        inputs=x)
-        y_bins, y_in, countable = bin_outputs(sampling, counting, ranges, y, 0,
-                                              sampling.num_outputs)
+        y_bins, y_in, countable = bin_outputs(sampling, counting, ranges, y, offset,
+                                              counting.block_size)
         codes = jnp.where(countable & in_chunk[:, None], y_bins, counting.out_bins)
-        # under "drop" the host counts these from the sentinels (the tables' spare cells)
-        out_of_range = jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32) \
-            if counting.policy == "clip" else ()
+        out_of_range = jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32)
         states = ()
         if pack:
-            x_bins, _ = bin_indices(x.reshape(x.shape[0], -1), ranges.in_low, ranges.in_high,
-                                    counting.in_bins)
-            states = packed_states(counting, x_bins, y_bins, y_in, in_chunk)
+            y_bins, y_in, _ = bin_outputs(sampling, counting, ranges, y, 0,
+                                          sampling.padded_outputs)
+            real = jnp.arange(sampling.padded_outputs) < sampling.num_outputs
+            states = packed_states(counting, input_bins(counting, key, x, ranges, first_block),
+                                   y_bins, y_in | ~real, in_chunk)
         return codes.T.astype(host_bins_dtype(counting.in_bins, counting.out_bins)), \
             out_of_range, states
     return over_sets(one, stacked_params, exact_vmap)

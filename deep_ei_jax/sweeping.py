@@ -1,9 +1,9 @@
-"""Batched sweeps: EI, EI_parts, sensitivity and degeneracy of K parameter sets of one chain in one
-compiled call.
+"""Batched sweeps: EI, EI_parts, sensitivity and degeneracy of K parameter sets of one chain,
+compiled once.
 
 K checkpoints of a training run (or K models of one architecture) share the chain, so one program
-serves them all: the parameters carry a leading axis K and the per-set measurement is `jax.vmap`ped
-over it. Each set sees exactly the samples a single call with the same key draws (the same chunk
+serves them all: the parameters carry a leading axis K, and each compiled call measures a batch
+of sets. Each set sees exactly the samples a single call with the same key draws (the same chunk
 kernels `kernels.step` and `kernels.single_input_step` make them), so::
 
     result = sweep(key, chain, stacked, samples=n, sensitivity_samples=m, **binning)
@@ -12,27 +12,25 @@ kernels `kernels.step` and `kernels.single_input_step` make them), so::
     result.sensitivity[k] == pure.sensitivity(key, chain, params_k, samples=m, **binning)[0]
     result.degeneracy[k]  == result.sensitivity[k] - result.ei[k]
 
-The layer runs bit for bit as in a single call (see `sweep_kernel`), so every count is the same
-integer. On a CPU with numba (method 'auto' or 'numba', Dense chains, one device) the inputs are
-sampled once for all sets of a call, each set's layer runs as a single call's (vmapped where that
-rounds the same: `layers.Dense` multiply-adds small fan-ins elementwise), and everything is
-counted on the host by the chunk driver (`driver.host_vector_pass`; sensitivity by
-`driver.host_sensitivity_tables`, the single calls' own path): EI_parts and sensitivity by the
-single calls' pairwise counter and compiled statistics; EI, when every sample fits one call
-and the states are narrow, against the input states sorted once (`histogram.SortedInputs`, exact
-count spectra), else by each set's `StateCounts` as a single call counts. EI, EI_parts and
-sensitivity then equal the single call exactly. Otherwise (GPUs, 'scatter'/'onehot',
-convolutions, sharded sets) everything runs on the device: EI_parts and sensitivity agree to
-float32 rounding of the same MI formula (differently fused), and vector EI's packed joint states
-are sorted, runs counted, and the entropies summed in float32, where a single call sums in
-float64: the two agree to about 1e-5 bits (see `state_entropy`). Sample counts are fixed; output
-ranges and bin counts must be fixed numbers (not 'dynamic'). Note that `pure.degeneracy` splits
-its key in two; the sweep's degeneracy uses the same key for EI and sensitivity, as the deep-ei
-style calls with one `seed` do.
+A sweep is the single calls' chunk driver over K parameter sets (a single call is the sweep of
+one set): `driver.all_inputs_pass` for EI and EI_parts, `driver.one_input_pass` for sensitivity,
+`batch` sets per compiled call. The layer runs bit for bit as in a single call: on the host
+backend (numba, the CPU default for Dense chains on one device) the inputs are sampled once for
+all sets of a call and each set's layer runs vmapped where that rounds the same
+(`layers.Dense` multiply-adds small fan-ins elementwise), else set by set; on the device
+('scatter'/'onehot', convolutions, sets sharded over devices) Dense chains are vmapped with the
+samples batched like the weights (a batched matmul whose every product is the single call's),
+other chains run set by set. Every count is then the same integer, counted by the same counters
+(host tables or device carries; joint states by `StateCounts`, or, when every sample fits one
+host call and the states are narrow, against the input states sorted once,
+`histogram.SortedInputs`, which gives the same count spectra), and every statistic is computed
+by the same compiled program. So EI, EI_parts and sensitivity equal the single calls exactly.
+Sample counts are fixed; output ranges and bin counts must be fixed numbers (not 'dynamic').
+Note that `pure.degeneracy` splits its key in two; the sweep's degeneracy uses the same key for
+EI and sensitivity, as the deep-ei style calls with one `seed` do.
 """
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Any, NamedTuple
 
@@ -40,17 +38,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, backends, driver, kernels, pairstats, planning
+from . import _checks, backends, driver, pairstats, planning
 from . import progress as progress_module
-from .histogram import bits_per_value, host_left_out, sorted_inputs_fit, state_bits
-from .information import entropy, mutual_information
+from .histogram import bits_per_value, sorted_inputs_fit
 from .layers import ELEMENTWISE_FAN_IN, Chain, Dense, Flatten
 from .planning import Binning, sample_mesh
 from .sampling import SAMPLE_BLOCK
 
 MEASURES = ("ei", "ei_parts", "sensitivity", "degeneracy")
 DEFAULT_CALL_MEMORY_BUDGET = 1024 * 2 ** 20  # bytes one compiled call may hold, all K together
-_DENSE_BITS = 20                        # count states densely up to 2**20 of them
 _HOST_CALLS = 4                         # host-counted sweeps split K into at least this many calls
 
 
@@ -125,168 +121,46 @@ class _Plan(NamedTuple):
     sensitivity_chunks: int
 
 
-# ---------------------------------------------------------------- device kernels
+# ---------------------------------------------------------------- the passes
 
-def state_entropy(words: jax.Array, valid: jax.Array, num_bits: int | None = None) -> jax.Array:
-    """Plug-in entropy (bits) of the distinct rows of `words` among the valid rows, exactly counted.
-
-    A state space of at most `_DENSE_BITS` bits (and not much larger than the rows) is counted
-    densely (`bincount` over every state). Otherwise rows are sorted (invalid rows last), each run
-    of equal rows is one state and its length its count: no hashing, no table of the state space.
-    A single-word state of at most 31 bits sorts as one integer key with invalid rows mapped to
-    0xFFFFFFFF (XLA's one-key sort is several times faster than its lexicographic one).
-
-    The sum sum_s (c_s / n) log2(n / c_s) is taken in float32 in two levels (within blocks of 1024
-    rows, then across blocks), so its rounding stays near a few 1e-7 relative per level: about
-    1e-5 bits for the entropy of a 30-bit state space at 1e7 samples.
-
-    Args:
-      words: uint32 [N, W], packed states (`histogram.pack_states`, `join_states`).
-      valid: bool [N].
-      num_bits: the bits the packed states use (`histogram.state_bits`); None: all of W words.
-
-    Returns:
-      float32 scalar, 0 when no row is valid.
-    """
-    num_rows, num_words = words.shape
-    num_bits = 32 * num_words if num_bits is None else num_bits
-    total = jnp.sum(valid, dtype=jnp.int32).astype(jnp.float32)
-    if num_words == 1 and num_bits <= _DENSE_BITS and 2 ** num_bits <= 4 * num_rows:
-        sentinel = 2 ** num_bits
-        keys = jnp.where(valid, words[:, 0], jnp.uint32(sentinel)).astype(jnp.int32)
-        return entropy(jnp.bincount(keys, length=sentinel + 1)[:sentinel])
-    if num_words == 1 and num_bits <= 31:
-        keys = jnp.sort(jnp.where(valid, words[:, 0], jnp.uint32(0xFFFFFFFF)))
-        differs = keys[1:] != keys[:-1]
-        real = keys != jnp.uint32(0xFFFFFFFF)
-    else:
-        invalid = (~valid).astype(jnp.uint32)
-        columns = jax.lax.sort((invalid,) + tuple(words[:, w] for w in range(num_words)),
-                               num_keys=num_words + 1)
-        differs = functools.reduce(jnp.logical_or, [c[1:] != c[:-1] for c in columns])
-        real = columns[0] == 0
-    is_start = jnp.concatenate([jnp.ones(1, bool), differs])
-    is_end = jnp.concatenate([differs, jnp.ones(1, bool)]) & real
-    index = jnp.arange(num_rows, dtype=jnp.int32)
-    run_start = jax.lax.cummax(jnp.where(is_start, index, 0), axis=0)
-    run_counts = (index - run_start + 1).astype(jnp.float32)
-    safe_total = jnp.maximum(total, 1.0)
-    terms = jnp.where(is_end, run_counts / safe_total
-                      * (jnp.log2(safe_total) - jnp.log2(run_counts)), 0.0)
-    pad = -num_rows % SAMPLE_BLOCK
-    terms = jnp.pad(terms, (0, pad)).reshape(-1, SAMPLE_BLOCK)
-    return jnp.sum(jnp.sum(terms, axis=1))
+def _sets(plan: _Plan, counting, stacked_params, num_sets: int, batch: int, mesh) -> driver.Sets:
+    """The sets as the chunk driver takes them: on the host vmapped where that rounds as single
+    calls (`exact_vmap`); on the device vmapped for Dense chains (their samples batched like the
+    weights, see `kernels.step`), sharded over `mesh` when given, else set by set."""
+    if counting.backend.on_host:
+        return driver.Sets(stacked_params, num_sets, batch, vmap=plan.exact_vmap)
+    sharding = None
+    if mesh is not None and plan.vectorized:  # (chains run set by set stay on one device)
+        batch = -(-batch // mesh.size) * mesh.size  # whole sets per device (padding repeats one)
+        sharding = jax.sharding.NamedSharding(
+            jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
+    return driver.Sets(stacked_params, num_sets, batch, vmap=plan.vectorized, sharding=sharding)
 
 
-def _vector_pass(plan: _Plan, key, params, ranges):
-    """EI_parts tables and the three state entropies of one parameter set."""
-    sampling, counting = plan.vector
-    if counting.pairs:
-        carry = (counting.backend.new_pair_counts((sampling.num_inputs, sampling.num_outputs),
-                                                  counting.in_bins, counting.out_bins),
-                 jnp.zeros(sampling.num_outputs, jnp.int32))
-    else:
-        carry = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-
-    def chunk(carry, first_block):
-        carry, states, _ = kernels.step(sampling, counting, carry, key, params, ranges,
-                                        first_block, 0, plan.samples, 0)
-        return carry, states
-
-    first_blocks = jnp.arange(plan.num_chunks, dtype=jnp.int32) * sampling.num_blocks
-    (counts, out_of_range), states = jax.lax.scan(chunk, carry, first_blocks)
-    result = {}
-    if counting.pairs:
-        result["parts"] = mutual_information(counts)
-        result["out_of_range"] = jnp.sum(out_of_range)
-    if counting.groups:
-        keep, dropped, ((wx, wy, wxy),) = states
-        def flat(a):
-            return a.reshape((-1,) + a.shape[2:])
-        keep = flat(keep)
-        (inputs, outputs), = counting.groups
-        x_bits = state_bits(len(inputs), counting.in_bins)
-        y_bits = state_bits(len(outputs), counting.out_bins)
-        result["entropies"] = jnp.stack([
-            state_entropy(flat(wx), keep, x_bits), state_entropy(flat(wy), keep, y_bits),
-            state_entropy(flat(wxy), keep, x_bits + y_bits if wxy.shape[-1] == 1 else None)])
-        # as a single call reports it: samples dropped whole, none under policy "clip"
-        result["dropped"] = jnp.sum(dropped) * (counting.policy == "drop")
-    return result
-
-
-def _sensitivity_pass(plan: _Plan, key, params, ranges):
-    """The sensitivity matrix [n_in, n_out] (float32 bits) of one parameter set, and its
-    (sample, output) values outside out_range, over every input (int32 scalar)."""
-    sampling, counting = plan.single
-    first_blocks = jnp.arange(plan.sensitivity_chunks, dtype=jnp.int32) * sampling.num_blocks
-    matrices, out_of_range = [], []
-    for offset in range(0, sampling.num_inputs, sampling.inputs_per_chunk):
-        carry = (counting.backend.new_pair_counts((sampling.inputs_per_chunk,
-                                                   sampling.num_outputs),
-                                                  counting.in_bins, counting.out_bins),
-                 jnp.zeros(sampling.num_outputs, jnp.int32))
-
-        def chunk(carry, first_block, offset=offset):
-            return kernels.single_input_step(sampling, counting, carry, key, params, ranges,
-                                             first_block, 0, plan.sensitivity_samples,
-                                             offset), None
-
-        (counts, outside), _ = jax.lax.scan(chunk, carry, first_blocks)
-        matrices.append(mutual_information(counts))
-        out_of_range.append(jnp.sum(outside))
-    return jnp.concatenate(matrices, axis=0)[:sampling.num_inputs], sum(out_of_range)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def sweep_kernel(plan: _Plan, keys, stacked_params, ranges):
-    """All measures of every parameter set in `stacked_params` (leading axis K).
-
-    `keys` holds K copies of the measurement's key, passed in rather than broadcast here: the
-    samples are then batched like the weights, so a vmapped Dense layer is a batched matmul whose
-    every product is the single call's matmul, bit for bit (with the samples shared, XLA would
-    fold K weight matrices into one wider matmul that rounds differently, and outputs on a bin
-    edge would land in the other bin). Chains with other layers (convolutions batch into grouped
-    convolutions) run the sets one after another with `lax.map`, each exactly a single call.
-    """
-    def one(key, params):
-        result = _vector_pass(plan, key, params, ranges) if plan.vector is not None else {}
-        if plan.single is not None:
-            result["sensitivity"], result["sensitivity_out_of_range"] = _sensitivity_pass(
-                plan, key, params, ranges)
-        return result
-    if plan.vectorized:
-        return jax.vmap(one)(keys, stacked_params)
-    return jax.lax.map(lambda args: one(*args), (keys, stacked_params))
-
-
-def _host_sensitivity_pass(plan: _Plan, key, stacked_params, ranges, num_sets: int,
-                           batch: int, reporter) -> dict:
-    """The sensitivity matrices of every set, counted on the host by the single calls' driver
-    (`driver.host_sensitivity_tables`, the noise drawn once for all sets), MI by the same
-    compiled statistics on the same integers; and each set's (sample, output) values outside
-    out_range (under policy "drop" the entries the tables left out, else counted on the
-    device)."""
-    sampling, counting = plan.single
-    clip = counting.policy != "drop"
-    if counting.backend.by_samples:  # no tables: each set's rows from its samples' bins
-        rows, out_of_range = driver.host_sensitivity_by_samples(
-            sampling, counting, planning.Statistics(), key, ranges, stacked_params, num_sets,
-            batch, plan.exact_vmap, plan.sensitivity_samples, with_out_of_range=clip,
-            progress=reporter)
-        return {"sensitivity": rows[0], "sensitivity_out_of_range": out_of_range}
-    tables, out_of_range = driver.host_sensitivity_tables(
-        sampling, counting, key, ranges, stacked_params, num_sets, batch, plan.exact_vmap,
-        plan.sensitivity_samples, with_out_of_range=clip, progress=reporter)
-    if not clip:
-        out_of_range = host_left_out(tables, counting.in_bins, counting.out_bins).sum(axis=(1, 2))
-    statistics = planning.Statistics()
-    matrices = []
-    for k in range(num_sets):
-        stats = jax.device_get(driver.host_sensitivity_statistics(sampling, counting, statistics,
-                                                                  tables[k]))
-        matrices.append(np.concatenate([st[0] for st in stats])[:sampling.num_inputs])
-    return {"sensitivity": np.stack(matrices), "sensitivity_out_of_range": out_of_range}
+def _measure_sets(plan: _Plan, key, stacked_params, ranges, num_sets: int, batch: int, mesh,
+                  reporter) -> dict:
+    """Every measure of every set by the single calls' chunk driver (`driver.all_inputs_pass`,
+    `driver.one_input_pass`), `batch` sets per compiled call: their counters, and their
+    statistics on the same integers by the same compiled programs."""
+    merged = {}
+    if plan.vector is not None:
+        sampling, counting = plan.vector
+        counts = driver.SweepCounts(sampling, counting, num_sets, plan.sorted_states)
+        driver.all_inputs_pass(sampling, counting, key, ranges,
+                               _sets(plan, counting, stacked_params, num_sets, batch, mesh),
+                               counts, 0, plan.samples, progress=reporter)
+        merged.update(counts.result())
+    if plan.single is not None:
+        sampling, counting = plan.single
+        blocks, out_of_range = driver.one_input_pass(
+            sampling, counting, planning.Statistics(), key, ranges,
+            _sets(plan, counting, stacked_params, num_sets, batch, mesh),
+            plan.sensitivity_samples, progress=reporter)
+        merged["sensitivity"] = np.stack([
+            np.concatenate([block[0] for block in jax.device_get(set_blocks)])
+            [:sampling.num_inputs] for set_blocks in blocks])
+        merged["sensitivity_out_of_range"] = out_of_range
+    return merged
 
 
 # ---------------------------------------------------------------- arguments and planning
@@ -585,58 +459,10 @@ def sweep(key, chain: Chain, stacked_params, *, in_range=(0.0, 1.0), out_range=(
     plan, key, ranges, batch = plan_sweep(key, chain, params0, binning, samples=samples,
                                      sensitivity_samples=sensitivity_samples, names=names,
                                      num_sets=num_sets, max_batch=max_batch)
-    if backend.on_host:  # every count on the host; the passes split K into calls themselves
-        merged = {}
-        if plan.vector is not None:
-            merged.update(driver.host_vector_pass(
-                *plan.vector, key, ranges, stacked_params, num_sets, batch,
-                exact_vmap=plan.exact_vmap, sorted_states=plan.sorted_states,
-                samples=plan.samples, progress=progress))
-        if plan.single is not None:
-            merged.update(_host_sensitivity_pass(plan, key, stacked_params, ranges, num_sets,
-                                                 batch, progress))
-        outputs = [merged]
-    else:
-        outputs = _device_passes(plan, key, stacked_params, ranges, num_sets, batch,
-                                 mesh if plan.vectorized else None,  # set by set: one device
-                                 progress)
-    outputs = jax.device_get(outputs)
-    merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+    merged = _measure_sets(plan, key, stacked_params, ranges, num_sets, batch, mesh, progress)
     result = _assemble(names, merged, samples, sensitivity_samples, policy)
     _warn_sets_dropped(result, policy, plan)
     return result
-
-
-def _device_passes(plan: _Plan, key, stacked_params, ranges, num_sets: int, batch: int,
-                   mesh, reporter) -> list:
-    """Every measure of every set on the device, `batch` sets per compiled call (sharded over
-    `mesh` when given): one result dict per call. Each call is waited for while the next one
-    runs (`driver.pipelined`), so `reporter` hears of sets done and Ctrl-C is taken between
-    calls."""
-    sharding = None
-    if mesh is not None:
-        batch = -(-batch // mesh.size) * mesh.size  # whole sets per device (padding repeats one)
-        sharding = jax.sharding.NamedSharding(
-            jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
-    outputs = []
-
-    def dispatch(item):
-        _, sets, part = item
-        keys = jax.random.wrap_key_data(np.broadcast_to(
-            np.asarray(jax.random.key_data(key)), (batch,) + jax.random.key_data(key).shape),
-            impl=jax.random.key_impl(key))
-        if sharding is not None:
-            part, keys = jax.device_put((part, keys), sharding)
-        result = sweep_kernel(plan, keys, part, ranges)
-        return jax.tree_util.tree_map(lambda a: a[:len(sets)], result)
-
-    def consume(result, item):
-        outputs.append(jax.block_until_ready(result))
-        reporter.update(len(item[1]))
-
-    reporter.start(num_sets, unit="set", desc=f"sweep of {num_sets} sets")
-    driver.pipelined(driver.batches(stacked_params, num_sets, batch), dispatch, consume)
-    return outputs
 
 
 def _warn_sets_dropped(result: SweepResult, policy: str, plan: _Plan):
@@ -671,9 +497,6 @@ def _warn_sets_dropped(result: SweepResult, policy: str, plan: _Plan):
 
 def _assemble(names, merged, samples, sensitivity_samples, policy) -> SweepResult:
     ei = parts = sens = degeneracy = parts_matrix = sens_matrix = dropped = oor = None
-    if "entropies" in merged:
-        h = merged["entropies"].astype(np.float64)
-        ei = np.maximum(h[:, 0] + h[:, 1] - h[:, 2], 0.0)
     if "ei" in merged:
         ei = merged["ei"].astype(np.float64)
     if "dropped" in merged:

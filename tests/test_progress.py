@@ -180,21 +180,19 @@ def test_the_deep_ei_api_passes_progress_and_reports_seconds(monkeypatch):
     assert terminal.getvalue() == ""
 
 
-@pytest.mark.parametrize("method, expected", [
-    ("numba", [(3 * 3000, "sample"), (3 * 12, "input")]),  # host: (set, sample), (set, input)
-    ("scatter", [(3, "set")]),  # on the device: sets done, one compiled call at a time
-])
-def test_a_sweep_reports_its_passes(key, method, expected):
+# host or device, a sweep runs the single calls' two passes: (set, sample), then (set, input)
+@pytest.mark.parametrize("method", ["numba", "scatter"])
+def test_a_sweep_reports_its_passes(key, method):
     pytest.importorskip("numba") if method == "numba" else None
     chain, params = layer(n_in=12, n_out=10)
     stacked = pure.stack_params([params, layer(seed=1)[1], layer(seed=2)[1]])
     recording = Recording()
     pure.sweep(key, chain, stacked, in_bins=8, out_bins=8, samples=3000, sensitivity_samples=300,
                method=method, max_batch=1, progress=recording)
+    expected = [(3 * 3000, "sample"), (3 * 12, "input")]
     assert [tuple(p) for p in recording.passes] == [(total, unit, total)
                                                      for total, unit in expected]
-    if method == "scatter":
-        assert recording.reports == [3]  # one report per call of one set (max_batch=1)
+    assert min(recording.reports) >= 3  # at least one report per call of one set (max_batch=1)
 
 
 def test_the_command_line_bar_and_no_progress(tmp_path, monkeypatch):
