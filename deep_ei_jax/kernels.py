@@ -204,7 +204,8 @@ def over_sets(fn, stacked, vmap_sets: bool):
     outputs stacked along K: one set (a single call) runs `fn` as it is; several are vmapped
     where each then rounds as a single call does (`vmap_sets`), else run one after another
     (`lax.map`, each a single call's program)."""
-    if jax.tree_util.tree_leaves(stacked)[0].shape[0] == 1:
+    leaves = jax.tree_util.tree_leaves(stacked)
+    if not leaves or leaves[0].shape[0] == 1:  # (no leaves: a parameter-free chain's one set)
         one = fn(jax.tree_util.tree_map(lambda a: a[0], stacked))
         return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], one)
     return jax.vmap(fn)(stacked) if vmap_sets else jax.lax.map(fn, stacked)
