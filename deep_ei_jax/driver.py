@@ -128,12 +128,17 @@ def work(sampling: Sampling, sets: Sets, key, offsets, start: int, stop: int):
     """The chunks of a pass in the order they run: per call's sets, per block, per chunk of
     samples [start, stop)."""
     chunk_list = list(chunks(sampling, start, stop))
-    for _, members, params in batches(sets.params, sets.count, sets.batch):
-        keys = jax.random.wrap_key_data(np.broadcast_to(
-            np.asarray(jax.random.key_data(key)), (sets.batch,) + jax.random.key_data(key).shape),
-            impl=jax.random.key_impl(key))
+    keys = jax.random.wrap_key_data(np.broadcast_to(
+        np.asarray(jax.random.key_data(key)), (sets.batch,) + jax.random.key_data(key).shape),
+        impl=jax.random.key_impl(key))
+    calls = [(range(1), sets.params)] if sets.count == sets.batch == 1 else \
+        ((members, params) for _, members, params in batches(sets.params, sets.count,
+                                                              sets.batch))
+    if sets.sharding is not None:
+        keys = jax.device_put(keys, sets.sharding)
+    for members, params in calls:
         if sets.sharding is not None:
-            params, keys = jax.device_put((params, keys), sets.sharding)
+            params = jax.device_put(params, sets.sharding)
         for offset in offsets:
             for i, (first, chunk_sampling) in enumerate(chunk_list):
                 yield Chunk(members, params, keys, offset, first, chunk_sampling,
@@ -243,7 +248,7 @@ class AllInputsCounts:
     def add_states(self, sets, states) -> None:
         """Adds a chunk's packed states [K, S, ...] of `sets` to their `StateCounts`."""
         if jax.process_count() > 1:  # a chunk's states are spread over the processes
-            states = multihost_utils.process_allgather(states)
+            states = multihost_utils.process_allgather(states, tiled=True)
         keep, out, groups = jax.device_get(states)
         for i, k in enumerate(sets):
             if self.state_counters[k] is None:
