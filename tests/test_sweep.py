@@ -56,8 +56,8 @@ def _check_equal_to_single_calls(key, chain, sets, samples, sensitivity_samples,
 
 
 # "numba": EI and EI_parts counted on the host (the CPU default), EI against sorted input states
-# or (samples beyond one call) by each set's StateCounts; "scatter": all on the device
-@pytest.mark.parametrize("method", ["numba", "numba-state-counts", "scatter"])
+# or (samples beyond one call) by each set's StateCounts; "scatter", "onehot": tables on the device
+@pytest.mark.parametrize("method", ["numba", "numba-state-counts", "scatter", "onehot"])
 def test_sweep_equals_single_calls_one_word_states(key, method, monkeypatch):
     # 4 -> 5 sigmoid at 8 bins: X 12 bits (dense count), Y 15 bits (dense), joint 27 bits (sort)
     sorted_calls = []
