@@ -23,7 +23,8 @@ The pair-counter interface, as the chunk driver uses it:
 * `tables(counts, in_bins, out_bins)`: the counts as [*leading, in_bins, out_bins];
 * `statistics(counting, statistics, counts)`: the per-pair statistics of one block's counts
   (`kernels.block_statistics` of the tables, or `pairstats` from the samples);
-* `left_out(counts, in_bins, out_bins)`: the entries marked left out, per [*leading[:-2]].
+* `left_out(counts, in_bins, out_bins)`: host backends: the entries marked left out, per
+  table [*leading].
 
 Joint states of vectors are counted on the host by `histogram.StateCounts` for every backend of a
 single call; `compiled_states` says whether a backend's host state counters use numba.
@@ -130,8 +131,9 @@ class NumbaBackend(CountingBackend):
         return histogram.host_tables_view(counts, in_bins, out_bins)
 
     def left_out(self, counts, in_bins: int, out_bins: int):
-        """Entries marked left out per [*leading[:-2]] (input 0's tables see every entry)."""
-        return histogram.host_left_out(counts[..., 0, :, :], in_bins, out_bins).sum(axis=-1)
+        """The entries marked left out in each table of counts [*leading, cells]: int64
+        [*leading]."""
+        return histogram.host_left_out(counts, in_bins, out_bins)
 
 
 class SamplesBackend(NumbaBackend):
@@ -166,11 +168,8 @@ class SamplesBackend(NumbaBackend):
             pair_errors=statistics.pair_errors, progress=progress)
 
     def left_out(self, counts, in_bins: int, out_bins: int):
-        def one(bins):
-            return int((bins.y[:, :bins.length] == out_bins).sum())
-        if isinstance(counts, pairstats.SampleBins):
-            return one(counts)
-        return np.vectorize(one, otypes=[np.int64])(counts)
+        per_output = (counts.y[:, :counts.length] == out_bins).sum(axis=1, dtype=np.int64)
+        return np.broadcast_to(per_output, (counts.x.shape[0],) + per_output.shape)
 
 
 SCATTER = ScatterBackend()

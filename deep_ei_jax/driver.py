@@ -229,7 +229,8 @@ class AllInputsCounts:
                     self.pair_out_of_range[k] = np.zeros(counting.block_size, np.int64)
                 counting.backend.consume(self.pairs[k], (x_bins, codes[i]), counting.out_bins,
                                          lo, hi)
-                self.pair_out_of_range[k] += out_of_range[i]
+                if counting.policy == "clip":  # (under "drop": `out_of_range`)
+                    self.pair_out_of_range[k] += out_of_range[i]
         side = None
         if counting.pairs and counting.groups:  # the two counters run side by side (own data)
             side = _helper().submit(count_pairs)
@@ -239,6 +240,15 @@ class AllInputsCounts:
             self.add_groups(chunk, x_bins, codes, states, hi)
         if side is not None:
             side.result()
+
+    def out_of_range(self, k: int):
+        """Set k's out-of-range counts per output of the block so far: counted on the device,
+        or on the host under policy "drop" the entries its counts left out."""
+        counting = self.counting
+        if counting.backend.on_host and counting.policy == "drop" and self.pairs[k] is not None:
+            return counting.backend.left_out(self.pairs[k], counting.in_bins,
+                                             counting.out_bins)[0]  # (input 0's tables)
+        return self.pair_out_of_range[k]
 
     def add_groups(self, chunk: Chunk, x_bins, codes, states, hi: int) -> None:
         """Takes in a host chunk's joint states (`SweepCounts` counts some against sorted
@@ -344,7 +354,7 @@ def run_chunks(plan: Plan, start: int, stop: int, *, offset: int = 0, pair_carry
                     counts, start, stop, offsets=(offset,), progress=progress)
     out_of_range = int(counts.samples_out[0])
     dropped = out_of_range if plan.counting.policy == "drop" else 0
-    return (counts.pairs[0], counts.pair_out_of_range[0]), dropped, out_of_range
+    return (counts.pairs[0], counts.out_of_range(0)), dropped, out_of_range
 
 
 def new_pair_carry(sampling: Sampling, counting: Counting):
@@ -505,9 +515,11 @@ class OneInputPass:
     def dispatch(self, chunk: Chunk):
         sampling, counting = chunk.sampling, self.counting
         if counting.backend.on_host:
-            return kernels.host_single_input_chunk(sampling, counting, self.sets.vmap, True,
-                                                   self.key, chunk.params, self.ranges,
-                                                   chunk.first, chunk.offset, self.samples)
+            # (under policy "drop" the host counts the out-of-range entries from the sentinels)
+            return kernels.host_single_input_chunk(sampling, counting, self.sets.vmap,
+                                                   counting.policy == "clip", self.key,
+                                                   chunk.params, self.ranges, chunk.first,
+                                                   chunk.offset, self.samples)
         if self.carry is None:
             shape = (self.sets.batch, sampling.inputs_per_chunk, sampling.padded_outputs)
             self.carry = (counting.backend.new_pair_counts(shape, counting.in_bins,
@@ -539,16 +551,24 @@ class OneInputPass:
         self.progress.update(len(chunk.sets) * len(inputs))
 
     def add_host(self, chunk: Chunk, inputs, x_codes, y_codes, out_of_range) -> None:
-        """Adds a host chunk's bins to each (set, input)'s counts."""
+        """Adds a host chunk's bins to each (set, input)'s counts: per set a block of host tables
+        [inputs_per_chunk, n_out, cells], or per (set, input) its `pairstats.SampleBins`."""
         counting = self.counting
+        by_samples = counting.backend.by_samples
         hi = min(self.samples - chunk.first * SAMPLE_BLOCK, x_codes.shape[1])
         for j, k in enumerate(chunk.sets):
-            self.out_of_range[k] += int(out_of_range[j].sum())
+            if counting.policy == "clip":
+                self.out_of_range[k] += int(out_of_range[j].sum())
+            if not by_samples and k not in self.held:
+                self.held[k] = counting.backend.new_pair_counts(
+                    (self.sampling.inputs_per_chunk, self.sampling.num_outputs),
+                    counting.in_bins, counting.out_bins)
             for i, a in enumerate(inputs):
-                if (k, a) not in self.held:
+                if by_samples and (k, a) not in self.held:
                     self.held[k, a] = counting.backend.new_pair_counts(
                         (1, self.sampling.num_outputs), counting.in_bins, counting.out_bins)
-                counting.backend.consume(self.held[k, a], (x_codes[i][None], y_codes[j, i]),
+                counts = self.held[k, a] if by_samples else self.held[k][i:i + 1]
+                counting.backend.consume(counts, (x_codes[i][None], y_codes[j, i]),
                                          counting.out_bins, 0, hi)
 
     def host_block(self, k: int, inputs):
@@ -556,18 +576,18 @@ class OneInputPass:
         backend's per input, or `kernels.table_statistics` of the block's tables (the program a
         device count runs, on the same integers: the same bits)."""
         counting, statistics = self.counting, self.statistics
-        if counting.backend.by_samples:
-            rows = [counting.backend.statistics(counting, statistics, self.held[k, a])
-                    for a in inputs]
-            return tuple(np.concatenate([r[n] for r in rows]) if isinstance(rows[0][n],
-                                                                            np.ndarray) else ()
-                         for n in range(4))
-        block = np.zeros((self.sampling.inputs_per_chunk, self.sampling.num_outputs,
-                          counting.in_bins, counting.out_bins), np.int32)
-        for i, a in enumerate(inputs):
-            block[i] = counting.backend.tables(self.held[k, a], counting.in_bins,
-                                               counting.out_bins)[0]
-        return kernels.table_statistics(statistics, block)
+        held = [self.held[k, a] for a in inputs] if counting.backend.by_samples else \
+            [self.held[k]]
+        if counting.policy == "drop":  # the entries left out: out of range
+            self.out_of_range[k] += sum(int(counting.backend.left_out(
+                counts, counting.in_bins, counting.out_bins)[:len(inputs)].sum())
+                for counts in held)
+        if not counting.backend.by_samples:
+            return kernels.table_statistics(statistics, counting.backend.tables(
+                held[0], counting.in_bins, counting.out_bins))
+        rows = [counting.backend.statistics(counting, statistics, counts) for counts in held]
+        return tuple(np.concatenate([r[n] for r in rows]) if isinstance(rows[0][n], np.ndarray)
+                     else () for n in range(4))
 
 
 def one_input_pass(sampling: Sampling, counting: Counting, statistics: Statistics, key, ranges,
@@ -627,6 +647,7 @@ class SweepCounts(AllInputsCounts):
             if counting.pairs:  # the single call's own compiled statistics: equal to it exactly
                 self.parts[k] = counting.backend.statistics(counting, Statistics(),
                                                             self.pairs[k])[0]
+                self.pair_out_of_range[k] = self.out_of_range(k)
                 self.pairs[k] = None
             if counting.groups and not self.sorted_states:
                 cx, cy, cxy = self.state_counters[k][0]

@@ -270,8 +270,8 @@ def host_chunk(sampling, counting, exact_vmap, pack, key, x, stacked_params, ran
     Takes the chunk's inputs `x` (`host_inputs`) and returns per set the bins [block, S] of its
     outputs offset..offset+block_size with the sentinel `out_bins` on every entry a single call
     leaves out (outside samples [start, stop); outside out_range under policy "drop"), their
-    out-of-range counts [block] and, with `pack`, its packed states of counting.groups
-    (`packed_states`). Each set's layer runs exactly as in a single call.
+    out-of-range counts [block] under policy "clip" and, with `pack`, its packed states of
+    counting.groups (`packed_states`). Each set's layer runs exactly as in a single call.
     """
     in_chunk = sample_mask(first_block, sampling.num_blocks, start, stop)
 
@@ -281,7 +281,10 @@ def host_chunk(sampling, counting, exact_vmap, pack, key, x, stacked_params, ran
         y_bins, y_in, countable = bin_outputs(sampling, counting, ranges, y, offset,
                                               counting.block_size)
         codes = jnp.where(countable & in_chunk[:, None], y_bins, counting.out_bins)
-        out_of_range = jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32)
+        # under "drop" the host counts these from the sentinels (a column sum here would cost
+        # as much as the rest of the chunk)
+        out_of_range = jnp.sum(~y_in & in_chunk[:, None], axis=0, dtype=jnp.int32) \
+            if counting.policy == "clip" else ()
         states = ()
         if pack:
             y_bins, y_in, _ = bin_outputs(sampling, counting, ranges, y, 0,

@@ -156,9 +156,9 @@ def _measure_sets(plan: _Plan, key, stacked_params, ranges, num_sets: int, batch
             sampling, counting, planning.Statistics(), key, ranges,
             _sets(plan, counting, stacked_params, num_sets, batch, mesh),
             plan.sensitivity_samples, progress=reporter)
-        merged["sensitivity"] = np.stack([
-            np.concatenate([block[0] for block in jax.device_get(set_blocks)])
-            [:sampling.num_inputs] for set_blocks in blocks])
+        matrices = jax.device_get([[block[0] for block in set_blocks] for set_blocks in blocks])
+        merged["sensitivity"] = np.stack([np.concatenate(rows)[:sampling.num_inputs]
+                                          for rows in matrices])
         merged["sensitivity_out_of_range"] = out_of_range
     return merged
 
