@@ -60,10 +60,11 @@ def chunks(sampling: Sampling, start: int, stop: int):
             yield first, sampling
 
 
-def samples_in(chunk, start: int, stop: int) -> int:
-    """How many of samples [start, stop) the chunk (first block, sampling) covers."""
+def samples_in(chunk, start: int, stop: int, steps: int = 1) -> int:
+    """How many of samples [start, stop) the chunk (first block, sampling) covers (with `steps`:
+    it and the chunks of its shape that follow it)."""
     first, sampling = chunk
-    size = sampling.num_blocks * SAMPLE_BLOCK * num_devices(sampling)
+    size = steps * sampling.num_blocks * SAMPLE_BLOCK * num_devices(sampling)
     return max(0, min(stop, (first * SAMPLE_BLOCK) + size) - max(start, first * SAMPLE_BLOCK))
 
 
@@ -98,6 +99,8 @@ class Sets(NamedTuple):
       vmap: vmap a call's sets (where each then rounds as a single call), else `lax.map` them.
       sharding: a `NamedSharding` that splits a call's sets over devices (device counting), or
         None.
+      chunks_per_call: device counting: at most this many consecutive chunks of one shape per
+        compiled call (a `lax.scan`: fewer, longer calls; progress and Ctrl-C between calls).
     """
 
     params: Any
@@ -105,6 +108,7 @@ class Sets(NamedTuple):
     batch: int = 1
     vmap: bool = True
     sharding: Any = None
+    chunks_per_call: int = 1
 
 
 def one_set(params) -> Sets:
@@ -122,12 +126,17 @@ class Chunk(NamedTuple):
     first: int           # the chunk's first sample block
     sampling: Sampling   # the chunk's sampling (its num_blocks)
     last: bool           # the block's last chunk for these sets
+    steps: int = 1       # device counting: this many consecutive chunks of its shape at once
+
+    def samples(self, start: int, stop: int) -> int:
+        """How many of samples [start, stop) it covers."""
+        return samples_in((self.first, self.sampling), start, stop, self.steps)
 
 
 def work(sampling: Sampling, sets: Sets, key, offsets, start: int, stop: int):
     """The chunks of a pass in the order they run: per call's sets, per block, per chunk of
     samples [start, stop)."""
-    chunk_list = list(chunks(sampling, start, stop))
+    chunk_list = runs(chunks(sampling, start, stop), sets.chunks_per_call)
     keys = jax.random.wrap_key_data(np.broadcast_to(
         np.asarray(jax.random.key_data(key)), (sets.batch,) + jax.random.key_data(key).shape),
         impl=jax.random.key_impl(key))
@@ -140,9 +149,21 @@ def work(sampling: Sampling, sets: Sets, key, offsets, start: int, stop: int):
         if sets.sharding is not None:
             params = jax.device_put(params, sets.sharding)
         for offset in offsets:
-            for i, (first, chunk_sampling) in enumerate(chunk_list):
+            for i, (first, chunk_sampling, steps) in enumerate(chunk_list):
                 yield Chunk(members, params, keys, offset, first, chunk_sampling,
-                            i == len(chunk_list) - 1)
+                            i == len(chunk_list) - 1, steps)
+
+
+def runs(chunk_iterable, per_call: int) -> list:
+    """(first block, sampling, steps) per call: consecutive chunks of one shape, at most
+    `per_call` of them together."""
+    calls: list = []
+    for first, sampling in chunk_iterable:
+        if calls and calls[-1][1] == sampling and calls[-1][2] < per_call:
+            calls[-1] = (calls[-1][0], sampling, calls[-1][2] + 1)
+        else:
+            calls.append((first, sampling, 1))
+    return calls
 
 
 def drive(one_pass, items, progress: Progress, total: int, unit: str, desc: str) -> None:
@@ -300,9 +321,9 @@ class AllInputsPass:
         if self.carry is None:
             self.carry = self.counts.device_carry(chunk.sets, self.sets.batch,
                                                   self.sets.sharding)
-        carry, states = kernels.step(chunk.sampling, counting, self.sets.vmap, self.carry,
-                                     chunk.keys, chunk.params, self.ranges, chunk.first,
-                                     self.start, self.stop, chunk.offset)
+        carry, states = kernels.step(chunk.sampling, counting, self.sets.vmap, chunk.steps,
+                                     self.carry, chunk.keys, chunk.params, self.ranges,
+                                     chunk.first, self.start, self.stop, chunk.offset)
         self.carry = None if chunk.last else carry
         return (carry if chunk.last else None), states
 
@@ -315,8 +336,7 @@ class AllInputsPass:
             self.counts.add_device(chunk, *outputs)
         if chunk.last:
             self.counts.sets_done(chunk.sets)
-        self.progress.update(len(chunk.sets) * samples_in((chunk.first, chunk.sampling),
-                                                          self.start, self.stop))
+        self.progress.update(len(chunk.sets) * chunk.samples(self.start, self.stop))
 
 
 def all_inputs_pass(sampling: Sampling, counting: Counting, key, ranges, sets: Sets,
@@ -507,7 +527,7 @@ class OneInputPass:
         self.sampling, self.counting, self.statistics = sampling, counting, statistics
         self.key, self.ranges, self.sets, self.samples = key, ranges, sets, samples
         self.progress = progress
-        self.blocks: list[list] = [[] for _ in range(sets.count)]
+        self.blocks: list[list] = [[] for _ in range(sets.count)]  # per set: (stats, its rows)
         self.out_of_range = np.zeros(sets.count, np.int64)
         self.held: dict = {}
         self.carry = None
@@ -527,9 +547,9 @@ class OneInputPass:
                           jnp.zeros((self.sets.batch, sampling.padded_outputs), jnp.int32))
             if self.sets.sharding is not None:
                 self.carry = jax.device_put(self.carry, self.sets.sharding)
-        carry = kernels.single_input_step(sampling, counting, self.sets.vmap, self.carry,
-                                          chunk.keys, chunk.params, self.ranges, chunk.first, 0,
-                                          self.samples, chunk.offset)
+        carry = kernels.single_input_step(sampling, counting, self.sets.vmap, chunk.steps,
+                                          self.carry, chunk.keys, chunk.params, self.ranges,
+                                          chunk.first, 0, self.samples, chunk.offset)
         self.carry = None if chunk.last else carry
         return carry if chunk.last else None
 
@@ -541,12 +561,16 @@ class OneInputPass:
             self.add_host(chunk, inputs, *jax.device_get(outputs))
         if not chunk.last:
             return
-        for i, k in enumerate(chunk.sets):
-            if self.counting.backend.on_host:
-                self.blocks[k].append(self.host_block(k, inputs))
-            else:
-                self.blocks[k].append(kernels.table_statistics(self.statistics, outputs[0][i]))
-                self.out_of_range[k] += int(outputs[1][i].sum())
+        if self.counting.backend.on_host:
+            for k in chunk.sets:
+                self.blocks[k].append((self.host_block(k, inputs), slice(None)))
+        else:  # each set's tables by the single call's program (a program over several sets'
+            # tables at once can round differently)
+            counts, outside = jax.device_get(outputs)
+            for i, k in enumerate(chunk.sets):
+                self.blocks[k].append((kernels.table_statistics(self.statistics, counts[i]),
+                                       slice(None)))
+                self.out_of_range[k] += int(outside[i].sum())
         self.held.clear()
         self.progress.update(len(chunk.sets) * len(inputs))
 
@@ -593,14 +617,17 @@ class OneInputPass:
 def one_input_pass(sampling: Sampling, counting: Counting, statistics: Statistics, key, ranges,
                    sets: Sets, samples: int, *, progress: Progress = SILENT):
     """The one-input intervention of every set (`OneInputPass`): (per set the list of its blocks'
-    statistics, per set its (sample, output) values outside out_range [K]); `progress` hears
-    of the (set, input) pairs done."""
+    statistics on the host, per set its (sample, output) values outside out_range [K]);
+    `progress` hears of the (set, input) pairs done."""
     one_pass = OneInputPass(sampling, counting, statistics, key, ranges, sets, samples,
                             progress=progress)
     offsets = range(0, sampling.num_inputs, sampling.inputs_per_chunk)
     drive(one_pass, work(sampling, sets, key, offsets, 0, samples), progress,
           sets.count * sampling.num_inputs, "input", f"sensitivity ({samples} samples)")
-    return one_pass.blocks, one_pass.out_of_range
+    fetched = jax.device_get([[stats for stats, _ in blocks] for blocks in one_pass.blocks])
+    return [[tuple(a[rows] if isinstance(a, np.ndarray) else a for a in stats)
+             for stats, (_, rows) in zip(set_stats, blocks)]
+            for set_stats, blocks in zip(fetched, one_pass.blocks)], one_pass.out_of_range
 
 
 def sensitivity_blocks(plan: Plan, samples: int, *, progress: Progress = SILENT):

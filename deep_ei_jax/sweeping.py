@@ -123,7 +123,8 @@ class _Plan(NamedTuple):
 
 # ---------------------------------------------------------------- the passes
 
-def _sets(plan: _Plan, counting, stacked_params, num_sets: int, batch: int, mesh) -> driver.Sets:
+def _sets(plan: _Plan, counting, stacked_params, num_sets: int, batch: int, mesh,
+          num_chunks: int) -> driver.Sets:
     """The sets as the chunk driver takes them: on the host vmapped where that rounds as single
     calls (`exact_vmap`); on the device vmapped for Dense chains (their samples batched like the
     weights, see `kernels.step`), sharded over `mesh` when given, else set by set."""
@@ -134,7 +135,9 @@ def _sets(plan: _Plan, counting, stacked_params, num_sets: int, batch: int, mesh
         batch = -(-batch // mesh.size) * mesh.size  # whole sets per device (padding repeats one)
         sharding = jax.sharding.NamedSharding(
             jax.sharding.Mesh(mesh.devices, ("sets",)), jax.sharding.PartitionSpec("sets"))
-    return driver.Sets(stacked_params, num_sets, batch, vmap=plan.vectorized, sharding=sharding)
+    # every chunk of a call's block in one compiled call (a scan), waited for call by call
+    return driver.Sets(stacked_params, num_sets, batch, vmap=plan.vectorized, sharding=sharding,
+                       chunks_per_call=num_chunks)
 
 
 def _measure_sets(plan: _Plan, key, stacked_params, ranges, num_sets: int, batch: int, mesh,
@@ -147,18 +150,20 @@ def _measure_sets(plan: _Plan, key, stacked_params, ranges, num_sets: int, batch
         sampling, counting = plan.vector
         counts = driver.SweepCounts(sampling, counting, num_sets, plan.sorted_states)
         driver.all_inputs_pass(sampling, counting, key, ranges,
-                               _sets(plan, counting, stacked_params, num_sets, batch, mesh),
+                               _sets(plan, counting, stacked_params, num_sets, batch, mesh,
+                                     plan.num_chunks),
                                counts, 0, plan.samples, progress=reporter)
         merged.update(counts.result())
     if plan.single is not None:
         sampling, counting = plan.single
         blocks, out_of_range = driver.one_input_pass(
             sampling, counting, planning.Statistics(), key, ranges,
-            _sets(plan, counting, stacked_params, num_sets, batch, mesh),
+            _sets(plan, counting, stacked_params, num_sets, batch, mesh,
+                  plan.sensitivity_chunks),
             plan.sensitivity_samples, progress=reporter)
-        matrices = jax.device_get([[block[0] for block in set_blocks] for set_blocks in blocks])
-        merged["sensitivity"] = np.stack([np.concatenate(rows)[:sampling.num_inputs]
-                                          for rows in matrices])
+        merged["sensitivity"] = np.stack([
+            np.concatenate([block[0] for block in set_blocks])[:sampling.num_inputs]
+            for set_blocks in blocks])
         merged["sensitivity_out_of_range"] = out_of_range
     return merged
 

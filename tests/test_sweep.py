@@ -68,12 +68,12 @@ def test_sweep_equals_single_calls_one_word_states(key, method, monkeypatch):
         method = "numba"
     rng = np.random.default_rng(1)
     chain = pure.Chain(layers=(pure.Dense(activation="sigmoid"),), in_shape=(4,))
-    result = _check_equal_to_single_calls(key, chain, _sets(rng, [(4, 5)], 3), 20_000, 700,
+    result = _check_equal_to_single_calls(key, chain, _sets(rng, [(4, 5)], 5), 20_000, 700,
                                           in_range=(0, 1), out_range=(0, 1), in_bins=8,
                                           out_bins=8, method=method)
-    assert result.ei.shape == (3,) and result.ei_parts_matrix.shape == (3, 4, 5)
-    assert result.sensitivity_matrix.shape == (3, 4, 5)
-    assert len(set(np.round(result.ei, 6))) == 3  # three different sets, three different values
+    assert result.ei.shape == (5,) and result.ei_parts_matrix.shape == (5, 4, 5)
+    assert result.sensitivity_matrix.shape == (5, 4, 5)
+    assert len(set(np.round(result.ei, 6))) == 5  # five different sets, five different values
     assert bool(sorted_calls) == (method == "numba" and sweeping.sorted_call_sets(1, 1, 1, 99) > 0)
 
 
