@@ -163,7 +163,9 @@ def _pair_costs(backend, in_bins: int, out_bins: int, samples: int) -> tuple[flo
 
     small = max(1, size // 4)
     run(size), run(small)  # compile
-    full, part = min(run(size) for _ in range(3)), min(run(small) for _ in range(3))
+    # interleaved, the best of five each: a busy machine slows both alike
+    times = [(run(size), run(small)) for _ in range(5)]
+    full, part = min(t[0] for t in times), min(t[1] for t in times)
     pairs = n_in * n_out
     per_sample = max(full - part, 0.0) / (pairs * max(size - small, 1))
     per_pair = max(part / pairs - per_sample * small, 0.0)
