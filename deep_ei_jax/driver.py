@@ -49,13 +49,15 @@ def num_devices(sampling: Sampling) -> int:
 
 def chunks(sampling: Sampling, start: int, stop: int):
     """(first block, sampling) of each chunk covering samples [start, stop). On one device the
-    last chunk shrinks to the smallest power of two of blocks that covers what is left, so little
-    is computed past `stop` (and at most log2(num_blocks) more shapes are ever compiled)."""
+    last chunk shrinks to the smallest power of two of blocks that covers what is left, where
+    that is smaller than a chunk, so little is computed past `stop` (and at most
+    log2(num_blocks) more shapes are ever compiled)."""
     end = -(-int(stop) // SAMPLE_BLOCK)
     for first in first_blocks(start, stop, sampling.num_blocks * num_devices(sampling)):
         left = int(end - first)
-        if sampling.mesh is None and left < sampling.num_blocks:
-            yield first, sampling._replace(num_blocks=1 << (left - 1).bit_length())
+        shrunk = 1 << (left - 1).bit_length()
+        if sampling.mesh is None and shrunk < sampling.num_blocks:
+            yield first, sampling._replace(num_blocks=shrunk)
         else:
             yield first, sampling
 
