@@ -98,7 +98,8 @@ class Sets(NamedTuple):
       params: the params with a leading axis K on every array.
       count: K.
       batch: sets per compiled call (the last call padded by repeating its last set).
-      vmap: vmap a call's sets (where each then rounds as a single call), else `lax.map` them.
+      vmap: vmap a call's sets (where each then rounds as a single call), else `lax.map` them;
+        None: a single call's one set, `params` without the K axis (run as they are).
       sharding: a `NamedSharding` that splits a call's sets over devices (device counting), or
         None.
       chunks_per_call: device counting: at most this many consecutive chunks of one shape per
@@ -108,14 +109,14 @@ class Sets(NamedTuple):
     params: Any
     count: int
     batch: int = 1
-    vmap: bool = True
+    vmap: bool | None = True
     sharding: Any = None
     chunks_per_call: int = 1
 
 
 def one_set(params) -> Sets:
-    """A single call's parameter set as a sweep of one."""
-    return Sets(jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], params), 1)
+    """A single call's parameter set as a sweep of one (its params and key as they are)."""
+    return Sets(params, 1, vmap=None)
 
 
 class Chunk(NamedTuple):
@@ -139,12 +140,14 @@ def work(sampling: Sampling, sets: Sets, key, offsets, start: int, stop: int):
     """The chunks of a pass in the order they run: per call's sets, per block, per chunk of
     samples [start, stop)."""
     chunk_list = runs(chunks(sampling, start, stop), sets.chunks_per_call)
-    keys = jax.random.wrap_key_data(np.broadcast_to(
-        np.asarray(jax.random.key_data(key)), (sets.batch,) + jax.random.key_data(key).shape),
-        impl=jax.random.key_impl(key))
-    calls = [(range(1), sets.params)] if sets.count == sets.batch == 1 else \
-        ((members, params) for _, members, params in batches(sets.params, sets.count,
-                                                              sets.batch))
+    if sets.vmap is None:  # a single call
+        calls, keys = [(range(1), sets.params)], key
+    else:
+        keys = jax.random.wrap_key_data(np.broadcast_to(
+            np.asarray(jax.random.key_data(key)), (sets.batch,) + jax.random.key_data(key).shape),
+            impl=jax.random.key_impl(key))
+        calls = ((members, params) for _, members, params in batches(sets.params, sets.count,
+                                                                      sets.batch))
     if sets.sharding is not None:
         keys = jax.device_put(keys, sets.sharding)
     for members, params in calls:
@@ -211,9 +214,12 @@ class AllInputsCounts:
     def block_shape(self) -> tuple:
         return self.sampling.num_inputs, self.counting.block_size
 
-    def device_carry(self, sets, batch: int, sharding):
-        """The device counts of a call's sets, [batch, ...] (zeros where none yet)."""
+    def device_carry(self, sets, batch: int | None, sharding):
+        """The device counts of a call's sets, [batch, ...] (zeros where none yet; batch None: a
+        single call's, without the K axis)."""
         counting = self.counting
+        if batch is None:
+            return self.single_carry()
         if not counting.pairs:
             carry = (jnp.zeros(batch, jnp.int32), jnp.zeros(batch, jnp.int32))
         elif all(self.pairs[k] is None for k in sets):
@@ -229,10 +235,21 @@ class AllInputsCounts:
             carry = (jnp.stack([c for c, _ in held]), jnp.stack([o for _, o in held]))
         return carry if sharding is None else jax.device_put(carry, sharding)
 
-    def add_device(self, chunk: Chunk, carry, states) -> None:
+    def single_carry(self):
+        """A single call's device counts and out-of-range counts (zeros where none yet)."""
+        counting = self.counting
+        if not counting.pairs:
+            return jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+        if self.pairs[0] is None:
+            return new_pair_carry(self.sampling, counting)
+        return self.pairs[0], self.pair_out_of_range[0]
+
+    def add_device(self, chunk: Chunk, carry, states, single: bool) -> None:
         """Takes in a chunk counted on the device: its joint states, and at the block's last
-        chunk the sets' counts (`carry`)."""
-        if carry is not None and self.counting.pairs:
+        chunk the sets' counts (`carry`; with `single`, a single call's without the K axis)."""
+        if carry is not None and self.counting.pairs and single:
+            self.pairs[0], self.pair_out_of_range[0] = carry
+        elif carry is not None and self.counting.pairs:
             for i, k in enumerate(chunk.sets):
                 self.pairs[k], self.pair_out_of_range[k] = carry[0][i], carry[1][i]
         if states:
@@ -321,8 +338,9 @@ class AllInputsPass:
                                               self.pack, self.key, x, chunk.params, self.ranges,
                                               chunk.first, self.start, self.stop, chunk.offset)
         if self.carry is None:
-            self.carry = self.counts.device_carry(chunk.sets, self.sets.batch,
-                                                  self.sets.sharding)
+            self.carry = self.counts.device_carry(
+                chunk.sets, None if self.sets.vmap is None else self.sets.batch,
+                self.sets.sharding)
         carry, states = kernels.step(chunk.sampling, counting, self.sets.vmap, chunk.steps,
                                      self.carry, chunk.keys, chunk.params, self.ranges,
                                      chunk.first, self.start, self.stop, chunk.offset)
@@ -335,7 +353,7 @@ class AllInputsPass:
             lo, hi = local_rows(chunk, self.start, self.stop, x_bins.shape[1])
             self.counts.add_host(chunk, x_bins, codes, out_of_range, states, lo, hi)
         else:
-            self.counts.add_device(chunk, *outputs)
+            self.counts.add_device(chunk, *outputs, single=self.sets.vmap is None)
         if chunk.last:
             self.counts.sets_done(chunk.sets)
         self.progress.update(len(chunk.sets) * chunk.samples(self.start, self.stop))
@@ -543,10 +561,11 @@ class OneInputPass:
                                                    chunk.params, self.ranges, chunk.first,
                                                    chunk.offset, self.samples)
         if self.carry is None:
-            shape = (self.sets.batch, sampling.inputs_per_chunk, sampling.padded_outputs)
+            batch = () if self.sets.vmap is None else (self.sets.batch,)  # (a single call's)
+            shape = batch + (sampling.inputs_per_chunk, sampling.padded_outputs)
             self.carry = (counting.backend.new_pair_counts(shape, counting.in_bins,
                                                            counting.out_bins),
-                          jnp.zeros((self.sets.batch, sampling.padded_outputs), jnp.int32))
+                          jnp.zeros(batch + (sampling.padded_outputs,), jnp.int32))
             if self.sets.sharding is not None:
                 self.carry = jax.device_put(self.carry, self.sets.sharding)
         carry = kernels.single_input_step(sampling, counting, self.sets.vmap, chunk.steps,
@@ -569,6 +588,8 @@ class OneInputPass:
         else:  # each set's tables by the single call's program (a program over several sets'
             # tables at once can round differently)
             counts, outside = jax.device_get(outputs)
+            if self.sets.vmap is None:  # a single call's, without the K axis
+                counts, outside = counts[None], outside[None]
             for i, k in enumerate(chunk.sets):
                 self.blocks[k].append((kernels.table_statistics(self.statistics, counts[i]),
                                        slice(None)))

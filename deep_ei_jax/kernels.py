@@ -96,6 +96,9 @@ def step(sampling: Sampling, counting: Counting, vmap_sets: bool, steps: int, ca
         carry, states = jax.lax.scan(chunk, carry, firsts)
         return carry, jax.tree_util.tree_map(
             lambda a: a.reshape((-1,) + a.shape[2:]), states)  # the chunks' samples in order
+    if vmap_sets is None:  # a single call's one set, its carry as it came
+        carry, states = one((carry, keys, stacked_params))
+        return carry, jax.tree_util.tree_map(lambda a: a[None], states)
     return over_sets(one, (carry, keys, stacked_params), vmap_sets)
 
 
@@ -195,6 +198,8 @@ def single_input_step(sampling: Sampling, counting: Counting, vmap_sets: bool, s
             return chunk(carry, first_block)[0]
         firsts = first_block + sampling.num_blocks * jnp.arange(steps, dtype=jnp.int32)
         return jax.lax.scan(chunk, carry, firsts)[0]
+    if vmap_sets is None:  # a single call's one set, its carry as it came
+        return one((carry, keys, stacked_params))
     return over_sets(one, (carry, keys, stacked_params), vmap_sets)
 
 
@@ -218,11 +223,14 @@ def single_input_bins(sampling: Sampling, counting: Counting, key, params, range
             jnp.sum(~y_in & real[:, None], axis=0, dtype=jnp.int32))
 
 
-def over_sets(fn, stacked, vmap_sets: bool):
+def over_sets(fn, stacked, vmap_sets: bool | None):
     """`fn(args)` for every parameter set of `stacked` (a pytree, leading axis K on every leaf),
-    outputs stacked along K: one set (a single call) runs `fn` as it is; several are vmapped
-    where each then rounds as a single call does (`vmap_sets`), else run one after another
-    (`lax.map`, each a single call's program)."""
+    outputs stacked along K: one set runs `fn` as it is; several are vmapped where each then
+    rounds as a single call does (`vmap_sets`), else run one after another (`lax.map`, each a
+    single call's program). `vmap_sets` None: `stacked` is a single call's one set, without the
+    K axis."""
+    if vmap_sets is None:
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], fn(stacked))
     leaves = jax.tree_util.tree_leaves(stacked)
     if not leaves or leaves[0].shape[0] == 1:  # (no leaves: a parameter-free chain's one set)
         one = fn(jax.tree_util.tree_map(lambda a: a[0], stacked))
